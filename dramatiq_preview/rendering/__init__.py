@@ -1,0 +1,96 @@
+"""The rendering engine: untrusted images and PDFs in, stripped previews out.
+
+Importing this package never imports Wand (the Flask process has no ImageMagick): Wand is
+loaded by render children (:mod:`.child`) and by :func:`render_in_process` only.
+
+- :func:`get_renderer` gives this process's :class:`Renderer`, a pool of child processes
+  that a worker thread can kill at a deadline or on cancellation.
+- :func:`render_in_process` does the same work in the calling process, without isolation
+  (benchmark reference and debugging only).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..models import JobSpec, RenderedOutput, relative_output_path
+from .pool import Renderer, close_renderer, get_renderer
+
+__all__ = ["Renderer", "close_renderer", "get_renderer", "render_in_process"]
+
+
+def render_in_process(
+    spec: JobSpec,
+    source: Any,
+    destinations: Sequence[Path],
+    *,
+    checkpoint: Callable[[int | None], None] | None = None,
+    max_pixels: int | None = None,
+    memory_mb: int | None = None,
+    deadline: float | None = None,
+) -> list[RenderedOutput]:
+    """Render like :meth:`Renderer.render`, but in this process: no time or memory cap.
+
+    Wand is imported here; if it was not loaded yet, ImageMagick is first pointed at the
+    shipped policy.  If this process loaded Wand earlier, that policy is not in force.
+
+    Parameters:
+      spec, source, destinations, checkpoint: as for :meth:`Renderer.render`.
+      max_pixels, memory_mb: limits (default: the process-wide settings).
+      deadline: only bounds the PDF rasteriser subprocess.
+    """
+    from ..config import get_settings
+    from ..storage import atomic_write
+
+    fresh = "wand.api" not in sys.modules
+    if fresh:
+        from .child import prepare_environment
+
+        prepare_environment()
+    from . import engine
+
+    settings = get_settings() if max_pixels is None or memory_mb is None else None
+    limits = engine.Limits(
+        max_pixels=max_pixels if max_pixels is not None else settings.max_pixels,  # type: ignore[union-attr]
+        memory_mb=memory_mb if memory_mb is not None else settings.render_memory_mb,  # type: ignore[union-attr]
+    )
+    if fresh:
+        engine.configure(limits)
+    if len(destinations) != len(spec.outputs):
+        raise ValueError("need one destination per output")
+    total = len(spec.outputs)
+    results: dict[int, RenderedOutput] = {}
+    written: list[Path] = []
+    try:
+        for item in engine.render(
+            int(source.fd), int(source.size), spec, limits, deadline=deadline or time.monotonic() + 3600
+        ):
+            if item is None:
+                if checkpoint is not None:
+                    checkpoint(30)
+                continue
+            output = spec.outputs[item.index]
+            atomic_write(destinations[item.index], item.data)
+            written.append(destinations[item.index])
+            results[item.index] = RenderedOutput(
+                path=relative_output_path(spec.job_id, item.index, output).as_posix(),
+                width=item.width,
+                height=item.height,
+                format=output.format,
+                bytes=len(item.data),
+            )
+            if checkpoint is not None:
+                checkpoint(30 + 60 * len(results) // total)
+    except BaseException:
+        for path in written:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        raise
+    return [results[i] for i in range(total)]

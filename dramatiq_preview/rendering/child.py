@@ -1,0 +1,175 @@
+"""A render child: a separate process that decodes untrusted files with ImageMagick.
+
+Started by :class:`~dramatiq_preview.rendering.pool.Renderer` with ``subprocess`` (a fresh
+interpreter: no ``fork`` of the multi-threaded worker), it
+
+- asks the kernel to kill it when the worker dies (``PR_SET_PDEATHSIG``) and exits on end
+  of file of its socket;
+- points ImageMagick at the shipped policy and limits threads *before* Wand is imported;
+- caps its own address space (``RLIMIT_AS``) and disables core dumps;
+- then renders one job at a time: the job arrives as JSON with the source's descriptor
+  (``SCM_RIGHTS``), outputs go back as frames, never written by the child itself.
+
+Test hooks (a job id starting with ``test-hook-sleep``, ``test-hook-crash`` or
+``test-hook-oom``) work only when the worker's environment has
+``DRAMATIQ_PREVIEW_TEST_HOOKS=1``; a payload alone can never trigger them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import resource
+import signal
+import socket
+import sys
+import time
+import traceback
+from importlib import resources
+from typing import Any
+
+POLICY_DIR_ENV = "MAGICK_CONFIGURE_PATH"
+TEST_HOOKS_ENV = "DRAMATIQ_PREVIEW_TEST_HOOKS"
+_PR_SET_PDEATHSIG = 1
+
+
+def policy_dir() -> str:
+    """The directory holding the shipped ``policy.xml``."""
+    return str(resources.files("dramatiq_preview.rendering").joinpath("policy"))
+
+
+def magick_environment() -> dict[str, str]:
+    """Environment variables ImageMagick must see before Wand loads."""
+    return {
+        POLICY_DIR_ENV: policy_dir(),
+        "MAGICK_THREAD_LIMIT": "1",
+        "OMP_NUM_THREADS": "1",
+        # Never let ImageMagick spill pixel caches or temporary files into a shared place.
+        "MAGICK_DISK_LIMIT": "0",
+    }
+
+
+def prepare_environment() -> None:
+    """Set :func:`magick_environment` in ``os.environ`` (call before importing Wand)."""
+    os.environ.update(magick_environment())
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent thread dies (no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _vm_size() -> int:
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _cap_address_space(memory_mb: int) -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # The cap is what a render may allocate on top of this process's baseline.
+    cap = _vm_size() + memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
+def _run_hook(job_id: str) -> None:
+    if os.environ.get(TEST_HOOKS_ENV) != "1" or not job_id.startswith("test-hook-"):
+        return
+    hook = job_id[len("test-hook-") :]
+    if hook.startswith("sleep"):
+        time.sleep(3600)
+    elif hook.startswith("crash"):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    elif hook.startswith("oom"):
+        hog = []
+        while True:  # until RLIMIT_AS says no
+            hog.append(bytearray(64 << 20))
+
+
+def main(argv: list[str]) -> int:
+    """Entry point: ``child SOCKET_FD PARENT_PID MEMORY_MB MAX_PIXELS``."""
+    sock_fd, parent_pid, memory_mb, max_pixels = (int(a) for a in argv[:4])
+    die_with_parent()
+    if os.getppid() != parent_pid:
+        return 0  # the worker died before we could ask to die with it
+    prepare_environment()
+
+    from ..errors import PreviewError, RenderCrashed, RenderMemoryExceeded
+    from ..models import JobSpec, OutputSpec
+    from . import engine
+    from .protocol import Channel, ChannelClosed
+
+    limits = engine.Limits(max_pixels=max_pixels, memory_mb=memory_mb)
+    engine.configure(limits)
+    _cap_address_space(memory_mb)
+    channel = Channel(socket.socket(fileno=sock_fd))
+    channel.send({"event": "ready", "pid": os.getpid()})
+    while True:
+        try:
+            frame = channel.recv()
+        except ChannelClosed:
+            return 0
+        assert frame is not None
+        message, _, fds = frame
+        if message.get("op") != "render" or len(fds) != 1:
+            for extra in fds:
+                os.close(extra)
+            return 2
+        fd = fds[0]
+        fatal = False
+        try:
+            job: dict[str, Any] = message["job"]
+            spec = JobSpec(
+                job_id=str(job["job_id"]),
+                page=int(job["page"]),
+                outputs=tuple(OutputSpec(**o) for o in job["outputs"]),
+            )
+            deadline = time.monotonic() + float(message["timeout"])
+            _run_hook(spec.job_id)
+            for item in engine.render(fd, int(message["size"]), spec, limits, deadline=deadline):
+                if item is None:
+                    channel.send({"event": "decoded"})
+                else:
+                    channel.send(
+                        {
+                            "event": "output",
+                            "index": item.index,
+                            "width": item.width,
+                            "height": item.height,
+                        },
+                        item.data,
+                    )
+            channel.send({"event": "done"})
+        except ChannelClosed:
+            return 0
+        except PreviewError as exc:
+            fatal = isinstance(exc, RenderMemoryExceeded)
+            channel.send({"event": "error", "type": exc.type, "message": exc.message})
+        except MemoryError:
+            fatal = True
+            error = RenderMemoryExceeded(engine._memory_message(limits))
+            channel.send({"event": "error", "type": error.type, "message": error.message})
+        except Exception:
+            # A bug, not a property of the file: log it for operators, tell the job little.
+            traceback.print_exc()
+            fatal = True
+            error = RenderCrashed("the renderer failed unexpectedly on this source")
+            channel.send({"event": "error", "type": error.type, "message": error.message})
+        finally:
+            os.close(fd)
+        if fatal:
+            # After an allocation failure the heap may be fragmented or half-freed.
+            return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,362 @@
+"""The ImageMagick side of a render: decode once, derive every output, encode.
+
+This is the only module that imports Wand.  Render children import it after
+:func:`dramatiq_preview.rendering.child.prepare_environment` pointed ImageMagick at the
+shipped policy; :func:`dramatiq_preview.rendering.render_in_process` does the same when Wand
+is not loaded yet.
+
+Decoding, per job:
+
+1. The format comes from magic bytes (:mod:`.formats`); PDFs are rasterised by poppler
+   (:mod:`.pdf`) into a PNG first.
+2. ``ping`` reads the header only: frame count, sizes and EXIF orientation.  More than
+   ``max_pixels`` (or :data:`MAX_FRAMES` frames) fails before any pixel is decoded.
+3. The one frame needed is decoded, JPEGs with a ``jpeg:size`` hint so libjpeg's DCT
+   scaling shrinks them on load to the smallest size the largest output still needs.
+4. Outputs are derived from largest to smallest, each from the previous uniform resize, so
+   the big decode is resampled once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from wand.api import library
+from wand.color import Color
+from wand.exceptions import (
+    BaseError,
+    BlobError,
+    CacheError,
+    PolicyError,
+    ResourceLimitError,
+    WandException,
+    WandWarning,
+)
+from wand.image import Image
+
+from ..errors import (
+    CorruptSource,
+    PageOutOfRange,
+    PermanentError,
+    PreviewError,
+    RenderMemoryExceeded,
+    RenderTimeout,
+    TooManyPixels,
+    UnsupportedFormat,
+)
+from ..models import JobSpec, OutputSpec
+from . import pdf
+from .formats import INPUT_CODERS, SNIFF_BYTES, SUPPORTED_TEXT, sniff
+from .geometry import plan, render_order, required_scale
+
+#: Frames (GIF, TIFF pages) a source may have; the policy's ``list-length`` says the same.
+MAX_FRAMES = 1000
+#: Largest output side the schema allows; enlargements never need more.
+_MAX_OUTPUT_AREA = 4096 * 4096
+_WEBP_METHOD = "4"
+_ORIENTATIONS_TRANSPOSED = {"left_top", "right_top", "right_bottom", "left_bottom"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-render limits, from the settings."""
+
+    max_pixels: int
+    memory_mb: int
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One encoded output, ready to be written."""
+
+    index: int
+    data: bytes
+    width: int
+    height: int
+
+
+def configure(limits: Limits) -> None:
+    """Lower ImageMagick's resource limits for this process (the policy holds the ceilings)."""
+    from wand.resource import limits as magick
+
+    memory = limits.memory_mb * 1024 * 1024
+    # The pixel cache lives in RAM: no disk cache (the policy sets disk to 0), no mmapped
+    # files beyond the memory cap.  Exceeding them is a clean ResourceLimitError.
+    magick["memory"] = memory * 3 // 4
+    magick["map"] = memory * 3 // 4
+    magick["area"] = max(limits.max_pixels, _MAX_OUTPUT_AREA) * 2
+    magick["thread"] = 1
+
+
+def read_source(fd: int, size: int) -> bytes:
+    """The whole source, read with ``pread`` so the descriptor's offset does not matter."""
+    chunks = []
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(size - offset, 1 << 22), offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def render(
+    fd: int,
+    size: int,
+    spec: JobSpec,
+    limits: Limits,
+    *,
+    deadline: float | None = None,
+) -> Iterator[Encoded | None]:
+    """Decode the source behind ``fd`` once and yield its outputs, largest first.
+
+    Yields ``None`` once, when the source is decoded, then one :class:`Encoded` per output.
+
+    Raises:
+      PreviewError: a permanent error for bad sources, :class:`RenderTimeout` when a PDF
+        rasteriser runs past ``deadline``.
+    """
+    if deadline is None:
+        deadline = time.monotonic() + 3600
+    try:
+        yield from _render(fd, size, spec, limits, deadline)
+    except PreviewError:
+        raise
+    except MemoryError:
+        raise RenderMemoryExceeded(_memory_message(limits)) from None
+    except WandException as exc:
+        raise translate(exc, limits) from None
+
+
+def _render(
+    fd: int, size: int, spec: JobSpec, limits: Limits, deadline: float
+) -> Iterator[Encoded | None]:
+    kind = sniff(os.pread(fd, SNIFF_BYTES, 0))
+    if kind is None:
+        raise UnsupportedFormat(f"the source is not a supported image ({SUPPORTED_TEXT})")
+    page = spec.page
+    if kind == "pdf":
+        data = pdf.rasterise(
+            fd, page, spec.outputs, max_pixels=limits.max_pixels, deadline=deadline
+        )
+        kind, page = "png", 0
+    else:
+        data = read_source(fd, size)
+    if kind == "jpeg":
+        _check_jpeg_complete(data)
+    coder = INPUT_CODERS[kind]
+    columns, rows, transposed, frames = _ping(data, coder, page, limits)
+    with _decode(data, coder, page, frames, spec.outputs, columns, rows, transposed) as image:
+        yield None
+        yield from _derive(image, spec.outputs)
+
+
+def _ping(data: bytes, coder: str, page: int, limits: Limits) -> tuple[int, int, bool, int]:
+    """Check frame count, page and pixel count from the headers alone."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", WandWarning)
+        with Image.ping(blob=data, format=coder) as probe:
+            frames = len(probe.sequence)
+            if frames > MAX_FRAMES:
+                raise TooManyPixels(
+                    f"the source has {frames} frames; at most {MAX_FRAMES} are supported"
+                )
+            if page >= frames:
+                noun = "frame" if frames == 1 else "frames"
+                raise PageOutOfRange(
+                    f"page {page} does not exist: the source has {frames} {noun} "
+                    "(pages count from 0)"
+                )
+            columns, rows = probe.sequence[page].size
+            canvas_w, canvas_h = probe.page[0] or columns, probe.page[1] or rows
+            largest = max(columns * rows, canvas_w * canvas_h)
+            if largest > limits.max_pixels or columns <= 0 or rows <= 0:
+                raise TooManyPixels(
+                    f"the source is {max(columns, canvas_w)}x{max(rows, canvas_h)} pixels; "
+                    f"at most {limits.max_pixels} pixels are allowed (PREVIEW_MAX_PIXELS)"
+                )
+            orientation = probe.sequence[page].orientation
+    transposed = orientation in _ORIENTATIONS_TRANSPOSED
+    return columns, rows, transposed, frames
+
+
+class _Decoded:
+    """Context manager holding the decoded, oriented, flattened frame."""
+
+    def __init__(self, image: Image, owner: Image) -> None:
+        self.image = image
+        self.owner = owner
+
+    def __enter__(self) -> Image:
+        return self.image
+
+    def __exit__(self, *exc: object) -> None:
+        if self.image is not self.owner:
+            self.image.close()
+        self.owner.close()
+
+
+def _decode(
+    data: bytes,
+    coder: str,
+    page: int,
+    frames: int,
+    outputs: tuple[OutputSpec, ...],
+    columns: int,
+    rows: int,
+    transposed: bool,
+) -> _Decoded:
+    owner = Image()
+    try:
+        if coder == "jpeg":
+            # Displayed size after EXIF orientation; the hint is in stored orientation.
+            shown_w, shown_h = (rows, columns) if transposed else (columns, rows)
+            scale = max(required_scale(shown_w, shown_h, o) for o in outputs)
+            if scale < 1:
+                hint_w = max(1, math.ceil(columns * scale))
+                hint_h = max(1, math.ceil(rows * scale))
+                owner.options["jpeg:size"] = f"{hint_w}x{hint_h}"
+        # GIF frames may only be deltas of earlier ones: read up to the page and coalesce.
+        if coder == "gif" and page > 0:
+            selector = f"[0-{page}]"
+        elif frames > 1:
+            selector = f"[{page}]"
+        else:
+            selector = ""
+        library.MagickSetFormat(owner.wand, coder.encode())
+        library.MagickSetFilename(owner.wand, f"{coder}:source{selector}".encode())
+        if not library.MagickReadImageBlob(owner.wand, data, len(data)):
+            owner.raise_exception()
+            raise CorruptSource(f"the {coder.upper()} source cannot be decoded")
+        image: Image = owner
+        if len(owner.sequence) > 1:
+            owner.coalesce()
+            image = Image(image=owner.sequence[len(owner.sequence) - 1])
+        image.auto_orient()
+        image.reset_coords()
+        if image.colorspace not in ("srgb", "gray", "rgb"):
+            image.transform_colorspace("srgb")
+        return _Decoded(image, owner)
+    except BaseException:
+        owner.close()
+        raise
+
+
+def _derive(image: Image, outputs: tuple[OutputSpec, ...]) -> Iterator[Encoded]:
+    columns, rows = image.size
+    has_alpha = bool(image.alpha_channel)
+    base = image
+    try:
+        for index in render_order(columns, rows, outputs):
+            output = outputs[index]
+            step = plan(base.width, base.height, output)
+            resized = base.clone()
+            try:
+                if resized.size != step.resize:
+                    resized.resize(*step.resize, filter="lanczos" if not has_alpha else "mitchell")
+                if step.crop is not None:
+                    left, top, width, height = step.crop
+                    final = resized.clone()
+                    final.crop(left, top, width=width, height=height)
+                    final.reset_coords()
+                else:
+                    final = resized
+                try:
+                    yield _encode(final, index, output, has_alpha)
+                finally:
+                    if final is not resized:
+                        final.close()
+            except BaseException:
+                resized.close()
+                raise
+            if step.uniform:
+                # Every later output needs fewer pixels: derive it from this one.
+                if base is not image:
+                    base.close()
+                base = resized
+            else:
+                resized.close()
+    finally:
+        if base is not image:
+            base.close()
+
+
+def _encode(image: Image, index: int, output: OutputSpec, has_alpha: bool) -> Encoded:
+    with image.clone() as out:
+        out.strip()
+        if output.format == "jpeg":
+            if has_alpha:
+                out.background_color = Color("white")
+                out.alpha_channel = "remove"
+                out.alpha_channel = "off"
+            out.format = "jpeg"
+            out.compression_quality = output.quality
+            out.options["jpeg:sampling-factor"] = "4:2:0"
+        elif output.format == "webp":
+            out.format = "webp"
+            out.compression_quality = output.quality
+            out.options["webp:method"] = _WEBP_METHOD
+            if has_alpha:
+                out.options["webp:alpha-quality"] = "100"
+        else:
+            out.format = "png"
+            out.options["png:compression-level"] = "6"
+            out.options["png:exclude-chunks"] = "date,time"
+        data = out.make_blob()
+        return Encoded(index=index, data=data, width=out.width, height=out.height)
+
+
+def _check_jpeg_complete(data: bytes) -> None:
+    """Refuse a JPEG cut short: libjpeg would fill the missing part with grey, silently."""
+    pos = 2
+    end = len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            raise CorruptSource("the JPEG source is damaged (bad marker)")
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker == 0xDA:  # start of scan: entropy-coded data follows until EOI
+            if data.find(b"\xff\xd9", pos) < 0:
+                raise CorruptSource("the JPEG source is truncated")
+            return
+        if 0xD0 <= marker <= 0xD8 or marker == 0x01:
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        pos += 2 + length
+    raise CorruptSource("the JPEG source is truncated")
+
+
+def _memory_message(limits: Limits) -> str:
+    return (
+        f"the render needed more than {limits.memory_mb} MiB of memory "
+        "(PREVIEW_RENDER_MEMORY_MB)"
+    )
+
+
+def translate(exc: BaseException, limits: Limits) -> PermanentError | RenderTimeout:
+    """A permanent error for an ImageMagick failure, without file names or contents."""
+    text = str(exc).lower()
+    if isinstance(exc, ResourceLimitError | CacheError):
+        if "width or height" in text or "too large" in text:
+            return TooManyPixels("the source's dimensions exceed the allowed maximum")
+        if "list length" in text or "listlength" in text:
+            return TooManyPixels(f"the source has more than {MAX_FRAMES} frames")
+        if "time limit" in text:
+            return RenderTimeout("the render took longer than the time limit")
+        return RenderMemoryExceeded(_memory_message(limits))
+    if isinstance(exc, PolicyError):
+        return UnsupportedFormat(
+            f"the source uses a feature the image policy forbids ({SUPPORTED_TEXT} only)"
+        )
+    if isinstance(exc, BlobError | BaseError):
+        return CorruptSource("the source image is damaged or truncated and cannot be decoded")
+    return CorruptSource("the source image cannot be decoded")

@@ -1,0 +1,440 @@
+"""Sources: a file under ``PREVIEW_SOURCE_ROOT`` or an ``http(s)`` URL, with their guards.
+
+:func:`open_source` turns a job's source into a :class:`LocalSource`: an open, read-only file
+descriptor the renderer hands to its child process (over a Unix socket, so the child never
+opens a path itself), the source's size and its real format from magic bytes.
+
+Path guard: the path is resolved (``realpath``) and must stay inside the root; ``..``,
+absolute paths and symlinks leaving the root are refused before anything is opened.  The
+file is then opened with ``O_NOFOLLOW`` and the descriptor's ``/proc/self/fd`` link is checked
+again, so a directory swapped for a symlink between the check and the open is caught.
+
+URL guard: only ``http``/``https`` to a host in ``PREVIEW_ALLOWED_URL_HOSTS``.  The host is
+resolved here and every address is checked (loopback, private, link-local, unspecified,
+multicast and reserved ranges are refused unless ``PREVIEW_ALLOW_PRIVATE_NETWORKS`` allows
+loopback and private ones); the connection goes to the checked address, so DNS cannot change
+its answer in between.  Redirects are followed by hand, at most five, each checked the same
+way.  The body is streamed into an anonymous spool file and cut at
+``PREVIEW_MAX_SOURCE_BYTES``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import socket
+import stat
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import httpx
+
+from .config import Settings
+from .errors import SourceForbidden, SourceNotFound, SourceTooLarge, SourceUnavailable
+from .models import JobSpec
+from .rendering.formats import SNIFF_BYTES, sniff
+
+MAX_REDIRECTS = 5
+_REDIRECT_STATUSES = {301, 302, 303, 307, 308}
+# 4xx answers that mean "try again later" rather than "this will never work".
+_TRANSIENT_4XX = {408, 425, 429}
+_CHUNK = 64 * 1024
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass
+class LocalSource:
+    """A source ready for rendering: an open read-only descriptor plus what we know of it.
+
+    The descriptor belongs to this object; :meth:`close` (or leaving the ``with`` block)
+    closes it.  The renderer passes the descriptor itself to its child process, which
+    never sees a path.
+
+    Attributes:
+      fd: Open, read-only file descriptor positioned anywhere (readers use ``pread``).
+      size: Size in bytes.
+      format: Format from magic bytes (``jpeg``, ``png``, ``webp``, ``gif``, ``tiff``,
+        ``bmp``, ``pdf``), or ``None`` when it is none of them.
+      name: A human name for messages: the relative path or the URL.  Never a path
+        outside the source root.
+    """
+
+    fd: int
+    size: int
+    format: str | None
+    name: str
+    _closed: bool = field(default=False, repr=False)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def read_bytes(self) -> bytes:
+        """The whole content (used by in-process rendering and tests)."""
+        return _pread_all(self.fd, self.size)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> LocalSource:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def __reduce__(self) -> None:  # type: ignore[override]
+        # A descriptor number means nothing in another process; the renderer sends the
+        # descriptor itself with SCM_RIGHTS instead.
+        raise TypeError("LocalSource cannot be pickled; pass it to Renderer.render()")
+
+
+def _pread_all(fd: int, size: int) -> bytes:
+    chunks = []
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(size - offset, 1 << 20), offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _from_fd(fd: int, name: str) -> LocalSource:
+    size = os.fstat(fd).st_size
+    head = os.pread(fd, SNIFF_BYTES, 0)
+    return LocalSource(fd=fd, size=size, format=sniff(head), name=name)
+
+
+def open_source(
+    spec: JobSpec,
+    settings: Settings,
+    *,
+    spool_dir: Path | None = None,
+    deadline: float | None = None,
+) -> LocalSource:
+    """Open the source of ``spec`` after the path or URL guard accepted it.
+
+    Parameters:
+      spec: The job; exactly one of ``source_path`` and ``source_url`` is set.
+      settings: Source root, URL allow-list, size limit and fetch timeouts.
+      spool_dir: Where URL bodies are spooled (an unlinked temporary file); default: the
+        system temporary directory.
+      deadline: ``time.monotonic()`` time by which a URL download must be complete;
+        default: now plus ``PREVIEW_TIME_LIMIT_MS``.
+
+    Raises:
+      SourceForbidden: The path leaves the root, path sources are disabled, or the URL's
+        scheme, host or address is not allowed (redirects included).
+      SourceNotFound: No such file, or the server answered 404/410 (or another
+        permanent 4xx), or too many redirects.
+      SourceTooLarge: More than ``PREVIEW_MAX_SOURCE_BYTES``.
+      SourceUnavailable: Timeout, connection failure, 5xx, 408 or 429 (transient).
+    """
+    if spec.source_path is not None:
+        return open_path(spec.source_path, settings)
+    if spec.source_url is not None:
+        return fetch_url(spec.source_url, settings, spool_dir=spool_dir, deadline=deadline)
+    raise SourceNotFound("the job has no source")
+
+
+# --- path sources ----------------------------------------------------------------------
+
+
+def open_path(relative: str, settings: Settings) -> LocalSource:
+    """Open ``relative`` under ``settings.source_root``; see :func:`open_source`."""
+    if settings.source_root is None:
+        raise SourceForbidden("path sources are disabled: PREVIEW_SOURCE_ROOT is not set")
+    if not relative or "\x00" in relative:
+        raise SourceForbidden("the source path is empty or contains a NUL byte")
+    if relative.startswith("/"):
+        raise SourceForbidden("the source path must be relative to PREVIEW_SOURCE_ROOT")
+    if ".." in relative.split("/"):
+        raise SourceForbidden("the source path must not contain '..'")
+    root = os.path.realpath(settings.source_root)
+    target = os.path.realpath(os.path.join(root, relative))
+    if not _inside(target, root):
+        # Say nothing about where a symlink points.
+        raise SourceForbidden("the source path leaves PREVIEW_SOURCE_ROOT")
+    shown = repr(relative[:200])
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    try:
+        fd = os.open(target, flags)
+    except FileNotFoundError:
+        raise SourceNotFound(f"source file {shown} not found") from None
+    except IsADirectoryError:
+        raise SourceNotFound(f"source {shown} is a directory, not a file") from None
+    except OSError as exc:
+        # ELOOP: the last component became a symlink after the check.
+        raise SourceForbidden(f"source file {shown} cannot be opened ({exc.strerror})") from None
+    try:
+        # The descriptor, not the name, is what we read: check where it really points.
+        opened = os.readlink(f"/proc/self/fd/{fd}")
+        if not _inside(opened, root):
+            raise SourceForbidden("the source path leaves PREVIEW_SOURCE_ROOT")
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SourceForbidden(f"source {shown} is not a regular file")
+        if info.st_size > settings.max_source_bytes:
+            raise SourceTooLarge(
+                f"the source is {info.st_size} bytes; at most "
+                f"{settings.max_source_bytes} are allowed (PREVIEW_MAX_SOURCE_BYTES)"
+            )
+        os.set_blocking(fd, True)
+        return _from_fd(fd, relative)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+# --- URL sources -----------------------------------------------------------------------
+
+
+def check_address(address: IPAddress, *, allow_private: bool) -> str | None:
+    """Why ``address`` must not be contacted, or ``None`` when it may.
+
+    Unspecified, multicast, link-local (cloud metadata lives at 169.254.169.254) and
+    reserved addresses are always refused; loopback and private ones only unless
+    ``allow_private``.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        mapped = address.ipv4_mapped or address.sixtofour
+        if mapped is not None:
+            return check_address(mapped, allow_private=allow_private)
+    if address.is_unspecified:
+        return "an unspecified address"
+    if address.is_multicast:
+        return "a multicast address"
+    if address.is_link_local:
+        return "a link-local address"
+    if address.is_loopback:
+        return None if allow_private else "a loopback address"
+    if address.is_private or (
+        isinstance(address, ipaddress.IPv4Address) and address in _SHARED_NET
+    ):
+        return None if allow_private else "a private address"
+    if address.is_reserved or not address.is_global:
+        return "a reserved address"
+    return None
+
+
+_SHARED_NET = ipaddress.IPv4Network("100.64.0.0/10")
+
+
+@dataclass(frozen=True)
+class _Target:
+    url: str
+    scheme: str
+    host: str
+    port: int
+    address: IPAddress
+
+
+def resolve_url(url: str, settings: Settings) -> _Target:
+    """Check ``url`` against the URL guard and pick the checked address to connect to.
+
+    Raises:
+      SourceForbidden: Scheme, credentials, host or any resolved address is not allowed.
+      SourceUnavailable: DNS resolution failed (it may work later).
+    """
+    if not settings.allowed_url_hosts:
+        raise SourceForbidden("URL sources are disabled: PREVIEW_ALLOWED_URL_HOSTS is not set")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise SourceForbidden("the source URL is malformed") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise SourceForbidden("only http and https URLs are allowed")
+    if parts.username is not None or parts.password is not None:
+        raise SourceForbidden("URLs with credentials are not allowed")
+    host = (parts.hostname or "").rstrip(".").lower()
+    if not host:
+        raise SourceForbidden("the source URL has no host")
+    if host not in settings.allowed_url_hosts:
+        raise SourceForbidden(f"host {host!r} is not in PREVIEW_ALLOWED_URL_HOSTS")
+    if port is None:
+        port = 443 if scheme == "https" else 80
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise SourceUnavailable(f"host {host!r} could not be resolved") from None
+    addresses: list[IPAddress] = []
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        reason = check_address(address, allow_private=settings.allow_private_networks)
+        if reason is not None:
+            # One bad answer is enough: a rebinding attacker mixes good and bad ones.
+            raise SourceForbidden(f"host {host!r} resolves to {reason} ({address})")
+        addresses.append(address)
+    if not addresses:
+        raise SourceUnavailable(f"host {host!r} has no address")
+    return _Target(url=url, scheme=scheme, host=host, port=port, address=addresses[0])
+
+
+def fetch_url(
+    url: str,
+    settings: Settings,
+    *,
+    spool_dir: Path | None = None,
+    deadline: float | None = None,
+) -> LocalSource:
+    """Download ``url`` into an anonymous spool file; see :func:`open_source`."""
+    if deadline is None:
+        deadline = time.monotonic() + settings.time_limit_ms / 1000
+    timeout = httpx.Timeout(
+        connect=settings.fetch_connect_timeout_ms / 1000,
+        read=settings.fetch_read_timeout_ms / 1000,
+        write=settings.fetch_read_timeout_ms / 1000,
+        pool=settings.fetch_connect_timeout_ms / 1000,
+    )
+    shown = _shown(url)
+    # No environment proxies: a proxy would resolve the name itself, after our check.
+    with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+        for _ in range(MAX_REDIRECTS + 1):
+            target = resolve_url(url, settings)
+            location = _download(client, target, settings, spool_dir, deadline)
+            if isinstance(location, LocalSource):
+                return location
+            url = location
+            shown = _shown(url)
+    raise SourceNotFound(f"{shown} redirected more than {MAX_REDIRECTS} times")
+
+
+def _shown(url: str) -> str:
+    """The URL without query and fragment, which may carry tokens."""
+    try:
+        parts = urlsplit(url)
+        return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))[:300]
+    except ValueError:
+        return "the source URL"
+
+
+def _download(
+    client: httpx.Client,
+    target: _Target,
+    settings: Settings,
+    spool_dir: Path | None,
+    deadline: float,
+) -> LocalSource | str:
+    """Fetch one hop: a :class:`LocalSource`, or the absolute URL a redirect points to."""
+    parts = urlsplit(target.url)
+    ip = target.address
+    ip_text = f"[{ip}]" if isinstance(ip, ipaddress.IPv6Address) else str(ip)
+    netloc = f"{ip_text}:{target.port}"
+    direct = urlunsplit((target.scheme, netloc, parts.path or "/", parts.query, ""))
+    default_port = 443 if target.scheme == "https" else 80
+    host_header = target.host if target.port == default_port else f"{target.host}:{target.port}"
+    if ":" in target.host and target.port == default_port:
+        host_header = f"[{target.host}]"
+    elif ":" in target.host:
+        host_header = f"[{target.host}]:{target.port}"
+    request = client.build_request(
+        "GET",
+        direct,
+        headers={"Host": host_header, "Accept-Encoding": "identity", "User-Agent": _UA},
+        # TLS: SNI and certificate checks use the name, the TCP connection uses the IP.
+        extensions={"sni_hostname": target.host},
+    )
+    shown = _shown(target.url)
+    try:
+        response = client.send(request, stream=True)
+    except httpx.TimeoutException:
+        raise SourceUnavailable(f"{shown} timed out") from None
+    except httpx.HTTPError as exc:
+        raise SourceUnavailable(f"{shown} could not be fetched ({type(exc).__name__})") from None
+    try:
+        status = response.status_code
+        if status in _REDIRECT_STATUSES:
+            location = response.headers.get("location")
+            if not location:
+                raise SourceNotFound(f"{shown} answered {status} without a Location")
+            return urljoin(target.url, location)
+        if status >= 500 or status in _TRANSIENT_4XX:
+            raise SourceUnavailable(f"{shown} answered HTTP {status}")
+        if status in (401, 403):
+            raise SourceForbidden(f"{shown} answered HTTP {status}")
+        if status >= 400:
+            raise SourceNotFound(f"{shown} answered HTTP {status}")
+        if status != 200:
+            raise SourceNotFound(f"{shown} answered HTTP {status}, expected 200")
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > settings.max_source_bytes:
+            raise _too_large(settings, declared=int(declared))
+        return _spool(response, settings, spool_dir, deadline, shown)
+    finally:
+        response.close()
+
+
+_UA = "dramatiq-preview"
+
+
+def _too_large(settings: Settings, *, declared: int | None = None) -> SourceTooLarge:
+    size = f"{declared} bytes" if declared is not None else "larger than allowed"
+    return SourceTooLarge(
+        f"the source is {size}; at most {settings.max_source_bytes} bytes are allowed "
+        "(PREVIEW_MAX_SOURCE_BYTES)"
+    )
+
+
+def _spool(
+    response: httpx.Response,
+    settings: Settings,
+    spool_dir: Path | None,
+    deadline: float,
+    shown: str,
+) -> LocalSource:
+    spool: IO[bytes] = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 - fd outlives it
+    try:
+        total = 0
+        try:
+            for chunk in response.iter_raw(_CHUNK):
+                total += len(chunk)
+                if total > settings.max_source_bytes:
+                    raise _too_large(settings)
+                if time.monotonic() > deadline:
+                    raise SourceUnavailable(f"{shown} took too long to download")
+                spool.write(chunk)
+        except httpx.TimeoutException:
+            raise SourceUnavailable(f"{shown} timed out while downloading") from None
+        except httpx.HTTPError as exc:
+            raise SourceUnavailable(
+                f"{shown} broke off while downloading ({type(exc).__name__})"
+            ) from None
+        spool.flush()
+        fd = os.dup(spool.fileno())
+    finally:
+        spool.close()
+    try:
+        return _from_fd(fd, shown)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+__all__ = ["LocalSource", "check_address", "fetch_url", "open_path", "open_source", "resolve_url"]
