@@ -1,0 +1,211 @@
+"""The ``dramatiq-preview`` command.
+
+Exit codes: 0 success; 1 the input or the request was refused (invalid payload, unknown
+job, conflict); 2 the input file could not be read or the command line is wrong; 3 Redis or
+the broker is unavailable; 4 the configuration is invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+EXIT_OK, EXIT_REFUSED, EXIT_UNREADABLE, EXIT_UNAVAILABLE, EXIT_CONFIG = 0, 1, 2, 3, 4
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def _read(path: str, stdin: TextIO) -> str:
+    if path == "-":
+        try:
+            return stdin.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _Unreadable(f"-: cannot read standard input: {exc}") from None
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise _Unreadable(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return data.decode("utf-8", errors="surrogateescape")
+
+
+def _parse(text: str, name: str) -> tuple[Any, str | None]:
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        return None, f"{name}: invalid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+    except (UnicodeEncodeError, ValueError) as exc:
+        return None, f"{name}: invalid JSON: {exc}"
+
+
+def _cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    from .validation import validation_issues
+
+    text = _read(args.file, stdin)
+    payload, problem = _parse(text, args.file)
+    if problem:
+        print(problem, file=out)
+        return EXIT_REFUSED
+    issues = validation_issues(payload)
+    for issue in issues:
+        print(f"{issue.path or '(root)'}: {issue.message}", file=out)
+    if issues:
+        return EXIT_REFUSED
+    print("valid", file=out)
+    return EXIT_OK
+
+
+def _cmd_submit(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    from .client import submit_preview
+    from .errors import InvalidPayload
+
+    text = _read(args.file, stdin)
+    payload, problem = _parse(text, args.file)
+    if problem:
+        print(problem, file=err)
+        return EXIT_REFUSED
+    try:
+        submission = submit_preview(payload)
+    except InvalidPayload as exc:
+        for issue in exc.issues:
+            print(f"{issue.path or '(root)'}: {issue.message}", file=err)
+        return EXIT_REFUSED
+    print(submission.job_id, file=out)
+    if submission.duplicate:
+        print(f"duplicate: job {submission.job_id} is {submission.state}", file=err)
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    from .client import get_status
+
+    print(json.dumps(get_status(args.job_id), indent=2), file=out)
+    return EXIT_OK
+
+
+def _cmd_cancel(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    from .client import cancel_preview
+
+    print(json.dumps(cancel_preview(args.job_id)), file=out)
+    return EXIT_OK
+
+
+def _dead_letters() -> Any:
+    from .actors import render_preview
+    from .config import get_settings
+    from .dlq import dead_letters
+    from .state import get_store
+
+    return dead_letters(render_preview.broker, get_store(get_settings()))
+
+
+def _cmd_dlq(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    dlq = _dead_letters()
+    if args.dlq_command == "list":
+        for letter in dlq.list():
+            print(json.dumps(letter.to_dict()) if args.json else letter.line(), file=out)
+        return EXIT_OK
+    if args.dlq_command == "requeue":
+        if not args.all and not args.job_id:
+            print("dlq requeue: give a JOB_ID or --all", file=err)
+            return EXIT_UNREADABLE
+        replayed = dlq.requeue(None if args.all else args.job_id)
+        for job_id in replayed:
+            print(job_id, file=out)
+        print(f"requeued {len(replayed)} job(s)", file=err)
+        return EXIT_OK
+    count = dlq.purge()
+    print(f"purged {count} dead message(s)", file=out)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dramatiq-preview",
+        description="Validate, submit and inspect dramatiq-preview jobs.",
+        epilog="Configuration comes from PREVIEW_* environment variables.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check a job payload against the JSON Schema")
+    p.add_argument("file", metavar="FILE|-", help="JSON file, or - for standard input")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("submit", help="submit a job payload; prints its jobId")
+    p.add_argument("file", metavar="FILE|-", help="JSON file, or - for standard input")
+    p.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser("status", help="print a job's status as JSON")
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("cancel", help="cancel a queued or running job")
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.set_defaults(func=_cmd_cancel)
+
+    p = sub.add_parser("dlq", help="inspect and replay the dead-letter queue")
+    dlq = p.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    q = dlq.add_parser("list", help="one line per dead job, starting with its jobId")
+    q.add_argument("--json", action="store_true", help="one JSON object per line")
+    q = dlq.add_parser("requeue", help="put dead jobs back as queued")
+    q.add_argument("job_id", nargs="?", metavar="JOB_ID")
+    q.add_argument("--all", action="store_true", help="requeue every dead job")
+    dlq.add_parser("purge", help="delete every dead message")
+    p.set_defaults(func=_cmd_dlq)
+    return parser
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    stdin: TextIO | None = None,
+) -> int:
+    """Run the command line; returns the exit code."""
+    out, err, inp = stdout or sys.stdout, stderr or sys.stderr, stdin or sys.stdin
+    args = build_parser().parse_args(argv)
+    from .errors import (
+        BrokerUnavailable,
+        ConfigError,
+        JobConflict,
+        JobNotFound,
+        StateStoreUnavailable,
+    )
+
+    try:
+        code: int = args.func(args, out, err, inp)
+        return code
+    except _Unreadable as exc:
+        print(str(exc), file=err)
+        return EXIT_UNREADABLE
+    except ConfigError as exc:
+        print(f"configuration error: {exc.message}", file=err)
+        return EXIT_CONFIG
+    except (JobNotFound, JobConflict) as exc:
+        print(exc.message, file=err)
+        return EXIT_REFUSED
+    except (StateStoreUnavailable, BrokerUnavailable) as exc:
+        print(exc.message, file=err)
+        return EXIT_UNAVAILABLE
+    except Exception as exc:
+        if _is_connection_error(exc):
+            print(f"unavailable: {type(exc).__name__}: {exc}", file=err)
+            return EXIT_UNAVAILABLE
+        raise
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    import redis
+
+    names = {"AMQPConnectionError", "ConnectionClosed", "StreamLostError"}
+    return isinstance(exc, (redis.RedisError, ConnectionError)) or type(exc).__name__ in names
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""The Python job API: submit, status and cancel, from any process.
+
+>>> from dramatiq_preview import submit_preview, get_status
+>>> job = submit_preview({"source": {"path": "cat.jpg"},
+...                       "outputs": [{"width": 256, "height": 256, "format": "webp"}]})
+>>> get_status(job.job_id)["state"]
+'queued'
+
+:class:`PreviewClient` binds the same calls to explicit settings (another Redis, another
+broker), e.g. for a web process configured from Flask's ``app.config``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+
+from .broker import RECORDED, build_broker, queue_for
+from .config import Settings, get_settings
+from .errors import BrokerUnavailable, JobConflict, JobNotFound
+from .events import emit
+from .state import JobStore, get_store
+from .validation import fingerprint, normalize, validate
+
+logger = logging.getLogger("dramatiq_preview.client")
+
+assert RECORDED == "preview_recorded"  # spelled out as a keyword in submit()
+
+
+@dataclass(frozen=True)
+class Submission:
+    """The answer to a submit: the job's id, its current state, and whether it existed."""
+
+    job_id: str
+    state: str
+    duplicate: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"jobId": self.job_id, "state": self.state, "duplicate": self.duplicate}
+
+
+class PreviewClient:
+    """Submit, inspect and cancel preview jobs.
+
+    Parameters:
+      settings: the settings to use (default: the process-wide ones from the environment).
+      broker: the broker to enqueue on.  By default the broker ``render_preview`` is declared
+        on; a client whose ``PREVIEW_BROKER_URL`` differs from the process-wide one builds
+        its own broker from ``settings``.
+    """
+
+    def __init__(
+        self, settings: Settings | None = None, *, broker: dramatiq.Broker | None = None
+    ) -> None:
+        self.settings = settings or get_settings()
+        self._broker = broker
+
+    @classmethod
+    def from_url(cls, redis_url: str, **overrides: Any) -> PreviewClient:
+        """A client for the state store (and, unless overridden, the broker) at ``redis_url``."""
+        mapping = {"PREVIEW_REDIS_URL": redis_url, **overrides}
+        return cls(Settings.from_mapping(mapping))
+
+    @property
+    def store(self) -> JobStore:
+        return get_store(self.settings)
+
+    @property
+    def broker(self) -> dramatiq.Broker:
+        if self._broker is None:
+            from .actors import render_preview
+
+            if self.settings.broker_url == get_settings().broker_url:
+                self._broker = render_preview.broker
+            else:
+                self._broker = build_broker(self.settings)
+        return self._broker
+
+    def submit(self, payload: Any) -> Submission:
+        """Validate, de-duplicate, record as ``queued`` and enqueue one job.
+
+        Raises:
+          InvalidPayload: the payload breaks the schema (nothing is recorded or enqueued).
+          JobConflict: the jobId exists with a different payload.
+          StateStoreUnavailable, BrokerUnavailable: Redis or the broker is down; nothing is
+            left behind.
+        """
+        from .actors import render_preview
+
+        validate(payload)
+        normalized = normalize(payload)
+        job_id = normalized["jobId"]
+        queue = queue_for(normalized["priority"])
+        outcome, state = self.store.create(
+            job_id,
+            fp=fingerprint(normalized),
+            priority=normalized["priority"],
+            queue=queue,
+            metadata=normalized["metadata"],
+        )
+        if outcome == "conflict":
+            raise JobConflict(f"jobId {job_id!r} was already used with a different payload")
+        if outcome == "duplicate":
+            emit("duplicate", job_id=job_id)
+            return Submission(job_id, state, duplicate=True)
+        message = render_preview.message_with_options(args=(normalized,), preview_recorded=True)
+        try:
+            self.broker.enqueue(message)
+        except Exception as exc:
+            logger.warning("enqueue of job %s failed: %s", job_id, exc)
+            self.store.delete(job_id, queue)
+            raise BrokerUnavailable(
+                f"the broker is unavailable: {type(exc).__name__}; the job was not queued"
+            ) from exc
+        return Submission(job_id, "queued", duplicate=False)
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        """The job's status object (contract §5).
+
+        Raises:
+          JobNotFound: no job with this id (or its record expired).
+        """
+        status = self.store.get(job_id)
+        if status is None:
+            raise JobNotFound(job_id)
+        return status
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a job: a waiting job at once, a running one at its next checkpoint.
+
+        Returns ``{"jobId", "state"}`` with ``cancelled``, or ``running`` while a running
+        job is on its way to ``cancelled``.  Cancelling a cancelled job is a no-op.
+
+        Raises:
+          JobNotFound: no job with this id.
+          JobConflict: the job already succeeded or failed.
+        """
+        outcome = self.store.cancel(job_id)
+        if outcome == "missing":
+            raise JobNotFound(job_id)
+        if outcome in ("succeeded", "failed"):
+            raise JobConflict(f"job {job_id!r} already {outcome}; it cannot be cancelled")
+        return {"jobId": job_id, "state": outcome}
+
+
+_default: PreviewClient | None = None
+
+
+def default_client() -> PreviewClient:
+    """The client the module-level functions use (process-wide settings and broker)."""
+    global _default
+    if _default is None or _default.settings is not get_settings():
+        _default = PreviewClient()
+    return _default
+
+
+def submit_preview(payload: Any) -> Submission:
+    """Validate, de-duplicate, record and enqueue ``payload``; see :meth:`PreviewClient.submit`."""
+    return default_client().submit(payload)
+
+
+def get_status(job_id: str) -> dict[str, Any]:
+    """The status of ``job_id``; see :meth:`PreviewClient.status`."""
+    return default_client().status(job_id)
+
+
+def cancel_preview(job_id: str) -> dict[str, Any]:
+    """Cancel ``job_id``; see :meth:`PreviewClient.cancel`."""
+    return default_client().cancel(job_id)

@@ -1,0 +1,272 @@
+"""Configuration: every ``PREVIEW_*`` setting, parsed and checked in one place.
+
+Workers and the CLI read the environment.  The Flask extension passes ``app.config`` as
+``overrides`` so that keys of the same name win over the environment.  A bad value raises
+:class:`~dramatiq_preview.errors.ConfigError` whose message starts with the variable's name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_HOST_RE = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _parse_int(name: str, raw: str, low: int, high: int | None) -> int:
+    text = raw.strip()
+    if not re.fullmatch(r"[+-]?\d+", text):
+        raise ConfigError(name, f"expected an integer, got {raw!r}")
+    value = int(text)
+    if value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"between {low} and {high}"
+        raise ConfigError(name, f"must be {bounds}, got {value}")
+    return value
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    text = raw.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(name, f"expected true or false, got {raw!r}")
+
+
+def _parse_url(name: str, raw: str, schemes: set[str]) -> str:
+    text = raw.strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as exc:
+        raise ConfigError(name, f"not a valid URL ({exc})") from None
+    if parts.scheme not in schemes:
+        allowed = ", ".join(sorted(f"{s}://" for s in schemes))
+        raise ConfigError(name, f"URL must start with one of {allowed}, got {text!r}")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ConfigError(name, f"URL has no host: {text!r}")
+    return text
+
+
+def _parse_hosts(name: str, raw: str) -> frozenset[str]:
+    hosts = set()
+    for item in raw.split(","):
+        host = item.strip().lower().rstrip(".")
+        if not host:
+            continue
+        if not _HOST_RE.match(host):
+            raise ConfigError(name, f"not a host name: {item.strip()!r}")
+        hosts.add(host)
+    return frozenset(hosts)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The parsed configuration.  Build it with :meth:`from_env` or :meth:`from_mapping`."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    broker_url: str = "redis://localhost:6379/0"
+    namespace: str = "dramatiq_preview"
+    source_root: Path | None = None
+    output_dir: Path = Path("previews")
+    allowed_url_hosts: frozenset[str] = frozenset()
+    allow_private_networks: bool = False
+    max_payload_bytes: int = 65536
+    max_source_bytes: int = 52428800
+    max_pixels: int = 100_000_000
+    time_limit_ms: int = 60000
+    max_retries: int = 5
+    min_backoff_ms: int = 1000
+    max_backoff_ms: int = 300000
+    job_ttl_seconds: int = 604800
+    max_deliveries: int = 3
+    api_token: str | None = None
+    url_prefix: str = "/api/preview"
+    health_max_age_seconds: int = 300
+    log_format: str = "text"
+    # Settings beyond the contract's table (documented in docs/configuration.md).
+    render_processes: int = 0
+    render_memory_mb: int = 2048
+    render_recycle_after: int = 200
+    fetch_connect_timeout_ms: int = 5000
+    fetch_read_timeout_ms: int = 15000
+    broker_heartbeat_timeout_ms: int = 60000
+    broker_maintenance_chance: int = 1000
+    progress_interval_ms: int = 500
+
+    @property
+    def broker_kind(self) -> str:
+        """``"redis"`` or ``"rabbitmq"``, from the scheme of ``broker_url``."""
+        return "rabbitmq" if self.broker_url.startswith(("amqp://", "amqps://")) else "redis"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Parse the settings from ``environ`` (default ``os.environ``).
+
+        Raises:
+          ConfigError: a value is malformed; the message names the variable.
+        """
+        return cls.from_mapping({}, environ)
+
+    @classmethod
+    def from_mapping(
+        cls, overrides: Mapping[str, Any], environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Parse settings from ``overrides`` (e.g. a Flask ``app.config``) over ``environ``.
+
+        Only ``PREVIEW_*`` keys are looked at.  Override values may already be typed
+        (``app.config["PREVIEW_MAX_RETRIES"] = 3``); they are checked like strings.
+
+        Raises:
+          ConfigError: a value is malformed; the message names the variable.
+        """
+        env = os.environ if environ is None else environ
+
+        def raw(name: str) -> str | None:
+            if name in overrides and overrides[name] is not None:
+                value = overrides[name]
+                if isinstance(value, bool):
+                    return "true" if value else "false"
+                if isinstance(value, (list, tuple, set, frozenset)):
+                    return ",".join(str(v) for v in value)
+                return str(value)
+            return env.get(name)
+
+        values: dict[str, Any] = {}
+        for spec in _SPECS:
+            text = raw(spec.env)
+            if text is None or (text.strip() == "" and spec.empty_is_unset):
+                continue
+            values[spec.field] = spec.parse(spec.env, text)
+
+        if "broker_url" not in values:
+            values["broker_url"] = values.get("redis_url", cls.redis_url)
+        settings = cls(**values)
+        if settings.min_backoff_ms > settings.max_backoff_ms:
+            raise ConfigError(
+                "PREVIEW_MIN_BACKOFF_MS",
+                f"must not exceed PREVIEW_MAX_BACKOFF_MS ({settings.max_backoff_ms})",
+            )
+        return settings
+
+    def env_names(self) -> dict[str, str]:
+        """Map each field to its environment variable name (for docs and the CLI)."""
+        by_field = {spec.field: spec.env for spec in _SPECS}
+        return {f.name: by_field[f.name] for f in fields(self) if f.name in by_field}
+
+
+@dataclass(frozen=True)
+class _Spec:
+    env: str
+    field: str
+    parse: Callable[[str, str], Any]
+    empty_is_unset: bool = True
+
+
+def _int(low: int, high: int | None = None) -> Callable[[str, str], int]:
+    return lambda name, raw: _parse_int(name, raw, low, high)
+
+
+def _namespace(name: str, raw: str) -> str:
+    text = raw.strip()
+    if not _NAMESPACE_RE.match(text):
+        raise ConfigError(name, f"use 1-64 letters, digits or _.:- characters, got {raw!r}")
+    return text
+
+
+def _path(name: str, raw: str) -> Path:
+    text = raw.strip()
+    if "\x00" in text:
+        raise ConfigError(name, "contains a NUL byte")
+    return Path(text).expanduser()
+
+
+def _prefix(name: str, raw: str) -> str:
+    text = raw.strip().rstrip("/")
+    if not text.startswith("/") or not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", text):
+        raise ConfigError(name, f"must be a URL path such as /api/preview, got {raw!r}")
+    return text
+
+
+def _choice(*choices: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        text = raw.strip().lower()
+        if text not in choices:
+            raise ConfigError(name, f"must be one of {', '.join(choices)}, got {raw!r}")
+        return text
+
+    return parse
+
+
+def _token(name: str, raw: str) -> str:
+    text = raw.strip()
+    if len(text) < 16:
+        raise ConfigError(name, "must be at least 16 characters long")
+    return text
+
+
+_REDIS_SCHEMES = {"redis", "rediss", "unix"}
+_SPECS = [
+    _Spec("PREVIEW_REDIS_URL", "redis_url", lambda n, r: _parse_url(n, r, _REDIS_SCHEMES)),
+    _Spec(
+        "PREVIEW_BROKER_URL",
+        "broker_url",
+        lambda n, r: _parse_url(n, r, _REDIS_SCHEMES | {"amqp", "amqps"}),
+    ),
+    _Spec("PREVIEW_NAMESPACE", "namespace", _namespace),
+    _Spec("PREVIEW_SOURCE_ROOT", "source_root", _path),
+    _Spec("PREVIEW_OUTPUT_DIR", "output_dir", _path),
+    _Spec("PREVIEW_ALLOWED_URL_HOSTS", "allowed_url_hosts", _parse_hosts),
+    _Spec("PREVIEW_ALLOW_PRIVATE_NETWORKS", "allow_private_networks", _parse_bool),
+    _Spec("PREVIEW_MAX_PAYLOAD_BYTES", "max_payload_bytes", _int(256, 16 * 1024 * 1024)),
+    _Spec("PREVIEW_MAX_SOURCE_BYTES", "max_source_bytes", _int(1)),
+    _Spec("PREVIEW_MAX_PIXELS", "max_pixels", _int(1)),
+    _Spec("PREVIEW_TIME_LIMIT_MS", "time_limit_ms", _int(100)),
+    _Spec("PREVIEW_MAX_RETRIES", "max_retries", _int(0, 1000)),
+    _Spec("PREVIEW_MIN_BACKOFF_MS", "min_backoff_ms", _int(1)),
+    _Spec("PREVIEW_MAX_BACKOFF_MS", "max_backoff_ms", _int(1, 7 * 86400 * 1000)),
+    _Spec("PREVIEW_JOB_TTL_SECONDS", "job_ttl_seconds", _int(60)),
+    _Spec("PREVIEW_MAX_DELIVERIES", "max_deliveries", _int(1, 1000)),
+    _Spec("PREVIEW_API_TOKEN", "api_token", _token),
+    _Spec("PREVIEW_URL_PREFIX", "url_prefix", _prefix),
+    _Spec("PREVIEW_HEALTH_MAX_AGE_SECONDS", "health_max_age_seconds", _int(1)),
+    _Spec("PREVIEW_LOG_FORMAT", "log_format", _choice("text", "json")),
+    _Spec("PREVIEW_RENDER_PROCESSES", "render_processes", _int(0, 256)),
+    _Spec("PREVIEW_RENDER_MEMORY_MB", "render_memory_mb", _int(256)),
+    _Spec("PREVIEW_RENDER_RECYCLE_AFTER", "render_recycle_after", _int(1)),
+    _Spec("PREVIEW_FETCH_CONNECT_TIMEOUT_MS", "fetch_connect_timeout_ms", _int(10)),
+    _Spec("PREVIEW_FETCH_READ_TIMEOUT_MS", "fetch_read_timeout_ms", _int(10)),
+    _Spec("PREVIEW_BROKER_HEARTBEAT_TIMEOUT_MS", "broker_heartbeat_timeout_ms", _int(1000)),
+    _Spec("PREVIEW_BROKER_MAINTENANCE_CHANCE", "broker_maintenance_chance", _int(0, 1_000_000)),
+    _Spec("PREVIEW_PROGRESS_INTERVAL_MS", "progress_interval_ms", _int(0)),
+]
+
+ENV_NAMES = tuple(spec.env for spec in _SPECS)
+
+_current: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process-wide settings, parsed from the environment on first use."""
+    global _current
+    if _current is None:
+        _current = Settings.from_env()
+    return _current
+
+
+def set_settings(settings: Settings | None) -> None:
+    """Replace the process-wide settings (``None`` re-reads the environment on next use)."""
+    global _current
+    _current = settings

@@ -1,0 +1,295 @@
+"""The dead-letter queue: list, requeue and purge the messages of failed jobs.
+
+Failed jobs sit in Dramatiq's own dead-letter queues (``preview-*.XQ``).  A backend per
+broker kind reads them: Redis keeps dead messages in a sorted set scored by failure time,
+RabbitMQ in a durable queue.  Listing joins each message with its job record for the
+error and attempt count; replaying resets the record to ``queued`` (same jobId, poison-pill
+counter cleared) before the message is enqueued again.
+"""
+
+from __future__ import annotations
+
+import abc
+import builtins
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+from dramatiq.message import Message
+
+from .broker import QUEUES, RECORDED, canonical_queue
+from .errors import JobNotFound
+from .state import JobStore, iso
+from .validation import fingerprint, normalize
+
+#: Options that describe a past delivery and must not follow a replayed message.
+_DELIVERY_OPTIONS = {"eta", "redis_message_id", "retries", "traceback", "requeue_timestamp"}
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead message: its job and why it died."""
+
+    job_id: str
+    queue: str
+    message_id: str
+    failed_at: str | None
+    error: dict[str, Any] | None
+    attempts: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "jobId": self.job_id,
+            "queue": self.queue,
+            "messageId": self.message_id,
+            "failedAt": self.failed_at,
+            "error": self.error,
+            "attempts": self.attempts,
+        }
+
+    def line(self) -> str:
+        """``jobId  error-type  attempts=N  failed=TIME  message`` for the CLI."""
+        err = self.error or {}
+        return "\t".join(
+            [
+                self.job_id,
+                str(err.get("type", "unknown")),
+                f"attempts={self.attempts}",
+                f"failed={self.failed_at or '-'}",
+                str(err.get("message", "")),
+            ]
+        )
+
+
+class DeadLetters(abc.ABC):
+    """The dead-letter queues of our priority lanes on one broker."""
+
+    def __init__(self, broker: dramatiq.Broker, store: JobStore) -> None:
+        # Broker-specific attributes (client, namespace, parameters) are read by subclasses.
+        self.broker: Any = broker
+        self.store = store
+
+    @abc.abstractmethod
+    def _entries(self) -> Iterator[tuple[str, Message[Any], float | None]]:
+        """Yield ``(queue, message, failed_at_ms)`` for every dead message."""
+
+    @abc.abstractmethod
+    def _remove(self, queue: str, message: Message[Any]) -> None:
+        """Delete one dead message."""
+
+    @abc.abstractmethod
+    def purge(self) -> int:
+        """Delete every dead message of our lanes; returns how many there were."""
+
+    @abc.abstractmethod
+    def count(self, queue: str) -> int:
+        """Number of dead messages of one lane."""
+
+    def list(self) -> builtins.list[DeadLetter]:
+        """Every dead job, oldest failure first."""
+        letters = []
+        for queue, message, failed_ms in self._entries():
+            letters.append(self._describe(queue, message, failed_ms))
+        return sorted(letters, key=lambda d: d.failed_at or "")
+
+    def requeue(self, job_id: str | None = None) -> builtins.list[str]:
+        """Replay the dead messages of ``job_id`` (or all when None).
+
+        Returns the replayed jobIds.
+
+        Raises:
+          JobNotFound: ``job_id`` has no dead message.
+        """
+        replayed = []
+        for queue, message, _ in list(self._entries()):
+            this_id = _job_id(message)
+            if job_id is not None and this_id != job_id:
+                continue
+            self._replay(queue, message, this_id)
+            replayed.append(this_id)
+        if job_id is not None and not replayed:
+            raise JobNotFound(job_id)
+        return replayed
+
+    def _replay(self, queue: str, message: Message[Any], job_id: str) -> None:
+        outcome = self.store.requeue(job_id, queue=queue)
+        if outcome == "missing":
+            # The record expired while the message sat in the DLQ: start a fresh one.
+            payload = message.args[0] if message.args else {}
+            normalized = normalize(dict(payload, jobId=job_id))
+            self.store.create(
+                job_id,
+                fp=fingerprint(normalized),
+                priority=normalized["priority"],
+                queue=queue,
+                metadata=normalized["metadata"],
+            )
+        options = {k: v for k, v in message.options.items() if k not in _DELIVERY_OPTIONS}
+        options[RECORDED] = True
+        fresh = dataclasses.replace(message, queue_name=queue, options=options)
+        # Enqueue before removing: a crash in between leaves a duplicate, which the
+        # idempotency middleware skips, rather than losing the job.
+        self.broker.enqueue(fresh)
+        self._remove(queue, message)
+
+    def _describe(self, queue: str, message: Message[Any], failed_ms: float | None) -> DeadLetter:
+        job_id = _job_id(message)
+        status = self.store.get(job_id)
+        error = status["error"] if status else None
+        if error is None and message.options.get("retries"):
+            error = {"type": "unknown", "message": "record expired", "retryable": True}
+        return DeadLetter(
+            job_id=job_id,
+            queue=queue,
+            message_id=message.message_id,
+            failed_at=iso(int(failed_ms)) if failed_ms else (status or {}).get("finishedAt"),
+            error=error,
+            attempts=int(status["attempts"]) if status else int(message.options.get("retries", 0)),
+        )
+
+
+def _job_id(message: Message[Any]) -> str:
+    payload = message.args[0] if len(message.args) == 1 else None
+    if isinstance(payload, dict) and isinstance(payload.get("jobId"), str):
+        return str(payload["jobId"])
+    return str(message.message_id).replace("-", "")
+
+
+class RedisDeadLetters(DeadLetters):
+    """Dead letters of a ``RedisBroker``: ``{ns}:{queue}.XQ`` (zset) + ``.XQ.msgs`` (hash)."""
+
+    def _keys(self, queue: str) -> tuple[str, str]:
+        base = f"{self.broker.namespace}:{queue}.XQ"
+        return base, base + ".msgs"
+
+    def _entries(self) -> Iterator[tuple[str, Message[Any], float | None]]:
+        client = self.broker.client
+        for queue in QUEUES.values():
+            zkey, hkey = self._keys(queue)
+            ids = client.zrange(zkey, 0, -1, withscores=True)
+            if not ids:
+                continue
+            blobs = client.hmget(hkey, [i for i, _ in ids])
+            for (redis_id, score), blob in zip(ids, blobs, strict=True):
+                if blob is None:
+                    continue
+                message = Message.decode(blob)
+                message.options.setdefault("redis_message_id", _text(redis_id))
+                yield queue, message, float(score)
+
+    def _remove(self, queue: str, message: Message[Any]) -> None:
+        zkey, hkey = self._keys(queue)
+        redis_id = message.options.get("redis_message_id")
+        pipe = self.broker.client.pipeline(transaction=True)
+        pipe.zrem(zkey, redis_id)
+        pipe.hdel(hkey, redis_id)
+        pipe.execute()
+
+    def purge(self) -> int:
+        total = 0
+        for queue in QUEUES.values():
+            zkey, hkey = self._keys(queue)
+            total += int(self.broker.client.zcard(zkey))
+            self.broker.client.delete(zkey, hkey)
+        return total
+
+    def count(self, queue: str) -> int:
+        return int(self.broker.client.zcard(self._keys(queue)[0]))
+
+
+class RabbitmqDeadLetters(DeadLetters):
+    """Dead letters of a ``RabbitmqBroker``: the durable ``{queue}.XQ`` queues.
+
+    Reading a queue takes every message without acknowledging it and puts them all back at
+    the end, so listing changes nothing.
+    """
+
+    def _channel(self) -> Any:
+        import pika
+
+        connection = pika.BlockingConnection(self.broker.parameters)
+        return connection, connection.channel()
+
+    def _entries(self) -> Iterator[tuple[str, Message[Any], float | None]]:
+        connection, channel = self._channel()
+        try:
+            for queue in QUEUES.values():
+                self.broker.declare_queue(queue, ensure=True)
+                tags = []
+                while True:
+                    method, props, body = channel.basic_get(queue + ".XQ", auto_ack=False)
+                    if method is None:
+                        break
+                    tags.append(method.delivery_tag)
+                    message = Message.decode(body)
+                    stamp = props.timestamp * 1000 if props and props.timestamp else None
+                    yield queue, message, stamp
+                for tag in tags:
+                    channel.basic_nack(tag, requeue=True)
+        finally:
+            connection.close()
+
+    def _remove(self, queue: str, message: Message[Any]) -> None:
+        connection, channel = self._channel()
+        try:
+            tags = []
+            while True:
+                method, _props, body = channel.basic_get(queue + ".XQ", auto_ack=False)
+                if method is None:
+                    break
+                if Message.decode(body).message_id == message.message_id:
+                    channel.basic_ack(method.delivery_tag)
+                else:
+                    tags.append(method.delivery_tag)
+            for tag in tags:
+                channel.basic_nack(tag, requeue=True)
+        finally:
+            connection.close()
+
+    def purge(self) -> int:
+        connection, channel = self._channel()
+        total = 0
+        try:
+            for queue in QUEUES.values():
+                self.broker.declare_queue(queue, ensure=True)
+                total += int(channel.queue_purge(queue + ".XQ").method.message_count)
+        finally:
+            connection.close()
+        return total
+
+    def count(self, queue: str) -> int:
+        connection, channel = self._channel()
+        try:
+            self.broker.declare_queue(queue, ensure=True)
+            frame = channel.queue_declare(queue + ".XQ", passive=True)
+            return int(frame.method.message_count)
+        finally:
+            connection.close()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def dead_letters(broker: dramatiq.Broker, store: JobStore) -> DeadLetters:
+    """The dead-letter backend for ``broker``.
+
+    Raises:
+      TypeError: the broker is neither a RedisBroker nor a RabbitmqBroker.
+    """
+    from dramatiq.brokers.redis import RedisBroker
+
+    if isinstance(broker, RedisBroker):
+        return RedisDeadLetters(broker, store)
+    try:
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+    except ImportError:  # pragma: no cover - pika is a dependency
+        RabbitmqBroker = None  # type: ignore[misc,assignment]
+    if RabbitmqBroker is not None and isinstance(broker, RabbitmqBroker):
+        return RabbitmqDeadLetters(broker, store)
+    raise TypeError(f"no dead-letter support for {type(broker).__name__}")
+
+
+__all__ = ["DeadLetter", "DeadLetters", "canonical_queue", "dead_letters"]

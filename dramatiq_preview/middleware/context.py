@@ -1,0 +1,74 @@
+"""The job being processed by the current worker thread.
+
+The idempotency middleware opens a :class:`JobContext` when it claims a delivery; the actor
+reads it to report progress and to notice cancellation; the status middleware closes it.
+Dramatiq runs ``before_process_message``, the actor and ``after_process_message`` of one
+message on one worker thread, so a thread-local is the right scope.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ..errors import JobCancelled
+from ..state import JobStore
+
+
+class LeaseLost(JobCancelled):
+    """This delivery no longer holds the job: another delivery finished or took it over."""
+
+    type = "lease_lost"
+
+
+@dataclass
+class JobContext:
+    """State of one delivery of one job on this thread."""
+
+    job_id: str
+    token: str
+    store: JobStore
+    attempt: int
+    deadline: float
+    progress_interval: float
+    cancelled: bool = False
+    lease_lost: bool = False
+    started: float = field(default_factory=time.monotonic)
+    # The first progress write waits one interval: a fast job costs no progress round trip.
+    _last_write: float = field(default_factory=time.monotonic)
+    _last_percent: int = -1
+
+    def checkpoint(self, percent: int | None = None) -> None:
+        """Report progress and check for cancellation, at most once per interval.
+
+        Raises:
+          JobCancelled: cancellation was requested for this job.
+          LeaseLost: the job was taken over by another delivery.
+        """
+        now = time.monotonic()
+        if percent is not None and percent <= self._last_percent:
+            percent = None
+        if now - self._last_write < self.progress_interval:
+            return
+        self._last_write = now
+        if percent is not None:
+            self._last_percent = percent
+        verdict = self.store.progress(self.job_id, token=self.token, percent=percent)
+        if verdict == 1:
+            self.cancelled = True
+            raise JobCancelled("cancelled while rendering")
+        if verdict == 2:
+            raise LeaseLost("this delivery no longer holds the job")
+
+
+_local = threading.local()
+
+
+def current_job() -> JobContext | None:
+    """The context of the job this thread is processing, or None outside a delivery."""
+    return getattr(_local, "job", None)
+
+
+def set_current_job(ctx: JobContext | None) -> None:
+    _local.job = ctx

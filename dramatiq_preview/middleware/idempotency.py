@@ -1,0 +1,139 @@
+"""Idempotency: one record per jobId, at most one successful render, poison-pill limit."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import uuid
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import SkipMessage
+
+from ..broker import RECORDED, canonical_queue
+from ..config import Settings, get_settings
+from ..errors import JobConflict
+from ..events import emit
+from ..state import get_store, now_ms
+from ..validation import fingerprint, normalize
+from .context import JobContext, set_current_job
+from .messages import is_preview_message, job_id_of, payload_of
+
+logger = logging.getLogger("dramatiq_preview.idempotency")
+
+#: How long past the time limit a render lease outlives its holder.  The render child is
+#: killed at the time limit, so a live holder never needs longer; a dead one blocks the job
+#: for at most this much beyond it.
+LEASE_GRACE_MS = 5000
+
+
+class Idempotency(dramatiq.Middleware):
+    """Make ``jobId`` an idempotency key, end to end.
+
+    * ``before_enqueue``: a message whose job is not yet recorded (``render_preview.send()``
+      from anywhere) creates the record atomically; the same jobId with a different payload
+      raises :class:`~dramatiq_preview.errors.JobConflict` in the sender.
+    * ``before_process_message``: claims the job.  A job already succeeded, failed or
+      cancelled is skipped; a job another worker is rendering (live lease) is put back with a
+      delay instead of rendered concurrently; a job whose worker died
+      ``PREVIEW_MAX_DELIVERIES`` times is failed as ``worker_lost`` and dead-lettered.
+
+    Parameters:
+      settings: the settings to use; by default the process-wide ones, read at use time.
+    """
+
+    def __init__(self, *, settings: Settings | None = None) -> None:
+        self._settings = settings
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings or get_settings()
+
+    def before_enqueue(self, broker: dramatiq.Broker, message: Any, delay: Any) -> None:
+        if not is_preview_message(message):
+            return
+        if message.options.get(RECORDED) or message.options.get("retries"):
+            return
+        settings = self.settings
+        normalized = normalize(payload_of(message))
+        job_id = normalized["jobId"]
+        outcome, _state = get_store(settings).create(
+            job_id,
+            fp=fingerprint(normalized),
+            priority=normalized["priority"],
+            queue=canonical_queue(message.queue_name),
+            metadata=normalized["metadata"],
+        )
+        if outcome == "conflict":
+            raise JobConflict(f"jobId {job_id!r} was already used with a different payload")
+        if outcome == "duplicate":
+            emit("duplicate", job_id=job_id)
+        # Messages are encoded after before_enqueue, so this flag travels with the message
+        # (and spares the delay-queue hop a second round trip).
+        message.options[RECORDED] = True
+
+    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        if not is_preview_message(message):
+            return
+        settings = self.settings
+        store = get_store(settings)
+        job_id = job_id_of(message)
+        token = uuid.uuid4().hex
+        lease_ms = settings.time_limit_ms + LEASE_GRACE_MS
+        claim = store.claim(
+            job_id, token=token, lease_ms=lease_ms, max_deliveries=settings.max_deliveries
+        )
+        if claim.verdict == "missing":
+            # The record expired, or the message was enqueued by a broker without our
+            # middleware: re-create it from the message, then claim as usual.
+            normalized = normalize(dict(payload_of(message), jobId=job_id))
+            store.create(
+                job_id,
+                fp=fingerprint(normalized),
+                priority=normalized["priority"],
+                queue=canonical_queue(message.queue_name),
+                metadata=normalized["metadata"],
+            )
+            claim = store.claim(
+                job_id, token=token, lease_ms=lease_ms, max_deliveries=settings.max_deliveries
+            )
+
+        if claim.verdict == "run":
+            set_current_job(
+                JobContext(
+                    job_id=job_id,
+                    token=token,
+                    store=store,
+                    attempt=claim.attempts,
+                    # The render child is stopped a little before Dramatiq's TimeLimit fires,
+                    # so the limit ends in a clean RenderTimeout with the child killed.
+                    deadline=time.monotonic() + settings.time_limit_ms / 1000 * 0.97,
+                    progress_interval=settings.progress_interval_ms / 1000,
+                )
+            )
+            emit("running", job_id=job_id, attempt=claim.attempts, queue=message.queue_name)
+            return
+
+        if claim.verdict == "busy":
+            delay = max(1000, claim.lease_until - now_ms() + 1000)
+            self._put_back(broker, message, delay)
+            logger.info("job %s is being rendered elsewhere; retrying in %d ms", job_id, delay)
+            raise SkipMessage(f"job {job_id} is leased by another delivery")
+
+        if claim.verdict == "lost":
+            message.fail()
+            emit("worker_lost", job_id=job_id, attempt=claim.attempts)
+            raise SkipMessage(f"job {job_id} failed as worker_lost")
+
+        emit("duplicate_skipped", job_id=job_id, state=claim.state)
+        raise SkipMessage(f"job {job_id} is already {claim.state}")
+
+    @staticmethod
+    def _put_back(broker: dramatiq.Broker, message: Any, delay: int) -> None:
+        options = {k: v for k, v in message.options.items() if k not in {"eta", "redis_message_id"}}
+        options[RECORDED] = True
+        copy = dataclasses.replace(
+            message._message, queue_name=canonical_queue(message.queue_name), options=options
+        )
+        broker.enqueue(copy, delay=delay)

@@ -1,0 +1,29 @@
+"""Helpers to read our payload out of a Dramatiq message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..broker import ACTOR_NAME
+
+
+def is_preview_message(message: Any) -> bool:
+    return bool(getattr(message, "actor_name", None) == ACTOR_NAME)
+
+
+def payload_of(message: Any) -> Any:
+    """The payload argument (whatever it is; validation decides whether it is usable)."""
+    args = message.args
+    if len(args) == 1 and not message.kwargs:
+        return args[0]
+    return {"args": list(args), "kwargs": dict(message.kwargs)}
+
+
+def job_id_of(message: Any) -> str:
+    """The payload's ``jobId``; a message sent without one is named by its message id."""
+    payload = payload_of(message)
+    if isinstance(payload, dict):
+        job_id = payload.get("jobId")
+        if isinstance(job_id, str) and job_id:
+            return job_id
+    return str(message.message_id).replace("-", "")

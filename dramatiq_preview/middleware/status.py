@@ -1,0 +1,141 @@
+"""JobStatus: records how each delivery of a job ended."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import dramatiq
+import redis
+from dramatiq.middleware.time_limit import TimeLimitExceeded
+
+from ..config import Settings, get_settings
+from ..errors import PreviewError, StateStoreUnavailable
+from ..events import emit
+from ..state import get_store, now_ms
+from ..storage import remove_outputs
+from .context import current_job, set_current_job
+from .messages import is_preview_message, job_id_of
+
+logger = logging.getLogger("dramatiq_preview.status")
+
+#: A finished render must not be left "running" because Redis blinked: the final write is
+#: retried this many times, backing off from 0.2 s.
+FINAL_WRITE_TRIES = 4
+
+
+def error_dict(exception: BaseException, settings: Settings) -> dict[str, Any]:
+    """The public ``error`` object for an exception (never a stack trace)."""
+    if isinstance(exception, PreviewError):
+        return exception.to_dict()
+    if isinstance(exception, TimeLimitExceeded):
+        return {
+            "type": "time_limit",
+            "message": f"the render exceeded the time limit of {settings.time_limit_ms} ms",
+            "retryable": True,
+        }
+    if isinstance(exception, redis.RedisError):
+        return StateStoreUnavailable(
+            f"the state store (Redis) is unavailable: {type(exception).__name__}"
+        ).to_dict()
+    return {
+        "type": "internal_error",
+        "message": f"unexpected {type(exception).__name__}; see the worker log",
+        "retryable": True,
+    }
+
+
+class JobStatus(dramatiq.Middleware):
+    """Write ``succeeded``, ``failed``, ``retrying`` and ``cancelled`` from Dramatiq's hooks.
+
+    ``queued`` is written when the job is recorded (submit or ``before_enqueue``) and
+    ``running`` when a delivery claims it (:class:`Idempotency`); this middleware writes how
+    the delivery ended, after ``Retries`` has decided between a retry and the dead-letter
+    queue.  The actor never writes a state.
+
+    Parameters:
+      settings: the settings to use; by default the process-wide ones, read at use time.
+    """
+
+    def __init__(self, *, settings: Settings | None = None) -> None:
+        self._settings = settings
+        self._retry_delays = threading.local()
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings or get_settings()
+
+    def after_enqueue(self, broker: dramatiq.Broker, message: Any, delay: Any) -> None:
+        # Retries re-enqueues from inside after_process_message, on this same thread, just
+        # before our after_process_message runs: remember the delay for the next attempt.
+        if is_preview_message(message) and message.options.get("retries") and delay:
+            self._retry_delays.value = (message.message_id, int(delay))
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        if is_preview_message(message):
+            set_current_job(None)
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: Any,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        if not is_preview_message(message):
+            return
+        ctx = current_job()
+        set_current_job(None)
+        settings = self.settings
+        job_id = ctx.job_id if ctx else job_id_of(message)
+        token = ctx.token if ctx else ""
+        attempt = ctx.attempt if ctx else 0
+        duration = time.monotonic() - ctx.started if ctx else 0.0
+        fields: dict[str, Any] = {"job_id": job_id, "attempt": attempt, "duration": duration}
+
+        if exception is None and ctx is not None and ctx.lease_lost:
+            self._finish(job_id, token, "release")
+            return
+        if exception is None and ctx is not None and ctx.cancelled:
+            self._finish(job_id, token, "cancelled")
+            remove_outputs(settings.output_dir, job_id)
+            emit("cancelled", **fields)
+            return
+        if exception is None:
+            _verdict, state = self._finish(job_id, token, "succeeded", data=result)
+            if state == "cancelled":
+                remove_outputs(settings.output_dir, job_id)
+                emit("cancelled", **fields)
+            elif state == "succeeded":
+                emit("succeeded", result=result, **fields)
+            return
+
+        error = error_dict(exception, settings)
+        if message.failed:
+            self._finish(job_id, token, "failed", data=error)
+            emit("failed", error=error, **fields)
+            return
+        delay = 0
+        stashed = getattr(self._retry_delays, "value", None)
+        if stashed and stashed[0] == message.message_id:
+            delay = stashed[1]
+        self._retry_delays.value = None
+        self._finish(job_id, token, "retrying", data=error, next_attempt_at=now_ms() + delay)
+        emit("retrying", error=error, delay_ms=delay, **fields)
+
+    def _finish(self, job_id: str, token: str, outcome: str, **kwargs: Any) -> tuple[str, str]:
+        store = get_store(self.settings)
+        for attempt in range(FINAL_WRITE_TRIES):
+            try:
+                return store.finish(job_id, token=token, outcome=outcome, **kwargs)
+            except StateStoreUnavailable:
+                if attempt == FINAL_WRITE_TRIES - 1:
+                    logger.error(
+                        "could not record %s for job %s: Redis unavailable", outcome, job_id
+                    )
+                    raise
+                time.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")

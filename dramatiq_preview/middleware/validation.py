@@ -1,0 +1,46 @@
+"""PayloadValidation: the JSON Schema check at both ends of the broker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq
+
+from ..config import Settings
+from ..errors import InvalidPayload, ValidationIssue
+from ..validation import validation_issues
+from .messages import is_preview_message, payload_of
+
+
+class PayloadValidation(dramatiq.Middleware):
+    """Validate ``render_preview`` payloads against the JSON Schema.
+
+    ``before_enqueue`` raises :class:`~dramatiq_preview.errors.InvalidPayload` in the caller
+    of ``render_preview.send(bad)``, so nothing invalid reaches the broker.  The check runs
+    again when a worker receives the message, because messages can come from anywhere; a bad
+    one fails permanently (no retry) and is dead-lettered.
+
+    Parameters:
+      settings: unused; accepted so that all our middleware share one constructor shape.
+    """
+
+    def __init__(self, *, settings: Settings | None = None) -> None:
+        self.settings = settings
+
+    def before_enqueue(self, broker: dramatiq.Broker, message: Any, delay: Any) -> None:
+        if is_preview_message(message):
+            self._check(message)
+
+    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        if is_preview_message(message):
+            self._check(message)
+
+    @staticmethod
+    def _check(message: Any) -> None:
+        if len(message.args) != 1 or message.kwargs:
+            raise InvalidPayload(
+                [ValidationIssue("", "render_preview takes exactly one argument: the payload")]
+            )
+        issues = validation_issues(payload_of(message))
+        if issues:
+            raise InvalidPayload(issues)

@@ -1,0 +1,91 @@
+"""Plain data types shared by validation, the actor, rendering and the job API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: File extension of each output format.
+EXTENSIONS = {"webp": "webp", "jpeg": "jpg", "png": "png"}
+#: Content type of each output format.
+CONTENT_TYPES = {"webp": "image/webp", "jpeg": "image/jpeg", "png": "image/png"}
+PRIORITIES = ("high", "normal", "low")
+FITS = ("contain", "cover", "fill")
+DEFAULT_QUALITY = 82
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One requested output: the pixel box, the format and how the image fits the box."""
+
+    width: int
+    height: int
+    format: str
+    fit: str = "contain"
+    quality: int = DEFAULT_QUALITY
+
+    @property
+    def extension(self) -> str:
+        return EXTENSIONS[self.format]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated, normalised job payload."""
+
+    job_id: str
+    outputs: tuple[OutputSpec, ...]
+    source_path: str | None = None
+    source_url: str | None = None
+    page: int = 0
+    priority: str = "normal"
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> JobSpec:
+        """Build from a payload that already passed validation and carries a ``jobId``."""
+        source = payload["source"]
+        return cls(
+            job_id=payload["jobId"],
+            source_path=source.get("path"),
+            source_url=source.get("url"),
+            outputs=tuple(
+                OutputSpec(
+                    width=o["width"],
+                    height=o["height"],
+                    format=o["format"],
+                    fit=o.get("fit", "contain"),
+                    quality=o.get("quality", DEFAULT_QUALITY),
+                )
+                for o in payload["outputs"]
+            ),
+            page=payload.get("page", 0),
+            priority=payload.get("priority", "normal"),
+            metadata=dict(payload.get("metadata", {})),
+        )
+
+
+@dataclass(frozen=True)
+class RenderedOutput:
+    """A file the renderer wrote.  ``path`` is relative to ``PREVIEW_OUTPUT_DIR``."""
+
+    path: str
+    width: int
+    height: int
+    format: str
+    bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "width": self.width,
+            "height": self.height,
+            "format": self.format,
+            "bytes": self.bytes,
+        }
+
+
+def relative_output_path(job_id: str, index: int, output: OutputSpec) -> Path:
+    """Where output ``index`` of a job lives, relative to ``PREVIEW_OUTPUT_DIR``."""
+    return Path(job_id) / f"{index}.{output.extension}"

@@ -1,0 +1,281 @@
+"""Helpers for testing code that uses dramatiq-preview, against real services.
+
+Our own test-suite uses them, and so can yours:
+
+>>> from dramatiq_preview.testing import RedisServer, WorkerProcess, wait_for_state
+>>> with RedisServer() as redis_server:                    # a throwaway redis-server
+...     env = {"PREVIEW_REDIS_URL": redis_server.url, "PREVIEW_SOURCE_ROOT": "/srv/img"}
+...     with WorkerProcess(env=env) as worker:              # `dramatiq dramatiq_preview`
+...         ...
+
+Nothing here mocks Redis, the broker or ImageMagick.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import redis
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free port, without persistence.
+
+    It is started and stopped by pid; flushing it is safe because nobody else uses it.
+
+    Parameters:
+      executable: the ``redis-server`` binary (default: found on PATH).
+      port: the port (default: a free one).
+
+    Raises:
+      RuntimeError: redis-server is not installed or did not start within 10 s.
+    """
+
+    def __init__(self, executable: str | None = None, *, port: int | None = None) -> None:
+        found = executable or shutil.which("redis-server")
+        if not found:
+            raise RuntimeError(
+                "redis-server is not installed (apt-get install redis-server); "
+                "the tests need a real Redis"
+            )
+        self.executable = found
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._dir = tempfile.mkdtemp(prefix="preview-redis-")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis[str]:
+        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True)
+
+    def start(self) -> RedisServer:
+        if self.process and self.process.poll() is None:
+            return self
+        self.process = subprocess.Popen(
+            [
+                self.executable,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._dir,
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if self.client().ping():
+                    return self
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class WorkerProcess:
+    """``dramatiq dramatiq_preview`` in a subprocess, with its log captured.
+
+    Parameters:
+      env: variables added to this process's environment for the worker.
+      processes, threads: passed to ``dramatiq``.
+      queues: restrict the worker to these queues (``--queues``).
+      module: the module the worker imports (default ``dramatiq_preview``).
+    """
+
+    def __init__(
+        self,
+        *,
+        env: Mapping[str, str] | None = None,
+        processes: int = 1,
+        threads: int = 2,
+        queues: Iterable[str] | None = None,
+        module: str = "dramatiq_preview",
+        extra_args: Iterable[str] = (),
+    ) -> None:
+        self.env = {**os.environ, **(env or {})}
+        self.args = [
+            sys.executable,
+            "-m",
+            "dramatiq",
+            module,
+            "--processes",
+            str(processes),
+            "--threads",
+            str(threads),
+            *extra_args,
+        ]
+        if queues:
+            self.args += ["--queues", *queues]
+        self.processes = processes
+        self.process: subprocess.Popen[str] | None = None
+        self._lines: list[str] = []
+        self._reader: threading.Thread | None = None
+
+    @property
+    def log(self) -> str:
+        return "".join(self._lines)
+
+    def start(self, *, timeout: float = 60) -> WorkerProcess:
+        """Start the worker and wait until every process says it is ready.
+
+        Raises:
+          RuntimeError: the worker exited or was not ready within ``timeout`` seconds.
+        """
+        self.process = subprocess.Popen(
+            self.args,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log.count("is ready for action") >= self.processes:
+                return self
+            if self.process.poll() is not None:
+                time.sleep(0.2)
+                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log}")
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"worker not ready after {timeout}s:\n{self.log}")
+
+    def _read(self) -> None:
+        assert self.process and self.process.stdout
+        for line in self.process.stdout:
+            self._lines.append(line)
+
+    def worker_pids(self) -> list[int]:
+        """Pids of the worker processes (children of the ``dramatiq`` main process)."""
+        if self.process is None:
+            return []
+        return _children(self.process.pid)
+
+    def stop(self, *, timeout: float = 20) -> int | None:
+        """Stop gracefully (SIGTERM), then kill the whole process group if needed."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        if self._reader:
+            self._reader.join(timeout=5)
+        return self.process.returncode
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may contain spaces and parentheses: split after the last ')'.
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def wait_for_state(
+    get_status: Any,
+    job_id: str,
+    states: Iterable[str] = ("succeeded", "failed", "cancelled"),
+    *,
+    timeout: float = 30,
+    interval: float = 0.05,
+) -> dict[str, Any]:
+    """Poll ``get_status(job_id)`` until its state is one of ``states``.
+
+    Raises:
+      TimeoutError: with the last status seen.
+    """
+    wanted = set(states)
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] | None = None
+    while time.monotonic() < deadline:
+        try:
+            status = get_status(job_id)
+        except Exception as exc:
+            if type(exc).__name__ != "JobNotFound":
+                raise
+            status = None
+        if status and status["state"] in wanted:
+            return dict(status)
+        time.sleep(interval)
+    raise TimeoutError(f"job {job_id} not in {sorted(wanted)} after {timeout}s: {status}")

@@ -1,0 +1,196 @@
+"""Validation of job payloads against ``schemas/preview-job.schema.json``.
+
+The JSON Schema is the wire contract.  It ships inside the wheel as
+``dramatiq_preview.schemas`` and is read with :mod:`importlib.resources`.
+
+Two deliberate choices:
+
+* Types are never coerced and ``integer`` means a JSON integer: ``"64"``, ``64.0`` and
+  ``true`` are all rejected for ``width`` (plain JSON Schema would accept ``64.0``).
+* Error messages are our own short sentences keyed by the failing keyword, with a
+  slash-separated path (``outputs/0/width``); they never echo a huge input back.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import uuid
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError as SchemaError
+
+from .errors import InvalidPayload, ValidationIssue
+from .models import DEFAULT_QUALITY
+
+SCHEMA_FILE = "preview-job.schema.json"
+
+
+def load_schema() -> dict[str, Any]:
+    """Return the job payload JSON Schema (a fresh copy each call)."""
+    return copy.deepcopy(_schema())
+
+
+@lru_cache(maxsize=1)
+def _schema() -> dict[str, Any]:
+    try:
+        text = resources.files("dramatiq_preview.schemas").joinpath(SCHEMA_FILE).read_text("utf-8")
+    except ModuleNotFoundError:
+        # A source checkout on sys.path (not installed): the package_dir mapping that puts
+        # schemas/ inside the package only exists in an installed distribution.
+        text = (Path(__file__).resolve().parent.parent / "schemas" / SCHEMA_FILE).read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def _is_strict_integer(checker: Any, instance: Any) -> bool:
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_TYPE_CHECKER = Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_strict_integer)
+_StrictValidator = jsonschema.validators.extend(Draft202012Validator, type_checker=_TYPE_CHECKER)
+
+
+@lru_cache(maxsize=1)
+def _validator() -> Any:
+    schema = _schema()
+    Draft202012Validator.check_schema(schema)
+    return _StrictValidator(schema)
+
+
+def _path(parts: Any) -> str:
+    return "/".join(str(p) for p in parts)
+
+
+def _join(base: str, name: str) -> str:
+    return f"{base}/{name}" if base else name
+
+
+_TYPE_NAMES = {
+    "integer": "an integer",
+    "string": "a string",
+    "object": "an object",
+    "array": "an array",
+    "boolean": "a boolean",
+    "number": "a number",
+}
+
+
+def _describe(error: SchemaError) -> list[ValidationIssue]:
+    where = _path(error.absolute_path)
+    kw = error.validator
+    value = error.validator_value
+    instance = error.instance
+    if "propertyNames" in error.absolute_schema_path:
+        return [ValidationIssue(where, "property names must be at most 64 characters long")]
+    if kw == "required":
+        missing = [name for name in value if isinstance(instance, dict) and name not in instance]
+        return [ValidationIssue(_join(where, name), "is required") for name in missing]
+    if kw == "additionalProperties":
+        allowed = set(error.schema.get("properties", {}))
+        extra = (
+            sorted(k for k in instance if k not in allowed) if isinstance(instance, dict) else []
+        )
+        if value is False:
+            return [ValidationIssue(_join(where, str(k)[:64]), "is not allowed") for k in extra]
+    if kw == "type":
+        return [ValidationIssue(where, f"must be {_TYPE_NAMES.get(value, value)}")]
+    if kw == "enum":
+        choices = ", ".join(json.dumps(v) for v in value)
+        return [ValidationIssue(where, f"must be one of {choices}")]
+    if kw == "minimum":
+        return [ValidationIssue(where, f"must be >= {value}")]
+    if kw == "maximum":
+        return [ValidationIssue(where, f"must be <= {value}")]
+    if kw == "minLength":
+        return [ValidationIssue(where, f"must be at least {value} characters long")]
+    if kw == "maxLength":
+        return [ValidationIssue(where, f"must be at most {value} characters long")]
+    if kw == "minItems":
+        return [ValidationIssue(where, f"must have at least {value} item(s)")]
+    if kw == "maxItems":
+        return [ValidationIssue(where, f"must have at most {value} items")]
+    if kw == "maxProperties":
+        return [ValidationIssue(where, f"must have at most {value} properties")]
+    if kw == "pattern":
+        if where == "jobId":
+            message = (
+                "must start with a letter or digit and contain only letters, digits and _.:- "
+                "(at most 128 characters)"
+            )
+        elif where == "source/url":
+            message = "must be an http:// or https:// URL without spaces"
+        else:
+            message = f"must match the pattern {value}"
+        return [ValidationIssue(where, message)]
+    if kw == "oneOf" and where == "source":
+        return _describe_source(instance, error)
+    return [ValidationIssue(where, error.message[:200])]
+
+
+def _describe_source(instance: Any, error: SchemaError) -> list[ValidationIssue]:
+    if not isinstance(instance, dict):
+        return [ValidationIssue("source", "must be an object with either path or url")]
+    kinds = [k for k in ("path", "url") if k in instance]
+    if len(kinds) == 2:
+        return [ValidationIssue("source", "must have exactly one of path or url, not both")]
+    if not kinds:
+        missing = [ValidationIssue("source", "must have either path or url")]
+        extra = sorted(str(k)[:64] for k in instance)
+        return missing + [ValidationIssue(f"source/{k}", "is not allowed") for k in extra]
+    branch = 0 if kinds[0] == "path" else 1
+    issues: list[ValidationIssue] = []
+    for sub in error.context or []:
+        if sub.relative_schema_path and sub.relative_schema_path[0] == branch:
+            issues.extend(_describe(sub))
+    return issues or [ValidationIssue("source", error.message[:200])]
+
+
+def validation_issues(payload: Any) -> list[ValidationIssue]:
+    """Every schema violation in ``payload``, sorted by path (empty when valid)."""
+    issues: list[ValidationIssue] = []
+    for error in _validator().iter_errors(payload):
+        issues.extend(_describe(error))
+    unique = {(i.path, i.message): i for i in issues}
+    return sorted(unique.values(), key=lambda i: (i.path, i.message))
+
+
+def validate(payload: Any) -> None:
+    """Check ``payload`` against the schema.
+
+    Raises:
+      InvalidPayload: with one :class:`ValidationIssue` per violation.
+    """
+    issues = validation_issues(payload)
+    if issues:
+        raise InvalidPayload(issues)
+
+
+def new_job_id() -> str:
+    """A fresh job id (UUID4 hex), used when a payload has no ``jobId``."""
+    return uuid.uuid4().hex
+
+
+def normalize(payload: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a valid payload with every default filled in (``jobId`` included)."""
+    data = copy.deepcopy(payload)
+    data.setdefault("jobId", new_job_id())
+    data.setdefault("page", 0)
+    data.setdefault("priority", "normal")
+    data.setdefault("metadata", {})
+    for output in data["outputs"]:
+        output.setdefault("fit", "contain")
+        output.setdefault("quality", DEFAULT_QUALITY)
+    return data
+
+
+def fingerprint(normalized: dict[str, Any]) -> str:
+    """Identity of a payload for idempotency: equal for payloads that mean the same job."""
+    canonical = json.dumps(normalized, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()

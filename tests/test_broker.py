@@ -1,0 +1,173 @@
+"""Broker set-up: which broker the actor joins, lanes, middleware, import-time behaviour."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+
+import dramatiq
+import pytest
+from conftest import PYTHON, python_env
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import Retries, TimeLimit
+
+from dramatiq_preview import InvalidPayload, JobConflict, render_preview, setup_broker
+from dramatiq_preview.broker import QUEUES, RECORDED
+from dramatiq_preview.middleware import Idempotency, JobStatus, PayloadValidation
+
+GOOD = {"source": {"path": "a.png"}, "outputs": [{"width": 8, "height": 8, "format": "png"}]}
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-c", textwrap.dedent(code)],
+        env=python_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_import_builds_a_redis_broker_from_the_environment_without_connecting() -> None:
+    # Given a broker URL where nothing listens / When the package is imported
+    result = run_python(
+        """
+        import dramatiq.broker
+        assert dramatiq.broker.global_broker is None
+        import dramatiq_preview
+        b = dramatiq.broker.global_broker
+        print(type(b).__name__, b.namespace, dramatiq_preview.render_preview.broker is b)
+        print(sorted(b.get_declared_queues()))
+        """,
+        PREVIEW_REDIS_URL="redis://127.0.0.1:1/0",
+        PREVIEW_NAMESPACE="imp",
+    )
+    # Then it succeeds (no connection was attempted) and our actor is on that broker
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "RedisBroker imp True"
+    assert lines[1] == str(sorted(QUEUES.values()))
+
+
+def test_import_joins_the_broker_the_host_already_set() -> None:
+    result = run_python(
+        """
+        import dramatiq
+        from dramatiq.brokers.stub import StubBroker
+        host = StubBroker()
+        dramatiq.set_broker(host)
+        import dramatiq_preview
+        names = [type(m).__name__ for m in host.middleware]
+        print(dramatiq_preview.render_preview.broker is host, dramatiq.broker.global_broker is host)
+        print(names.index("JobStatus") < names.index("Retries"), "render_preview" in host.actors)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True", "True", "True"]
+
+
+def test_amqp_url_gives_a_rabbitmq_broker_without_connecting() -> None:
+    result = run_python(
+        """
+        import dramatiq_preview
+        print(type(dramatiq_preview.render_preview.broker).__name__)
+        """,
+        PREVIEW_BROKER_URL="amqp://guest:guest@127.0.0.1:1/%2F",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "RabbitmqBroker"
+
+
+def test_a_bad_environment_value_stops_import_naming_the_variable() -> None:
+    result = run_python("import dramatiq_preview", PREVIEW_MAX_RETRIES="lots")
+    assert result.returncode != 0
+    assert "ConfigError: PREVIEW_MAX_RETRIES: expected an integer, got 'lots'" in result.stderr
+
+
+def test_setup_broker_moves_the_actor_and_is_safe_twice() -> None:
+    # Given a broker the host built itself, with a bare middleware list
+    original = render_preview.broker
+    host = StubBroker(middleware=[])
+    try:
+        # When setup_broker runs twice
+        setup_broker(host)
+        setup_broker(host)
+        # Then each middleware is there once, state middleware before Retries
+        names = [type(m).__name__ for m in host.middleware]
+        for name in ("TimeLimit", "Retries", "PayloadValidation", "Idempotency", "JobStatus"):
+            assert names.count(name) == 1, names
+        assert names.index("JobStatus") < names.index("Retries")
+        assert render_preview.broker is host
+        assert host.actors["render_preview"] is render_preview
+        assert set(QUEUES.values()) <= host.get_declared_queues()
+    finally:
+        setup_broker(original)
+    assert render_preview.broker is original
+
+
+def test_the_actor_carries_retry_and_time_limit_options_from_settings() -> None:
+    options = render_preview.options
+    assert options["max_retries"] == 2
+    assert (options["min_backoff"], options["max_backoff"]) == (100, 400)
+    assert options["time_limit"] == 20000
+    assert any(isinstance(m, TimeLimit) for m in render_preview.broker.middleware)
+    assert any(isinstance(m, Retries) for m in render_preview.broker.middleware)
+
+
+@pytest.mark.parametrize(
+    ("priority", "queue"),
+    [
+        ("high", "preview-high"),
+        ("low", "preview-low"),
+        ("normal", "preview-normal"),
+        (None, "preview-normal"),
+    ],
+)
+def test_messages_go_to_their_priority_lane(priority: str | None, queue: str) -> None:
+    payload = dict(GOOD) if priority is None else dict(GOOD, priority=priority)
+    message = render_preview.message(payload)
+    assert message.queue_name == queue
+    assert len(message.args[0]["jobId"]) == 32
+    assert "jobId" not in payload
+
+
+def test_send_of_an_invalid_payload_raises_in_the_caller(redis_client: object) -> None:
+    # When an invalid payload is sent / Then the caller gets InvalidPayload and nothing is queued
+    broker = render_preview.broker
+    assert isinstance(broker, RedisBroker)
+    before = broker.client.llen(f"{broker.namespace}:preview-normal")
+    with pytest.raises(InvalidPayload) as info:
+        render_preview.send({"source": {"path": "a.png"}, "outputs": [{"width": "8"}]})
+    assert [d["path"] for d in info.value.to_dict()["details"]] == [
+        "outputs/0/format",
+        "outputs/0/height",
+        "outputs/0/width",
+    ]
+    with pytest.raises(InvalidPayload, match="exactly one argument"):
+        render_preview.send(GOOD, GOOD)
+    assert broker.client.llen(f"{broker.namespace}:preview-normal") == before
+
+
+def test_send_records_the_job_and_refuses_a_different_payload_under_the_same_id(
+    job_id: str,
+) -> None:
+    from dramatiq_preview import get_status
+
+    broker = render_preview.broker
+    worker_free_queue = "preview-low"  # enqueue only; the assertion is about the record
+    message = render_preview.send(dict(GOOD, jobId=job_id, priority="low"))
+    assert message.queue_name == worker_free_queue
+    assert message.options[RECORDED] is True
+    assert get_status(job_id)["state"] in {"queued", "running", "succeeded", "failed"}
+    with pytest.raises(JobConflict, match="different payload"):
+        render_preview.send(dict(GOOD, jobId=job_id, priority="low", page=3))
+    del broker
+
+
+def test_middleware_classes_follow_dramatiq_conventions() -> None:
+    for cls in (PayloadValidation, Idempotency, JobStatus):
+        assert issubclass(cls, dramatiq.Middleware)
+        assert not cls.__name__.endswith("Middleware")
+        with pytest.raises(TypeError):
+            cls(None)  # type: ignore[misc]  # keyword-only arguments

@@ -1,0 +1,111 @@
+"""Configuration: defaults from the contract, overrides, and a clear error per bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dramatiq_preview.config import Settings
+from dramatiq_preview.errors import ConfigError
+
+
+def test_defaults_match_the_contract() -> None:
+    # Given an empty environment / When settings are parsed
+    s = Settings.from_env({})
+    # Then every default is the contract's
+    assert s.redis_url == "redis://localhost:6379/0"
+    assert s.broker_url == s.redis_url
+    assert s.namespace == "dramatiq_preview"
+    assert s.source_root is None
+    assert s.output_dir == Path("previews")
+    assert s.allowed_url_hosts == frozenset()
+    assert s.allow_private_networks is False
+    assert (s.max_payload_bytes, s.max_source_bytes, s.max_pixels) == (65536, 52428800, 10**8)
+    assert (s.time_limit_ms, s.max_retries) == (60000, 5)
+    assert (s.min_backoff_ms, s.max_backoff_ms) == (1000, 300000)
+    assert (s.job_ttl_seconds, s.max_deliveries) == (604800, 3)
+    assert s.api_token is None
+    assert s.url_prefix == "/api/preview"
+    assert s.health_max_age_seconds == 300
+    assert s.log_format == "text"
+
+
+def test_broker_url_defaults_to_the_redis_url() -> None:
+    s = Settings.from_env({"PREVIEW_REDIS_URL": "redis://cache:6380/2"})
+    assert s.broker_url == "redis://cache:6380/2"
+    assert s.broker_kind == "redis"
+
+
+def test_amqp_broker_url_selects_rabbitmq() -> None:
+    s = Settings.from_env({"PREVIEW_BROKER_URL": "amqp://guest:guest@mq:5672/%2F"})
+    assert s.broker_kind == "rabbitmq"
+    assert s.redis_url == "redis://localhost:6379/0"
+
+
+def test_values_are_parsed() -> None:
+    s = Settings.from_env(
+        {
+            "PREVIEW_ALLOWED_URL_HOSTS": " Img.Example.com, cdn.example.org ,",
+            "PREVIEW_ALLOW_PRIVATE_NETWORKS": "yes",
+            "PREVIEW_MAX_RETRIES": "0",
+            "PREVIEW_URL_PREFIX": "/previews/",
+            "PREVIEW_LOG_FORMAT": "JSON",
+            "PREVIEW_SOURCE_ROOT": "/srv/uploads",
+        }
+    )
+    assert s.allowed_url_hosts == {"img.example.com", "cdn.example.org"}
+    assert s.allow_private_networks is True
+    assert s.max_retries == 0
+    assert s.url_prefix == "/previews"
+    assert s.log_format == "json"
+    assert s.source_root == Path("/srv/uploads")
+
+
+def test_mapping_overrides_win_over_the_environment() -> None:
+    # Given a Flask-style config with typed values over an environment
+    env = {"PREVIEW_MAX_RETRIES": "7", "PREVIEW_NAMESPACE": "fromenv"}
+    s = Settings.from_mapping({"PREVIEW_MAX_RETRIES": 3, "OTHER": "x"}, env)
+    # Then the mapping wins and the environment fills the rest
+    assert s.max_retries == 3
+    assert s.namespace == "fromenv"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("PREVIEW_MAX_RETRIES", "five", "expected an integer"),
+        ("PREVIEW_MAX_RETRIES", "-1", "must be between 0 and 1000"),
+        ("PREVIEW_MAX_PIXELS", "1e6", "expected an integer"),
+        ("PREVIEW_TIME_LIMIT_MS", "3.5", "expected an integer"),
+        ("PREVIEW_REDIS_URL", "localhost:6379", "URL must start with"),
+        ("PREVIEW_REDIS_URL", "redis://host:notaport/0", "not a valid URL"),
+        ("PREVIEW_BROKER_URL", "kafka://broker:9092", "URL must start with"),
+        ("PREVIEW_BROKER_URL", "amqp://", "URL has no host"),
+        ("PREVIEW_ALLOW_PRIVATE_NETWORKS", "maybe", "expected true or false"),
+        ("PREVIEW_ALLOWED_URL_HOSTS", "ok.example.com,bad host", "not a host name"),
+        ("PREVIEW_NAMESPACE", "has space", "use 1-64 letters"),
+        ("PREVIEW_URL_PREFIX", "api/preview", "must be a URL path"),
+        ("PREVIEW_LOG_FORMAT", "xml", "must be one of text, json"),
+        ("PREVIEW_API_TOKEN", "short", "at least 16 characters"),
+        ("PREVIEW_MAX_DELIVERIES", "0", "must be between 1 and 1000"),
+    ],
+)
+def test_a_bad_value_names_the_variable(name: str, value: str, expected: str) -> None:
+    # Given one malformed variable / When parsing / Then the error names it and says why
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({name: value})
+    assert info.value.name == name
+    assert str(info.value).startswith(f"{name}: ")
+    assert expected in str(info.value)
+
+
+def test_min_backoff_above_max_is_refused() -> None:
+    with pytest.raises(ConfigError, match="PREVIEW_MIN_BACKOFF_MS"):
+        Settings.from_env({"PREVIEW_MIN_BACKOFF_MS": "5000", "PREVIEW_MAX_BACKOFF_MS": "1000"})
+
+
+def test_empty_values_mean_unset() -> None:
+    s = Settings.from_env({"PREVIEW_SOURCE_ROOT": "", "PREVIEW_API_TOKEN": "  "})
+    assert s.source_root is None
+    assert s.api_token is None
