@@ -374,7 +374,7 @@ def _download(
             location = response.headers.get("location")
             if not location:
                 raise SourceNotFound(f"{shown} answered {status} without a Location")
-            return urljoin(target.url, location)
+            return str(urljoin(target.url, str(location)))
         if status >= 500 or status in _TRANSIENT_4XX:
             raise SourceUnavailable(f"{shown} answered HTTP {status}")
         if status in (401, 403):

@@ -11,6 +11,7 @@ loaded by render children (:mod:`.child`) and by :func:`render_in_process` only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -21,7 +22,10 @@ from typing import Any
 from ..models import JobSpec, RenderedOutput, relative_output_path
 from .pool import Renderer, close_renderer, get_renderer
 
-__all__ = ["Renderer", "close_renderer", "get_renderer", "render_in_process"]
+#: Alias used by the worker middleware when the worker stops.
+shutdown_renderer = close_renderer
+
+__all__ = ["Renderer", "close_renderer", "get_renderer", "render_in_process", "shutdown_renderer"]
 
 
 def render_in_process(
@@ -54,11 +58,11 @@ def render_in_process(
         prepare_environment()
     from . import engine
 
-    settings = get_settings() if max_pixels is None or memory_mb is None else None
-    limits = engine.Limits(
-        max_pixels=max_pixels if max_pixels is not None else settings.max_pixels,  # type: ignore[union-attr]
-        memory_mb=memory_mb if memory_mb is not None else settings.render_memory_mb,  # type: ignore[union-attr]
-    )
+    if max_pixels is None or memory_mb is None:
+        settings = get_settings()
+        max_pixels = settings.max_pixels if max_pixels is None else max_pixels
+        memory_mb = settings.render_memory_mb if memory_mb is None else memory_mb
+    limits = engine.Limits(max_pixels=max_pixels, memory_mb=memory_mb)
     if fresh:
         engine.configure(limits)
     if len(destinations) != len(spec.outputs):
@@ -68,7 +72,11 @@ def render_in_process(
     written: list[Path] = []
     try:
         for item in engine.render(
-            int(source.fd), int(source.size), spec, limits, deadline=deadline or time.monotonic() + 3600
+            int(source.fd),
+            int(source.size),
+            spec,
+            limits,
+            deadline=deadline or time.monotonic() + 3600,
         ):
             if item is None:
                 if checkpoint is not None:
@@ -88,9 +96,7 @@ def render_in_process(
                 checkpoint(30 + 60 * len(results) // total)
     except BaseException:
         for path in written:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(path)
-            except OSError:
-                pass
         raise
     return [results[i] for i in range(total)]

@@ -156,14 +156,14 @@ def main(argv: list[str]) -> int:
             channel.send({"event": "error", "type": exc.type, "message": exc.message})
         except MemoryError:
             fatal = True
-            error = RenderMemoryExceeded(engine._memory_message(limits))
-            channel.send({"event": "error", "type": error.type, "message": error.message})
+            memory = RenderMemoryExceeded(engine.memory_message(limits))
+            channel.send({"event": "error", "type": memory.type, "message": memory.message})
         except Exception:
             # A bug, not a property of the file: log it for operators, tell the job little.
             traceback.print_exc()
             fatal = True
-            error = RenderCrashed("the renderer failed unexpectedly on this source")
-            channel.send({"event": "error", "type": error.type, "message": error.message})
+            crash = RenderCrashed("the renderer failed unexpectedly on this source")
+            channel.send({"event": "error", "type": crash.type, "message": crash.message})
         finally:
             os.close(fd)
         if fatal:

@@ -23,7 +23,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from wand.api import library
@@ -51,7 +51,14 @@ from ..errors import (
 )
 from ..models import JobSpec, OutputSpec
 from . import pdf
-from .formats import INPUT_CODERS, SNIFF_BYTES, SUPPORTED_TEXT, sniff
+from .formats import (
+    INPUT_CODERS,
+    SNIFF_BYTES,
+    SUPPORTED_TEXT,
+    declared_size,
+    gif_frame_count,
+    sniff,
+)
 from .geometry import plan, render_order, required_scale
 
 #: Frames (GIF, TIFF pages) a source may have; the policy's ``list-length`` says the same.
@@ -129,7 +136,7 @@ def render(
     except PreviewError:
         raise
     except MemoryError:
-        raise RenderMemoryExceeded(_memory_message(limits)) from None
+        raise RenderMemoryExceeded(memory_message(limits)) from None
     except WandException as exc:
         raise translate(exc, limits) from None
 
@@ -148,13 +155,30 @@ def _render(
         kind, page = "png", 0
     else:
         data = read_source(fd, size)
-    if kind == "jpeg":
-        _check_jpeg_complete(data)
+    _check_header(data, kind, limits)
     coder = INPUT_CODERS[kind]
     columns, rows, transposed, frames = _ping(data, coder, page, limits)
     with _decode(data, coder, page, frames, spec.outputs, columns, rows, transposed) as image:
         yield None
         yield from _derive(image, spec.outputs)
+
+
+def _check_header(data: bytes, kind: str, limits: Limits) -> None:
+    """Refuse pixel floods, frame floods and cut JPEGs before any decoder sees them."""
+    size = declared_size(data, kind)
+    if size is not None and size[0] * size[1] > limits.max_pixels:
+        raise TooManyPixels(
+            f"the source is {size[0]}x{size[1]} pixels; at most {limits.max_pixels} pixels "
+            "are allowed (PREVIEW_MAX_PIXELS)"
+        )
+    if kind == "gif":
+        frames = gif_frame_count(data, MAX_FRAMES)
+        if frames > MAX_FRAMES:
+            raise TooManyPixels(
+                f"the GIF has more than {MAX_FRAMES} frames; at most {MAX_FRAMES} are supported"
+            )
+    if kind == "jpeg":
+        _check_jpeg_complete(data)
 
 
 def _ping(data: bytes, coder: str, page: int, limits: Limits) -> tuple[int, int, bool, int]:
@@ -289,6 +313,10 @@ def _derive(image: Image, outputs: tuple[OutputSpec, ...]) -> Iterator[Encoded]:
 
 def _encode(image: Image, index: int, output: OutputSpec, has_alpha: bool) -> Encoded:
     with image.clone() as out:
+        # The decoded image keeps its "coder:source" filename, whose prefix would choose
+        # the encoder over ``format``.
+        library.MagickSetImageFilename(out.wand, b"")
+        library.MagickSetFilename(out.wand, b"")
         out.strip()
         if output.format == "jpeg":
             if has_alpha:
@@ -308,6 +336,7 @@ def _encode(image: Image, index: int, output: OutputSpec, has_alpha: bool) -> En
             out.format = "png"
             out.options["png:compression-level"] = "6"
             out.options["png:exclude-chunks"] = "date,time"
+        library.MagickSetFormat(out.wand, out.format.encode())
         data = out.make_blob()
         return Encoded(index=index, data=data, width=out.width, height=out.height)
 
@@ -335,10 +364,9 @@ def _check_jpeg_complete(data: bytes) -> None:
     raise CorruptSource("the JPEG source is truncated")
 
 
-def _memory_message(limits: Limits) -> str:
+def memory_message(limits: Limits) -> str:
     return (
-        f"the render needed more than {limits.memory_mb} MiB of memory "
-        "(PREVIEW_RENDER_MEMORY_MB)"
+        f"the render needed more than {limits.memory_mb} MiB of memory (PREVIEW_RENDER_MEMORY_MB)"
     )
 
 
@@ -352,7 +380,7 @@ def translate(exc: BaseException, limits: Limits) -> PermanentError | RenderTime
             return TooManyPixels(f"the source has more than {MAX_FRAMES} frames")
         if "time limit" in text:
             return RenderTimeout("the render took longer than the time limit")
-        return RenderMemoryExceeded(_memory_message(limits))
+        return RenderMemoryExceeded(memory_message(limits))
     if isinstance(exc, PolicyError):
         return UnsupportedFormat(
             f"the source uses a feature the image policy forbids ({SUPPORTED_TEXT} only)"

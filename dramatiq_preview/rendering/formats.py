@@ -55,3 +55,109 @@ def sniff(head: bytes) -> str | None:
     if b"%PDF-" in head[:SNIFF_BYTES]:
         return "pdf"
     return None
+
+
+def declared_size(data: bytes, kind: str) -> tuple[int, int] | None:
+    """Width and height a file's header declares, read without any decoder.
+
+    This is a cheap first line against pixel floods (a few bytes declaring a huge canvas);
+    ImageMagick's ``ping`` and the policy's limits are the second.  ``None`` when the
+    header cannot be read here (the decoder will judge).
+    """
+    try:
+        if kind == "png" and data[12:16] == b"IHDR":
+            width, height = struct.unpack_from(">II", data, 16)
+            return width, height
+        if kind == "gif":
+            width, height = struct.unpack_from("<HH", data, 6)
+            return width, height
+        if kind == "bmp":
+            (header,) = struct.unpack_from("<I", data, 14)
+            if header == 12:
+                width, height = struct.unpack_from("<HH", data, 18)
+                return width, height
+            width, height = struct.unpack_from("<ii", data, 18)
+            return abs(width), abs(height)
+        if kind == "jpeg":
+            return _jpeg_size(data)
+        if kind == "webp":
+            return _webp_size(data)
+    except struct.error:
+        return None
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    pos = 2
+    while pos + 9 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        # SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC).
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack_from(">HH", data, pos + 5)
+            return width, height
+        if marker == 0xDA:
+            return None
+        pos += 2 + length
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8X":
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+        return width, height
+    if chunk == b"VP8 ":
+        width, height = struct.unpack_from("<HH", data, 26)
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L":
+        (bits,) = struct.unpack_from("<I", data, 21)
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
+
+
+def gif_frame_count(data: bytes, stop_after: int) -> int:
+    """How many images a GIF holds, counting no further than ``stop_after`` + 1.
+
+    Walks the block structure only (no LZW decoding).  A damaged structure ends the count;
+    the decoder reports the damage.
+    """
+    try:
+        flags = data[10]
+        pos = 13 + (3 * (2 << (flags & 7)) if flags & 0x80 else 0)
+        frames = 0
+        while pos < len(data):
+            block = data[pos]
+            if block == 0x3B:  # trailer
+                break
+            if block == 0x21:  # extension: label, then sub-blocks
+                pos = _skip_sub_blocks(data, pos + 2)
+            elif block == 0x2C:  # image descriptor
+                frames += 1
+                if frames > stop_after:
+                    break
+                local = data[pos + 9]
+                pos += 10 + (3 * (2 << (local & 7)) if local & 0x80 else 0)
+                pos = _skip_sub_blocks(data, pos + 1)  # after the LZW minimum code size
+            else:
+                break
+        return frames
+    except IndexError:
+        return 0
+
+
+def _skip_sub_blocks(data: bytes, pos: int) -> int:
+    while True:
+        size = data[pos]
+        pos += 1 + size
+        if size == 0:
+            return pos

@@ -53,7 +53,7 @@ def _run(
             capture_output=True,
             timeout=remaining,
             env={"PATH": "/usr/bin:/bin"},
-            preexec_fn=_prepare_child,  # noqa: PLW1509 - the render child is single-threaded
+            preexec_fn=_prepare_child,  # the render child is single-threaded
             check=False,
         )
     except subprocess.TimeoutExpired:

@@ -14,6 +14,7 @@ import select
 import socket
 import struct
 import time
+from collections.abc import Sequence
 from typing import Any
 
 _HEADER = struct.Struct("!II")
@@ -48,7 +49,7 @@ class Channel:
     def close(self) -> None:
         self.sock.close()
 
-    def send(self, message: dict[str, Any], payload: bytes = b"", fds: list[int] = ()) -> None:  # type: ignore[assignment]
+    def send(self, message: dict[str, Any], payload: bytes = b"", fds: Sequence[int] = ()) -> None:
         body = json.dumps(message, separators=(",", ":")).encode()
         frame = _HEADER.pack(len(body), len(payload)) + body
         try:
@@ -65,9 +66,7 @@ class Channel:
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise ChannelClosed(str(exc)) from None
 
-    def recv(
-        self, timeout: float | None = None
-    ) -> tuple[dict[str, Any], bytes, list[int]] | None:
+    def recv(self, timeout: float | None = None) -> tuple[dict[str, Any], bytes, list[int]] | None:
         """The next frame, or ``None`` when ``timeout`` seconds passed without a whole one.
 
         Raises:
