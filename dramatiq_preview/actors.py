@@ -28,7 +28,8 @@ _settings = get_settings()
 def render_preview(payload: dict[str, Any]) -> dict[str, Any] | None:
     """Render the outputs of one job payload (see schemas/preview-job.schema.json).
 
-    Returns the job's result (``{"outputs": [...]}``), or None when the job was cancelled.
+    Called directly (not through a worker) it returns the result (``{"outputs": [...]}``);
+    in a worker the result is recorded in the job's status instead.
     Permanent errors are raised at once and never retried; transient ones are retried by
     Dramatiq's ``Retries`` with exponential backoff.
     """

@@ -48,8 +48,8 @@ class PreviewClient:
     Parameters:
       settings: the settings to use (default: the process-wide ones from the environment).
       broker: the broker to enqueue on.  By default the broker ``render_preview`` is declared
-        on; a client whose ``PREVIEW_BROKER_URL`` differs from the process-wide one builds
-        its own broker from ``settings``.
+        on; a client whose ``PREVIEW_BROKER_URL`` or ``PREVIEW_NAMESPACE`` differs from the
+        process-wide one builds its own broker from ``settings``.
     """
 
     def __init__(
@@ -73,7 +73,8 @@ class PreviewClient:
         if self._broker is None:
             from .actors import render_preview
 
-            if self.settings.broker_url == get_settings().broker_url:
+            here, default = self.settings, get_settings()
+            if (here.broker_url, here.namespace) == (default.broker_url, default.namespace):
                 self._broker = render_preview.broker
             else:
                 self._broker = build_broker(self.settings)

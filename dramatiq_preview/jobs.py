@@ -24,7 +24,8 @@ PROGRESS_FETCHED = 10
 def run_job(payload: dict[str, Any]) -> dict[str, Any] | None:
     """Render every output of ``payload``.
 
-    Returns ``{"outputs": [...]}`` or None when the job was cancelled at a checkpoint.
+    Returns ``{"outputs": [...]}`` when called outside a worker.  In a worker it returns
+    None and leaves the result in the job context for the status middleware.
 
     Raises:
       PermanentError: the job cannot succeed (bad payload, forbidden or broken source...).
@@ -63,7 +64,13 @@ def run_job(payload: dict[str, Any]) -> dict[str, Any] | None:
         if ctx is not None:
             ctx.cancelled = True
         return None
-    return {"outputs": [o.to_dict() for o in outputs]}
+    result = {"outputs": [o.to_dict() for o in outputs]}
+    if ctx is None:
+        return result
+    # In a worker the result travels to the status middleware through the job context:
+    # returning it would make Dramatiq warn that no Results backend stores it.
+    ctx.result = result
+    return None
 
 
 def _with_id(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:

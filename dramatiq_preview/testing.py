@@ -222,6 +222,8 @@ class WorkerProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
         if self._reader:
             self._reader.join(timeout=5)
+        if self.process.stdout:
+            self.process.stdout.close()
         return self.process.returncode
 
     def __enter__(self) -> WorkerProcess:

@@ -144,3 +144,21 @@ def python_env(**extra: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture
+def source_server() -> Iterator[Any]:
+    """A local HTTP server for URL sources (``localhost`` is allowed in the tests)."""
+    from sourceserver import SourceServer
+
+    server = SourceServer().start()
+    yield server
+    server.stop()
+
+
+def image_info(data: bytes) -> tuple[str, int, int]:
+    """(format, width, height) of an encoded image, read with ImageMagick."""
+    from wand.image import Image
+
+    with Image(blob=data) as img:
+        return str(img.format).lower(), int(img.width), int(img.height)

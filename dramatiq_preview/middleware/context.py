@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import JobCancelled
 from ..state import JobStore
@@ -34,6 +35,8 @@ class JobContext:
     progress_interval: float
     cancelled: bool = False
     lease_lost: bool = False
+    #: What the render produced; the status middleware records it with ``succeeded``.
+    result: dict[str, Any] | None = None
     started: float = field(default_factory=time.monotonic)
     # The first progress write waits one interval: a fast job costs no progress round trip.
     _last_write: float = field(default_factory=time.monotonic)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ..broker import ACTOR_NAME
+
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 
 def is_preview_message(message: Any) -> bool:
@@ -20,10 +23,10 @@ def payload_of(message: Any) -> Any:
 
 
 def job_id_of(message: Any) -> str:
-    """The payload's ``jobId``; a message sent without one is named by its message id."""
+    """The payload's ``jobId``; a message without a usable one is named by its message id."""
     payload = payload_of(message)
     if isinstance(payload, dict):
         job_id = payload.get("jobId")
-        if isinstance(job_id, str) and job_id:
+        if isinstance(job_id, str) and _JOB_ID.match(job_id):
             return job_id
     return str(message.message_id).replace("-", "")

@@ -12,12 +12,14 @@ import redis
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from ..config import Settings, get_settings
+from ..broker import canonical_queue
 from ..errors import PreviewError, StateStoreUnavailable
 from ..events import emit
+from ..models import PRIORITIES
 from ..state import get_store, now_ms
 from ..storage import remove_outputs
 from .context import current_job, set_current_job
-from .messages import is_preview_message, job_id_of
+from .messages import is_preview_message, job_id_of, payload_of
 
 logger = logging.getLogger("dramatiq_preview.status")
 
@@ -105,17 +107,24 @@ class JobStatus(dramatiq.Middleware):
             emit("cancelled", **fields)
             return
         if exception is None:
-            _verdict, state = self._finish(job_id, token, "succeeded", data=result)
+            _verdict, state = self._finish(
+                job_id, token, "succeeded", data=ctx.result if ctx else result
+            )
             if state == "cancelled":
                 remove_outputs(settings.output_dir, job_id)
                 emit("cancelled", **fields)
             elif state == "succeeded":
-                emit("succeeded", result=result, **fields)
+                emit("succeeded", result=ctx.result if ctx else result, **fields)
             return
 
         error = error_dict(exception, settings)
         if message.failed:
-            self._finish(job_id, token, "failed", data=error)
+            verdict, _state = self._finish(job_id, token, "failed", data=error)
+            if verdict == "missing":
+                # Refused before it was recorded (e.g. an invalid payload from a producer
+                # without our middleware): record it so that its failure can be looked up.
+                self._record(message, job_id)
+                self._finish(job_id, token, "failed", data=error)
             emit("failed", error=error, **fields)
             return
         delay = 0
@@ -125,6 +134,17 @@ class JobStatus(dramatiq.Middleware):
         self._retry_delays.value = None
         self._finish(job_id, token, "retrying", data=error, next_attempt_at=now_ms() + delay)
         emit("retrying", error=error, delay_ms=delay, **fields)
+
+    def _record(self, message: Any, job_id: str) -> None:
+        payload = payload_of(message)
+        priority = payload.get("priority") if isinstance(payload, dict) else None
+        get_store(self.settings).create(
+            job_id,
+            fp="unrecorded",
+            priority=priority if priority in PRIORITIES else "normal",
+            queue=canonical_queue(message.queue_name),
+            metadata={},
+        )
 
     def _finish(self, job_id: str, token: str, outcome: str, **kwargs: Any) -> tuple[str, str]:
         store = get_store(self.settings)

@@ -1,0 +1,262 @@
+"""End to end: a real `dramatiq dramatiq_preview` worker, a real Redis, real files."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.message import Message
+
+import imagegen
+from conftest import BASE_ENV, PYTHON, image_info, python_env
+from dramatiq_preview import (
+    PreviewClient,
+    Settings,
+    get_status,
+    render_preview,
+    submit_preview,
+)
+from dramatiq_preview.errors import StateStoreUnavailable
+from dramatiq_preview.testing import RedisServer
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+def put(source_root: Path, name: str, data: bytes) -> str:
+    path = source_root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return name
+
+
+def read_output(output_dir: Path, status: dict[str, Any], index: int) -> bytes:
+    return (output_dir / status["result"]["outputs"][index]["path"]).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A 400x300 JPEG and PNG in the source root (quadrants: red, green, blue, yellow)."""
+    from conftest import SOURCE_ROOT
+
+    pixels = imagegen.quadrants(400, 300)
+    return {
+        "jpeg": put(SOURCE_ROOT, "e2e/photo.jpg", imagegen.jpeg(pixels)),
+        "png": put(SOURCE_ROOT, "e2e/photo.png", imagegen.png(pixels)),
+    }
+
+
+@pytest.mark.parametrize("source_format", ["jpeg", "png"])
+def test_a_submitted_job_renders_every_output_with_the_requested_format_and_size(
+    photo: dict[str, str], source_format: str, job_id: str, wait_for: Any, output_dir: Path
+) -> None:
+    # Given a 400x300 image and three outputs, one per format and fit mode
+    outputs = [
+        {"width": 200, "height": 200, "format": "webp"},  # contain -> 200x150
+        {"width": 100, "height": 100, "format": "jpeg", "fit": "cover", "quality": 60},
+        {"width": 120, "height": 40, "format": "png", "fit": "fill"},
+    ]
+    # When it is submitted and the worker renders it
+    submission = submit_preview(
+        {"jobId": job_id, "source": {"path": photo[source_format]}, "outputs": outputs}
+    )
+    assert (submission.job_id, submission.state, submission.duplicate) == (job_id, "queued", False)
+    status = wait_for(job_id)
+    # Then it succeeded on the first attempt with real files of the requested shape
+    assert status["state"] == "succeeded", status
+    assert status["attempts"] == 1 and status["progress"] == 100
+    assert status["startedAt"] and status["finishedAt"] and status["error"] is None
+    expected = [("webp", 200, 150), ("jpeg", 100, 100), ("png", 120, 40)]
+    for index, (fmt, width, height) in enumerate(expected):
+        data = read_output(output_dir, status, index)
+        assert image_info(data) == (fmt, width, height)
+        entry = status["result"]["outputs"][index]
+        assert (entry["format"], entry["width"], entry["height"]) == (fmt, width, height)
+        assert entry["bytes"] == len(data)
+        assert entry["path"] == f"{job_id}/{index}.{'jpg' if fmt == 'jpeg' else fmt}"
+
+
+def test_send_from_a_plain_python_process_is_rendered(
+    photo: dict[str, str], job_id: str, wait_for: Any, output_dir: Path
+) -> None:
+    # Given a Python process without Flask that only imports the package and sends
+    code = f"""
+        import dramatiq_preview
+        message = dramatiq_preview.render_preview.send({{
+            "jobId": "{job_id}",
+            "source": {{"path": "{photo["png"]}"}},
+            "outputs": [{{"width": 64, "height": 64, "format": "webp"}}],
+        }})
+        print(message.args[0]["jobId"])
+    """
+    result = subprocess.run(
+        [PYTHON, "-c", textwrap.dedent(code)],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == job_id
+    # When the worker picks it up / Then the preview exists
+    status = wait_for(job_id)
+    assert status["state"] == "succeeded", status
+    assert image_info(read_output(output_dir, status, 0)) == ("webp", 64, 48)
+
+
+def test_a_missing_source_fails_at_once_and_is_dead_lettered(job_id: str, wait_for: Any) -> None:
+    submit_preview(
+        {
+            "jobId": job_id,
+            "source": {"path": "e2e/does-not-exist.jpg"},
+            "outputs": [{"width": 8, "height": 8, "format": "png"}],
+        }
+    )
+    status = wait_for(job_id)
+    assert status["state"] == "failed"
+    assert status["attempts"] == 1, "a permanent error must not be retried"
+    assert status["error"]["type"] == "source_not_found"
+    assert status["error"]["retryable"] is False
+    assert "does-not-exist.jpg" in status["error"]["message"]
+    assert str(Path(BASE_ENV["PREVIEW_SOURCE_ROOT"])) not in status["error"]["message"]
+    assert job_id in dead_job_ids()
+
+
+def test_an_unsupported_file_fails_at_once(source_root: Path, job_id: str, wait_for: Any) -> None:
+    name = put(source_root, "e2e/notes.jpg", b"these are not the pixels you are looking for\n")
+    submit_preview(
+        {
+            "jobId": job_id,
+            "source": {"path": name},
+            "outputs": [{"width": 8, "height": 8, "format": "png"}],
+        }
+    )
+    status = wait_for(job_id)
+    assert status["state"] == "failed"
+    assert status["attempts"] == 1
+    assert status["error"]["type"] == "unsupported_format"
+
+
+def test_a_transient_error_is_retried_with_backoff_then_dead_lettered(
+    source_server: Any, job_id: str
+) -> None:
+    # Given a URL source that always answers 503
+    url = source_server.add("/down.png", b"", fail=[503] * 10)
+    submit_preview(
+        {
+            "jobId": job_id,
+            "source": {"url": url},
+            "outputs": [{"width": 8, "height": 8, "format": "png"}],
+        }
+    )
+    # When the worker tries it / Then it goes through retrying and fails after the last retry
+    seen = watch_states(job_id)
+    assert "retrying" in seen["states"], seen
+    assert seen["next_attempt"], "a retrying job says when it runs next"
+    final = seen["final"]
+    assert final["state"] == "failed"
+    assert final["attempts"] == 3  # PREVIEW_MAX_RETRIES=2 in the tests: 1 + 2 retries
+    assert final["error"]["type"] == "source_unavailable"
+    assert final["error"]["retryable"] is True
+    assert source_server.hits("/down.png") == 3
+    assert job_id in dead_job_ids()
+
+
+def test_a_transient_error_that_clears_succeeds_on_retry(
+    source_server: Any, photo: dict[str, str], job_id: str, wait_for: Any
+) -> None:
+    png = imagegen.png(imagegen.quadrants(40, 30))
+    url = source_server.add("/flaky.png", png, fail=[500], content_type="image/png")
+    submit_preview(
+        {
+            "jobId": job_id,
+            "source": {"url": url},
+            "outputs": [{"width": 20, "height": 20, "format": "png"}],
+        }
+    )
+    status = wait_for(job_id)
+    assert status["state"] == "succeeded", status
+    assert status["attempts"] == 2
+    assert status["error"] is None
+
+
+def test_a_message_that_bypassed_validation_fails_permanently_in_the_worker(
+    redis_server: RedisServer, job_id: str, wait_for: Any
+) -> None:
+    # Given a broker with none of our middleware, as another service might have
+    bare = RedisBroker(url=redis_server.url, namespace=BASE_ENV["PREVIEW_NAMESPACE"], middleware=[])
+    bad = {"jobId": job_id, "source": {"path": 42}, "outputs": []}
+    bare.enqueue(
+        Message(
+            queue_name="preview-normal",
+            actor_name="render_preview",
+            args=(bad,),
+            kwargs={},
+            options={},
+        )
+    )
+    # When the worker receives it / Then it fails without a retry, with the schema errors
+    status = wait_for(job_id)
+    assert status["state"] == "failed"
+    assert status["attempts"] == 0, "an invalid payload never starts rendering"
+    assert status["error"]["type"] == "invalid_payload"
+    assert {d["path"] for d in status["error"]["details"]} == {"outputs", "source/path"}
+    assert job_id in dead_job_ids()
+
+
+def test_redis_down_gives_a_clear_error_and_leaves_nothing_behind(photo: dict[str, str]) -> None:
+    # Given a client whose Redis is not running
+    server = RedisServer()
+    client = PreviewClient(
+        Settings.from_mapping({"PREVIEW_REDIS_URL": server.url, "PREVIEW_NAMESPACE": "down"})
+    )
+    payload = {
+        "source": {"path": photo["png"]},
+        "outputs": [{"width": 8, "height": 8, "format": "png"}],
+    }
+    # When a job is submitted or looked up / Then the error says the store is unavailable
+    with pytest.raises(StateStoreUnavailable, match="state store .Redis. is unavailable"):
+        client.submit(payload)
+    with pytest.raises(StateStoreUnavailable):
+        client.status("anything")
+    server.close()
+
+
+def test_the_job_api_answers_unknown_ids_with_not_found() -> None:
+    from dramatiq_preview import JobNotFound
+
+    with pytest.raises(JobNotFound, match="no job with id 'nope'"):
+        get_status("nope")
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def dead_job_ids() -> set[str]:
+    from dramatiq_preview.config import get_settings
+    from dramatiq_preview.dlq import dead_letters
+    from dramatiq_preview.state import get_store
+
+    dlq = dead_letters(render_preview.broker, get_store(get_settings()))
+    return {letter.job_id for letter in dlq.list()}
+
+
+def watch_states(job_id: str, timeout: float = 30) -> dict[str, Any]:
+    import time
+
+    states: list[str] = []
+    next_attempt = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = get_status(job_id)
+        if not states or states[-1] != status["state"]:
+            states.append(status["state"])
+        if status["state"] == "retrying":
+            next_attempt = next_attempt or status["nextAttemptAt"]
+        if status["state"] in ("succeeded", "failed", "cancelled"):
+            return {"states": states, "next_attempt": next_attempt, "final": status}
+        time.sleep(0.005)
+    raise TimeoutError(states)
