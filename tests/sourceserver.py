@@ -33,7 +33,7 @@ class SourceServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server naming
+            def do_GET(self) -> None:
                 route = server._hit(self.path)
                 if route is None:
                     self._answer(404, b"not found")

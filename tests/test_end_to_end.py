@@ -7,12 +7,12 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import imagegen
 import pytest
+from conftest import BASE_ENV, PYTHON, image_info, python_env
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
-import imagegen
-from conftest import BASE_ENV, PYTHON, image_info, python_env
 from dramatiq_preview import (
     PreviewClient,
     Settings,
@@ -218,7 +218,7 @@ def test_redis_down_gives_a_clear_error_and_leaves_nothing_behind(photo: dict[st
         "outputs": [{"width": 8, "height": 8, "format": "png"}],
     }
     # When a job is submitted or looked up / Then the error says the store is unavailable
-    with pytest.raises(StateStoreUnavailable, match="state store .Redis. is unavailable"):
+    with pytest.raises(StateStoreUnavailable, match=r"state store \(Redis\) is unavailable"):
         client.submit(payload)
     with pytest.raises(StateStoreUnavailable):
         client.status("anything")

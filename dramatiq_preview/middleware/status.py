@@ -11,8 +11,8 @@ import dramatiq
 import redis
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
-from ..config import Settings, get_settings
 from ..broker import canonical_queue
+from ..config import Settings, get_settings
 from ..errors import PreviewError, StateStoreUnavailable
 from ..events import emit
 from ..models import PRIORITIES
