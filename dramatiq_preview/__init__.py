@@ -9,7 +9,19 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .actors import render_preview
+import os as _os
+import sys as _sys
+
+from .errors import ConfigError as _ConfigError
+
+try:
+    from .actors import render_preview
+except _ConfigError as _exc:
+    # The `dramatiq-preview` command prints a bad setting as one line, not a traceback.
+    if _os.path.basename(_sys.argv[0]) == "dramatiq-preview":
+        _sys.stderr.write(f"dramatiq-preview: configuration error: {_exc}\n")
+        raise SystemExit(4) from None
+    raise
 from .broker import QUEUES, build_broker, setup_broker
 from .client import PreviewClient, Submission, cancel_preview, get_status, submit_preview
 from .config import Settings, get_settings

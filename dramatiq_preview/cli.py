@@ -20,6 +20,10 @@ class _Unreadable(Exception):
     pass
 
 
+class _NotUtf8(Exception):
+    """Readable input that is not UTF-8: invalid JSON (exit 1), not unreadable (exit 2)."""
+
+
 def _read(path: str, stdin: TextIO) -> str:
     if path == "-":
         try:
@@ -31,7 +35,12 @@ def _read(path: str, stdin: TextIO) -> str:
             data = fh.read()
     except OSError as exc:
         raise _Unreadable(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return data.decode("utf-8", errors="surrogateescape")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _NotUtf8(
+            f"{path}: invalid JSON: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
 
 
 def _parse(text: str, name: str) -> tuple[Any, str | None]:
@@ -46,7 +55,11 @@ def _parse(text: str, name: str) -> tuple[Any, str | None]:
 def _cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     from .validation import validation_issues
 
-    text = _read(args.file, stdin)
+    try:
+        text = _read(args.file, stdin)
+    except _NotUtf8 as exc:
+        print(str(exc), file=out)
+        return EXIT_REFUSED
     payload, problem = _parse(text, args.file)
     if problem:
         print(problem, file=out)
@@ -64,7 +77,11 @@ def _cmd_submit(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextI
     from .client import submit_preview
     from .errors import InvalidPayload
 
-    text = _read(args.file, stdin)
+    try:
+        text = _read(args.file, stdin)
+    except _NotUtf8 as exc:
+        print(str(exc), file=err)
+        return EXIT_REFUSED
     payload, problem = _parse(text, args.file)
     if problem:
         print(problem, file=err)

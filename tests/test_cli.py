@@ -1,0 +1,157 @@
+"""The `dramatiq-preview` command: exit codes and output of each subcommand."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import PYTHON, python_env
+
+from dramatiq_preview.cli import main
+from dramatiq_preview.testing import RedisServer
+
+GOOD = {"source": {"path": "cli/a.png"}, "outputs": [{"width": 8, "height": 8, "format": "png"}]}
+
+
+def run(*argv: str, stdin: str = "") -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), stdout=out, stderr=err, stdin=io.StringIO(stdin))
+    return code, out.getvalue(), err.getvalue()
+
+
+def write(tmp_path: Path, content: str | bytes, name: str = "job.json") -> str:
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    return str(path)
+
+
+def test_validate_a_valid_file_exits_0(tmp_path: Path) -> None:
+    assert run("validate", write(tmp_path, json.dumps(GOOD))) == (0, "valid\n", "")
+
+
+def test_validate_prints_one_line_per_error_and_exits_1(tmp_path: Path) -> None:
+    bad = dict(GOOD, outputs=[{"width": "8", "height": 0, "format": "png"}], extra=1)
+    code, out, _ = run("validate", write(tmp_path, json.dumps(bad)))
+    assert code == 1
+    assert out.splitlines() == [
+        "extra: is not allowed",
+        "outputs/0/height: must be >= 1",
+        "outputs/0/width: must be an integer",
+    ]
+
+
+def test_validate_reports_malformed_json_as_invalid(tmp_path: Path) -> None:
+    path = write(tmp_path, '{"source": {"path": "a.png"},\n "outputs": [}')
+    code, out, _ = run("validate", path)
+    assert code == 1
+    assert out.startswith(f"{path}: invalid JSON: ")
+    assert "line 2" in out
+
+
+def test_validate_reports_non_utf8_bytes_as_invalid(tmp_path: Path) -> None:
+    code, out, _ = run("validate", write(tmp_path, b'{"a": "\xff"}'))
+    assert code == 1
+    assert "invalid JSON" in out
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory"])
+def test_validate_exits_2_when_the_file_cannot_be_read(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "nope.json" if kind == "missing" else tmp_path
+    code, out, err = run("validate", str(path))
+    assert code == 2
+    assert out == ""
+    assert err.startswith(f"{path}: cannot read: ")
+
+
+def test_validate_reads_standard_input() -> None:
+    assert run("validate", "-", stdin=json.dumps(GOOD))[0] == 0
+    code, out, _ = run("validate", "-", stdin=json.dumps({"outputs": []}))
+    assert code == 1
+    assert "source: is required" in out
+
+
+def test_submit_prints_the_job_id_and_status_prints_json(
+    tmp_path: Path, job_id: str, redis_server: RedisServer
+) -> None:
+    payload = dict(GOOD, jobId=job_id, metadata={"who": "cli"})
+    code, out, err = run("submit", write(tmp_path, json.dumps(payload)))
+    assert (code, out, err) == (0, f"{job_id}\n", "")
+    # Submitting it again is a duplicate: same id, exit 0, a note on stderr
+    code, out, err = run("submit", write(tmp_path, json.dumps(payload)))
+    assert code == 0 and out == f"{job_id}\n" and "duplicate" in err
+    code, out, _ = run("status", job_id)
+    assert code == 0
+    status = json.loads(out)
+    assert status["jobId"] == job_id
+    assert status["metadata"] == {"who": "cli"}
+
+
+def test_submit_refuses_an_invalid_payload_with_exit_1(tmp_path: Path) -> None:
+    code, out, err = run("submit", write(tmp_path, json.dumps({"source": {}})))
+    assert code == 1 and out == ""
+    assert "outputs: is required" in err
+
+
+def test_status_and_cancel_of_an_unknown_job_exit_1() -> None:
+    assert run("status", "unknown-job") == (1, "", "no job with id 'unknown-job'\n")
+    assert run("cancel", "unknown-job")[0] == 1
+
+
+def test_dlq_requeue_needs_an_id_or_all() -> None:
+    code, _, err = run("dlq", "requeue")
+    assert code == 2 and "JOB_ID or --all" in err
+
+
+def cli_subprocess(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    code = (
+        "import sys; sys.argv[0] = 'dramatiq-preview'\n"
+        "from dramatiq_preview.cli import main\n"
+        f"sys.exit(main({list(argv)!r}))\n"
+    )
+    return subprocess.run(
+        [PYTHON, "-c", code], env=python_env(**env), capture_output=True, text=True, timeout=60
+    )
+
+
+def test_redis_down_exits_3_with_a_message() -> None:
+    server = RedisServer()  # never started: nothing listens on its port
+    result = cli_subprocess("status", "x", PREVIEW_REDIS_URL=server.url)
+    server.close()
+    assert result.returncode == 3
+    assert result.stderr.strip() == "the state store (Redis) is unavailable: ConnectionError"
+
+
+def test_a_bad_setting_exits_4_naming_the_variable() -> None:
+    result = cli_subprocess("validate", "-", PREVIEW_TIME_LIMIT_MS="soon")
+    assert result.returncode == 4
+    assert result.stderr.strip() == (
+        "dramatiq-preview: configuration error: "
+        "PREVIEW_TIME_LIMIT_MS: expected an integer, got 'soon'"
+    )
+
+
+def test_python_dash_m_runs_the_command(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [PYTHON, "-m", "dramatiq_preview", "validate", write(tmp_path, json.dumps(GOOD))],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout) == (0, "valid\n")
+
+
+def test_help_lists_every_subcommand() -> None:
+    out = io.StringIO()
+    with pytest.raises(SystemExit) as info, contextlib.redirect_stdout(out):
+        main(["--help"])
+    assert info.value.code == 0
+    for name in ("validate", "submit", "status", "cancel", "dlq"):
+        assert name in out.getvalue()
