@@ -5,7 +5,11 @@ This module is import-safe in processes without ImageMagick.
 
 from __future__ import annotations
 
+import mmap
 import struct
+
+#: File contents: bytes, or a read-only map of the file.
+Data = bytes | mmap.mmap
 
 #: How many leading bytes :func:`sniff` needs to decide.
 SNIFF_BYTES = 1024
@@ -57,7 +61,7 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
-def declared_size(data: bytes, kind: str) -> tuple[int, int] | None:
+def declared_size(data: Data, kind: str) -> tuple[int, int] | None:
     """Width and height a file's header declares, read without any decoder.
 
     This is a cheap first line against pixel floods (a few bytes declaring a huge canvas);
@@ -87,7 +91,7 @@ def declared_size(data: bytes, kind: str) -> tuple[int, int] | None:
     return None
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+def _jpeg_size(data: Data) -> tuple[int, int] | None:
     pos = 2
     while pos + 9 <= len(data):
         if data[pos] != 0xFF:
@@ -110,7 +114,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _webp_size(data: bytes) -> tuple[int, int] | None:
+def _webp_size(data: Data) -> tuple[int, int] | None:
     chunk = data[12:16]
     if chunk == b"VP8X":
         width = int.from_bytes(data[24:27], "little") + 1
@@ -125,7 +129,7 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def gif_frame_count(data: bytes, stop_after: int) -> int:
+def gif_frame_count(data: Data, stop_after: int) -> int:
     """How many images a GIF holds, counting no further than ``stop_after`` + 1.
 
     Walks the block structure only (no LZW decoding).  A damaged structure ends the count;
@@ -155,7 +159,7 @@ def gif_frame_count(data: bytes, stop_after: int) -> int:
         return 0
 
 
-def _skip_sub_blocks(data: bytes, pos: int) -> int:
+def _skip_sub_blocks(data: Data, pos: int) -> int:
     while True:
         size = data[pos]
         pos += 1 + size
