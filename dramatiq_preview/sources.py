@@ -251,7 +251,7 @@ class _Target:
     scheme: str
     host: str
     port: int
-    address: IPAddress
+    addresses: tuple[IPAddress, ...]
 
 
 def resolve_url(url: str, settings: Settings) -> _Target:
@@ -294,7 +294,8 @@ def resolve_url(url: str, settings: Settings) -> _Target:
         addresses.append(address)
     if not addresses:
         raise SourceUnavailable(f"host {host!r} has no address")
-    return _Target(url=url, scheme=scheme, host=host, port=port, address=addresses[0])
+    unique = tuple(dict.fromkeys(addresses))
+    return _Target(url=url, scheme=scheme, host=host, port=port, addresses=unique)
 
 
 def fetch_url(
@@ -318,7 +319,7 @@ def fetch_url(
     with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
         for _ in range(MAX_REDIRECTS + 1):
             target = resolve_url(url, settings)
-            location = _download(client, target, settings, spool_dir, deadline)
+            location = _fetch_any(client, target, settings, spool_dir, deadline)
             if isinstance(location, LocalSource):
                 return location
             url = location
@@ -335,16 +336,36 @@ def _shown(url: str) -> str:
         return "the source URL"
 
 
-def _download(
+class _ConnectFailed(Exception):
+    pass
+
+
+def _fetch_any(
     client: httpx.Client,
     target: _Target,
     settings: Settings,
     spool_dir: Path | None,
     deadline: float,
 ) -> LocalSource | str:
+    """Try each checked address in turn (e.g. ``::1`` then ``127.0.0.1``)."""
+    for ip in target.addresses:
+        try:
+            return _download(client, target, ip, settings, spool_dir, deadline)
+        except _ConnectFailed:
+            continue
+    raise SourceUnavailable(f"{_shown(target.url)} could not be reached (connection failed)")
+
+
+def _download(
+    client: httpx.Client,
+    target: _Target,
+    ip: IPAddress,
+    settings: Settings,
+    spool_dir: Path | None,
+    deadline: float,
+) -> LocalSource | str:
     """Fetch one hop: a :class:`LocalSource`, or the absolute URL a redirect points to."""
     parts = urlsplit(target.url)
-    ip = target.address
     ip_text = f"[{ip}]" if isinstance(ip, ipaddress.IPv6Address) else str(ip)
     netloc = f"{ip_text}:{target.port}"
     direct = urlunsplit((target.scheme, netloc, parts.path or "/", parts.query, ""))
@@ -364,6 +385,8 @@ def _download(
     shown = _shown(target.url)
     try:
         response = client.send(request, stream=True)
+    except httpx.ConnectError:
+        raise _ConnectFailed from None
     except httpx.TimeoutException:
         raise SourceUnavailable(f"{shown} timed out") from None
     except httpx.HTTPError as exc:

@@ -81,6 +81,16 @@ def png(pixels: Pixels, *, alpha: bool = True, text: dict[str, str] | None = Non
     return b"\x89PNG\r\n\x1a\n" + b"".join(chunks)
 
 
+def png_solid_fast(width: int, height: int) -> bytes:
+    """A large black RGB PNG built without a per-pixel Python loop."""
+    row = b"\0" + b"\0" * (width * 3)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(row * height, 1)
+    return (
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+    )
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header declares ``width`` x ``height`` with almost no data (pixel flood)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
@@ -302,14 +312,31 @@ def jpeg_header_only(width: int, height: int) -> bytes:
 # --- PDF --------------------------------------------------------------------------------
 
 
-def pdf(colours: Sequence[RGBA], size: tuple[float, float] = (200, 100)) -> bytes:
-    """A PDF with one page per colour, each page filled with it, ``size`` in points."""
+def pdf(
+    colours: Sequence[RGBA | tuple[RGBA, RGBA, RGBA, RGBA]], size: tuple[float, float] = (200, 100)
+) -> bytes:
+    """A PDF with one page per entry, ``size`` in points.
+
+    An entry is one colour (the page is filled with it) or four (quadrants: top-left,
+    top-right, bottom-left, bottom-right).
+    """
     objects: list[bytes] = [b"<< /Type /Catalog /Pages 2 0 R >>"]
     kids = " ".join(f"{3 + 2 * i} 0 R" for i in range(len(colours)))
     objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {len(colours)} >>".encode())
     w, h = size
-    for i, (r, g, b, _) in enumerate(colours):
-        content = f"{r / 255:.3f} {g / 255:.3f} {b / 255:.3f} rg 0 0 {w} {h} re f".encode()
+    for i, entry in enumerate(colours):
+        if isinstance(entry[0], int):
+            r, g, b, _ = entry  # type: ignore[misc]
+            content = f"{r / 255:.3f} {g / 255:.3f} {b / 255:.3f} rg 0 0 {w} {h} re f".encode()
+        else:
+            # PDF's origin is bottom-left: top-left quadrant is at y = h/2.
+            boxes = [(0, h / 2), (w / 2, h / 2), (0, 0), (w / 2, 0)]
+            parts = []
+            for (x, y), (r, g, b, _) in zip(boxes, entry, strict=True):  # type: ignore[arg-type]
+                parts.append(
+                    f"{r / 255:.3f} {g / 255:.3f} {b / 255:.3f} rg {x} {y} {w / 2} {h / 2} re f"
+                )
+            content = "\n".join(parts).encode()
         objects.append(
             f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {w} {h}] "
             f"/Contents {4 + 2 * i} 0 R >>".encode()

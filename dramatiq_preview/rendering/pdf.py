@@ -25,6 +25,7 @@ from .geometry import required_scale
 
 _PAGES_RE = re.compile(rb"^Pages:\s+(\d+)\s*$", re.M)
 _SIZE_RE = re.compile(rb"^Page\s+\d+\s+size:\s+([\d.]+)\s+x\s+([\d.]+)\s+pts", re.M)
+_LAST_PAGE_RE = re.compile(rb"the last page \((\d+)\)")
 _ROT_RE = re.compile(rb"^Page\s+\d+\s+rot:\s+(\d+)", re.M)
 #: Never rasterise a page larger than this on its long side, whatever the outputs ask.
 MAX_RASTER_SIDE = 8192
@@ -72,9 +73,13 @@ def page_info(fd: int, page: int, deadline: float) -> tuple[int, float, float]:
         ["pdfinfo", "-f", str(number), "-l", str(number), "fd://0"], fd, deadline, "reading the PDF"
     )
     pages = _PAGES_RE.search(done.stdout)
-    if done.returncode != 0 or pages is None:
+    last = _LAST_PAGE_RE.search(done.stderr)
+    if done.returncode != 0 and last is not None:
+        count = int(last.group(1))  # poppler refuses a range past the last page
+    elif done.returncode != 0 or pages is None:
         raise CorruptSource("the PDF cannot be read (damaged or encrypted)")
-    count = int(pages.group(1))
+    else:
+        count = int(pages.group(1))
     if page >= count:
         noun = "page" if count == 1 else "pages"
         raise PageOutOfRange(

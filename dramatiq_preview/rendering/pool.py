@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,10 +138,19 @@ class Renderer:
         ``render_processes`` are used.
       processes: Pool size; overrides ``PREVIEW_RENDER_PROCESSES``.  When both are 0/None,
         :data:`DEFAULT_PROCESSES`.  Pass the worker's thread count.
+      child_env: Extra environment variables for the children (tests use it to enable
+        the test hooks); by default children inherit this process's environment.
     """
 
-    def __init__(self, settings: Settings, *, processes: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        processes: int | None = None,
+        child_env: Mapping[str, str] | None = None,
+    ) -> None:
         self.options = _options_for(settings, processes)
+        self.child_env = dict(child_env or {})
         self.pid = os.getpid()
         self._cond = threading.Condition()
         self._idle: list[_Child] = []
@@ -291,6 +300,7 @@ class Renderer:
         try:
             package_dir = str(Path(__file__).resolve().parent.parent)
             env = dict(os.environ)
+            env.update(self.child_env)
             env.update(magick_environment())
             argv = [
                 sys.executable,

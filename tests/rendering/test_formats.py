@@ -1,0 +1,266 @@
+"""Every input format to every output format, with real pixel checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import imagegen as g
+import pytest
+from render_helpers import Workspace, close_to, pixel, size_of
+
+from dramatiq_preview.errors import PageOutOfRange
+from dramatiq_preview.models import OutputSpec
+from dramatiq_preview.rendering import Renderer
+
+QUAD = (g.RED, g.GREEN, g.BLUE, g.YELLOW)
+
+
+def _quad_pdf() -> bytes:
+    return g.pdf([QUAD], size=(64, 32))
+
+
+INPUTS: dict[str, Callable[[], bytes]] = {
+    "jpeg": lambda: g.jpeg(g.quadrants(64, 32)),
+    "png": lambda: g.png(g.quadrants(64, 32)),
+    "webp": lambda: g.webp(g.quadrants(64, 32)),
+    "gif": lambda: g.gif([g.quadrants(64, 32)]),
+    "tiff": lambda: g.tiff([g.quadrants(64, 32)]),
+    "bmp": lambda: g.bmp(g.quadrants(64, 32)),
+    "pdf": _quad_pdf,
+}
+MAGIC = {"webp": b"RIFF", "jpeg": b"\xff\xd8\xff", "png": b"\x89PNG"}
+
+
+def _metadata_free(data: bytes, fmt: str) -> bool:
+    if fmt == "jpeg":
+        return b"Exif\x00\x00" not in data and b"http://ns.adobe.com/xap" not in data
+    if fmt == "png":
+        return not any(c in data for c in (b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"tIME"))
+    return b"EXIF" not in data and b"XMP " not in data
+
+
+@pytest.mark.parametrize("output_format", ["webp", "jpeg", "png"])
+@pytest.mark.parametrize("input_format", list(INPUTS))
+def test_every_input_to_every_output(
+    renderer: Renderer, workspace: Workspace, input_format: str, output_format: str
+) -> None:
+    """Given a 64x32 four-colour image, when rendered into a 40x40 box, then the output is
+    40x20 in the requested format, stripped, with each quadrant's colour where it belongs."""
+    name = workspace.add(f"matrix/q.{input_format}", INPUTS[input_format]())
+    spec = workspace.job(name, [OutputSpec(40, 40, output_format)])
+
+    [result] = workspace.render(renderer, spec)
+
+    path = workspace.out / result.path
+    data = path.read_bytes()
+    assert data.startswith(MAGIC[output_format])
+    assert result.path == f"{spec.job_id}/0.{ {'jpeg': 'jpg'}.get(output_format, output_format) }"
+    assert (result.width, result.height, result.bytes) == (40, 20, len(data))
+    assert size_of(path) == (40, 20)
+    assert _metadata_free(data, output_format)
+    for (x, y), colour in zip([(5, 4), (34, 4), (5, 15), (34, 15)], QUAD, strict=True):
+        assert close_to(pixel(path, x, y)[:3], colour[:3]), (x, y, pixel(path, x, y))
+
+
+STRIPES = (g.RED, g.GREEN, g.BLUE, g.YELLOW)
+
+
+@pytest.fixture
+def striped(workspace: Workspace) -> str:
+    """An 80x40 image of four vertical stripes, 20 px each."""
+    return workspace.add("fit/stripes.png", g.png(g.stripes(80, 40, STRIPES)))
+
+
+def test_contain_fits_inside_the_box(
+    renderer: Renderer, workspace: Workspace, striped: str
+) -> None:
+    """Given 80x40 stripes, when fitted into 40x40 with contain, then all four stripes show in
+    a 40x20 image (no padding, aspect kept)."""
+    spec = workspace.job(striped, [OutputSpec(40, 40, "png", fit="contain")])
+    [result] = workspace.render(renderer, spec)
+    path = workspace.out / result.path
+    assert size_of(path) == (40, 20)
+    for i, colour in enumerate(STRIPES):
+        assert close_to(pixel(path, i * 10 + 5, 10)[:3], colour[:3], 10)
+
+
+def test_cover_crops_the_centre(renderer: Renderer, workspace: Workspace, striped: str) -> None:
+    """Given 80x40 stripes, when covering 40x40, then the outer stripes are cropped away and
+    the middle two fill the square."""
+    spec = workspace.job(striped, [OutputSpec(40, 40, "png", fit="cover")])
+    [result] = workspace.render(renderer, spec)
+    path = workspace.out / result.path
+    assert size_of(path) == (40, 40)
+    assert close_to(pixel(path, 5, 20)[:3], g.GREEN[:3], 10)
+    assert close_to(pixel(path, 34, 20)[:3], g.BLUE[:3], 10)
+
+
+def test_fill_stretches_to_the_box(renderer: Renderer, workspace: Workspace, striped: str) -> None:
+    """Given 80x40 stripes, when filling 40x40, then all four stripes are squeezed in."""
+    spec = workspace.job(striped, [OutputSpec(40, 40, "png", fit="fill")])
+    [result] = workspace.render(renderer, spec)
+    path = workspace.out / result.path
+    assert size_of(path) == (40, 40)
+    for i, colour in enumerate(STRIPES):
+        assert close_to(pixel(path, i * 10 + 5, 30)[:3], colour[:3], 10)
+
+
+def test_small_sources_are_enlarged_to_the_box(renderer: Renderer, workspace: Workspace) -> None:
+    """Given a 16x8 image, when rendered into 64x64 (contain), then it is 64x32."""
+    name = workspace.add("fit/small.png", g.png(g.quadrants(16, 8)))
+    spec = workspace.job(name, [OutputSpec(64, 64, "webp"), OutputSpec(10, 30, "png", "cover")])
+    big, cover = workspace.render(renderer, spec)
+    assert (big.width, big.height) == (64, 32)
+    assert (cover.width, cover.height) == (10, 30)
+
+
+@pytest.mark.parametrize(
+    ("orientation", "size", "top_left", "top_right"),
+    [
+        (1, (64, 32), g.RED, g.GREEN),
+        (3, (64, 32), g.YELLOW, g.BLUE),  # rotated 180
+        (6, (32, 64), g.BLUE, g.RED),  # rotate 90 clockwise to display
+        (8, (32, 64), g.GREEN, g.YELLOW),  # rotate 90 counter-clockwise
+    ],
+)
+def test_exif_orientation_is_applied(
+    renderer: Renderer,
+    workspace: Workspace,
+    orientation: int,
+    size: tuple[int, int],
+    top_left: g.RGBA,
+    top_right: g.RGBA,
+) -> None:
+    """Given a JPEG stored sideways with an EXIF Orientation tag, when rendered, then the
+    output is upright and carries no EXIF."""
+    name = workspace.add(
+        f"orient/{orientation}.jpg", g.jpeg(g.quadrants(64, 32), orientation=orientation)
+    )
+    spec = workspace.job(name, [OutputSpec(64, 64, "jpeg")])
+    [result] = workspace.render(renderer, spec)
+    path = workspace.out / result.path
+    assert size_of(path) == size
+    assert close_to(pixel(path, 3, 3)[:3], top_left[:3])
+    assert close_to(pixel(path, size[0] - 4, 3)[:3], top_right[:3])
+    assert b"Exif\x00\x00" not in path.read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["gif", "tiff"])
+@pytest.mark.parametrize("page", [0, 1, 2])
+def test_the_requested_frame_is_rendered(
+    renderer: Renderer, workspace: Workspace, kind: str, page: int
+) -> None:
+    """Given a three-frame GIF/TIFF (red, green, blue), when page N is asked, then frame N's
+    colour is rendered."""
+    frames = [g.solid(24, 12, c) for c in (g.RED, g.GREEN, g.BLUE)]
+    data = g.gif(frames) if kind == "gif" else g.tiff(frames)
+    name = workspace.add(f"frames/three.{kind}", data)
+    spec = workspace.job(name, [OutputSpec(24, 24, "png")], page=page)
+    [result] = workspace.render(renderer, spec)
+    expected = (g.RED, g.GREEN, g.BLUE)[page]
+    assert close_to(pixel(workspace.out / result.path, 10, 5)[:3], expected[:3], 5)
+
+
+def test_gif_frames_are_composited_over_earlier_ones(
+    renderer: Renderer, workspace: Workspace
+) -> None:
+    """Given a GIF whose second frame is transparent on the left, when page 1 is asked, then
+    the left shows the first frame through it (frames are coalesced, not read alone)."""
+    first = g.solid(20, 10, g.RED)
+    second = [[g.CLEAR if x < 10 else g.BLUE for x in range(20)] for _ in range(10)]
+    name = workspace.add("frames/delta.gif", g.gif([first, second], transparent=True))
+    spec = workspace.job(name, [OutputSpec(20, 20, "png")], page=1)
+    [result] = workspace.render(renderer, spec)
+    path = workspace.out / result.path
+    assert close_to(pixel(path, 3, 5)[:3], g.RED[:3], 5)
+    assert close_to(pixel(path, 16, 5)[:3], g.BLUE[:3], 5)
+
+
+@pytest.mark.parametrize("page", [0, 1, 2])
+def test_the_requested_pdf_page_is_rendered(
+    renderer: Renderer, workspace: Workspace, page: int
+) -> None:
+    """Given a three-page PDF (red, green, blue), when page N is asked, then page N's colour
+    is rendered at the requested size."""
+    name = workspace.add("pdf/three.pdf", g.pdf([g.RED, g.GREEN, g.BLUE], size=(200, 100)))
+    spec = workspace.job(name, [OutputSpec(400, 400, "png")], page=page)
+    [result] = workspace.render(renderer, spec)
+    path = workspace.out / result.path
+    assert size_of(path) == (400, 200)
+    expected = (g.RED, g.GREEN, g.BLUE)[page]
+    assert close_to(pixel(path, 200, 100)[:3], expected[:3], 5)
+
+
+def test_pdf_page_beyond_the_last_says_how_many_pages(
+    renderer: Renderer, workspace: Workspace
+) -> None:
+    """Given a three-page PDF, when page 3 is asked, then PageOutOfRange names 3 pages and no
+    output exists."""
+    name = workspace.add("pdf/three.pdf", g.pdf([g.RED, g.GREEN, g.BLUE]))
+    spec = workspace.job(name, [OutputSpec(40, 40, "png")], page=3)
+    with pytest.raises(PageOutOfRange, match="3 pages") as caught:
+        workspace.render(renderer, spec)
+    assert not caught.value.retryable
+    assert workspace.files(spec) == []
+
+
+def test_frame_beyond_the_last_says_how_many_frames(
+    renderer: Renderer, workspace: Workspace
+) -> None:
+    """Given a two-frame GIF, when page 5 is asked, then PageOutOfRange names 2 frames."""
+    name = workspace.add("frames/two.gif", g.gif([g.solid(4, 4, g.RED), g.solid(4, 4, g.BLUE)]))
+    spec = workspace.job(name, [OutputSpec(40, 40, "png")], page=5)
+    with pytest.raises(PageOutOfRange, match="2 frames"):
+        workspace.render(renderer, spec)
+
+
+@pytest.mark.parametrize("output_format", ["webp", "png"])
+def test_alpha_is_kept_where_the_format_has_it(
+    renderer: Renderer, workspace: Workspace, output_format: str
+) -> None:
+    """Given a PNG transparent on its left half, when rendered to WebP/PNG, then the left half
+    stays transparent and the right half opaque blue."""
+    half = [[g.CLEAR if x < 16 else g.BLUE for x in range(32)] for _ in range(16)]
+    name = workspace.add("alpha/half.png", g.png(half))
+    spec = workspace.job(name, [OutputSpec(32, 32, output_format)])
+    [result] = workspace.render(renderer, spec)
+    path = workspace.out / result.path
+    assert pixel(path, 3, 8)[3] < 10
+    assert close_to(pixel(path, 28, 8), g.BLUE, 10)
+
+
+def test_alpha_is_flattened_on_white_for_jpeg(renderer: Renderer, workspace: Workspace) -> None:
+    """Given a PNG transparent on its left half, when rendered to JPEG, then the left is white."""
+    half = [[g.CLEAR if x < 16 else g.BLUE for x in range(32)] for _ in range(16)]
+    name = workspace.add("alpha/half.png", g.png(half))
+    spec = workspace.job(name, [OutputSpec(32, 32, "jpeg")])
+    [result] = workspace.render(renderer, spec)
+    path = workspace.out / result.path
+    assert close_to(pixel(path, 3, 8)[:3], g.WHITE[:3], 12)
+    assert close_to(pixel(path, 28, 8)[:3], g.BLUE[:3], 40)
+
+
+def test_several_outputs_come_back_in_request_order(
+    renderer: Renderer, workspace: Workspace
+) -> None:
+    """Given three outputs listed small, large, medium, when rendered (largest first inside),
+    then results follow the request order with paths relative to the output dir."""
+    name = workspace.add("multi/q.png", g.png(g.quadrants(200, 100)))
+    outputs = [
+        OutputSpec(20, 20, "png"),
+        OutputSpec(160, 160, "webp"),
+        OutputSpec(60, 60, "jpeg", fit="cover", quality=50),
+    ]
+    spec = workspace.job(name, outputs)
+    small, large, medium = workspace.render(renderer, spec)
+    assert (small.width, small.height, small.format) == (20, 10, "png")
+    assert (large.width, large.height, large.format) == (160, 80, "webp")
+    assert (medium.width, medium.height, medium.format) == (60, 60, "jpeg")
+    assert [r.path for r in (small, large, medium)] == [
+        f"{spec.job_id}/0.png",
+        f"{spec.job_id}/1.webp",
+        f"{spec.job_id}/2.jpg",
+    ]
+    for result in (small, large, medium):
+        assert (workspace.out / result.path).stat().st_size == result.bytes
+    assert close_to(pixel(workspace.out / small.path, 2, 2)[:3], g.RED[:3])
