@@ -217,7 +217,7 @@ class JobStore:
       StateStoreUnavailable: Redis did not answer or refused the command.
     """
 
-    def __init__(self, client: redis.Redis[str], *, namespace: str, ttl_seconds: int) -> None:
+    def __init__(self, client: redis.Redis, *, namespace: str, ttl_seconds: int) -> None:
         self.client = client
         self.namespace = namespace
         self.ttl_seconds = ttl_seconds
@@ -369,8 +369,10 @@ class JobStore:
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         """The public status object of a job (contract §5), or None when unknown."""
-        raw: dict[str, str] = self._guard(lambda: self.client.hgetall(self.job_key(job_id)))
-        if not raw or "state" not in raw:
+        found = self._guard(lambda: self.client.hgetall(self.job_key(job_id)))
+        # The client decodes responses, so keys and values are str.
+        raw = {str(k): str(v) for k, v in found.items()}
+        if "state" not in raw:
             return None
         return status_from_record(job_id, raw)
 
@@ -424,11 +426,11 @@ def status_from_record(job_id: str, raw: dict[str, str]) -> dict[str, Any]:
     }
 
 
-_clients: dict[tuple[str, float], redis.Redis[str]] = {}
+_clients: dict[tuple[str, float], redis.Redis] = {}
 _lock = threading.Lock()
 
 
-def redis_client(url: str, *, socket_timeout: float = 5.0) -> redis.Redis[str]:
+def redis_client(url: str, *, socket_timeout: float = 5.0) -> redis.Redis:
     """A shared client per URL; no connection is made until the first command."""
     key = (url, socket_timeout)
     with _lock:

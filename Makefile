@@ -1,0 +1,49 @@
+# dramatiq-preview — everything a fresh Debian/Ubuntu machine with Python 3 needs.
+#
+#   make demo    install what is missing, render the samples in examples/images with a worker
+#   make test    install what is missing, run the whole test suite against a private Redis
+#   make lint    ruff check, ruff format --check, mypy
+#   make bench   the benchmarks under tests/benchmarks (prints ratios)
+#
+# System packages come from apt (sudo is used when not root); Python packages go into .venv.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := "libmagickwand-6.q16-6|libmagickwand-6.q16-7t64" poppler-utils ghostscript redis-server \
+	"libvips42|libvips42t64"
+STAMP := $(VENV)/.installed
+
+.PHONY: deps venv demo test lint bench clean
+
+deps:
+	scripts/install-system-deps $(APT_PACKAGES)
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	$(MAKE) deps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -e ".[flask,test,dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(PY) examples/demo.py
+
+test: venv
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy dramatiq_preview
+
+bench: venv
+	$(PY) -m pytest tests/benchmarks -m benchmark -s -p no:randomly
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache previews

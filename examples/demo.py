@@ -1,0 +1,101 @@
+"""`make demo`: render the sample images in examples/images/ with a real worker.
+
+It uses the Redis at PREVIEW_REDIS_URL (default redis://localhost:6379/0) when one answers,
+otherwise it starts a private redis-server on a free port.  It starts a
+`dramatiq dramatiq_preview` worker, submits every sample, prints each job's state and
+output paths, and stops everything it started.  Exit status 0 means every job succeeded.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import redis
+
+HERE = Path(__file__).resolve().parent
+IMAGES = HERE / "images"
+OUTPUT = Path(os.environ.get("PREVIEW_OUTPUT_DIR", Path.cwd() / "previews")).resolve()
+
+#: What the demo asks for each sample: a 256 px WebP thumbnail and a 128 px JPEG square.
+OUTPUTS = [
+    {"width": 256, "height": 256, "format": "webp"},
+    {"width": 128, "height": 128, "format": "jpeg", "fit": "cover", "quality": 80},
+]
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def main() -> int:
+    # This process starts services; the jobs are submitted from a child process, because
+    # dramatiq_preview reads PREVIEW_* once, when it is first imported.
+    from dramatiq_preview.testing import RedisServer, WorkerProcess
+
+    url = os.environ.get("PREVIEW_REDIS_URL", "redis://localhost:6379/0")
+    private = None
+    if redis_answers(url):
+        print(f"using the Redis at {url}")
+    else:
+        private = RedisServer().start()
+        url = private.url
+        print(f"no Redis answered; started a private redis-server at {url}")
+    env = {
+        "PREVIEW_REDIS_URL": url,
+        "PREVIEW_BROKER_URL": os.environ.get("PREVIEW_BROKER_URL", url),
+        "PREVIEW_NAMESPACE": os.environ.get("PREVIEW_NAMESPACE", "dramatiq_preview_demo"),
+        "PREVIEW_SOURCE_ROOT": str(IMAGES),
+        "PREVIEW_OUTPUT_DIR": str(OUTPUT),
+    }
+    worker = WorkerProcess(env=env, processes=1, threads=2)
+    try:
+        worker.start()
+        print(f"worker started (pid {worker.process.pid if worker.process else '?'})")
+        child = subprocess.run(
+            [sys.executable, __file__, "--submit"], env={**os.environ, **env}, check=False
+        )
+        return child.returncode
+    finally:
+        worker.stop()
+        if private is not None:
+            private.close()
+            print("stopped the private redis-server")
+
+
+def submit_samples() -> int:
+    """Submit every sample, wait for each job and print its state and outputs."""
+    from dramatiq_preview import get_status, submit_preview
+    from dramatiq_preview.testing import wait_for_state
+
+    run = uuid.uuid4().hex[:8]
+    jobs = {}
+    for sample in sorted(p.name for p in IMAGES.iterdir() if p.is_file()):
+        payload = {
+            "jobId": f"demo-{run}-{sample}",
+            "source": {"path": sample},
+            "outputs": OUTPUTS,
+            "metadata": {"sample": sample},
+        }
+        jobs[sample] = submit_preview(payload).job_id
+    started = time.monotonic()
+    failures = 0
+    for sample, job_id in jobs.items():
+        status = wait_for_state(get_status, job_id, timeout=120)
+        paths = [str(OUTPUT / o["path"]) for o in (status["result"] or {}).get("outputs", [])]
+        detail = ", ".join(paths) if paths else (status["error"] or {}).get("message", "")
+        print(f"{sample:<20} {status['state']:<10} {detail}")
+        failures += status["state"] != "succeeded"
+    print(f"{len(jobs)} jobs in {time.monotonic() - started:.1f}s, {failures} not succeeded")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(submit_samples() if sys.argv[1:] == ["--submit"] else main())
