@@ -1,0 +1,209 @@
+"""The job store's transitions, against the private Redis: atomic, final states stick."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from dramatiq_preview.state import JobStore, iso
+
+TTL = 600
+
+
+@pytest.fixture
+def store(redis_server: Any) -> JobStore:
+    from dramatiq_preview.state import redis_client
+
+    return JobStore(redis_client(redis_server.url), namespace="unit", ttl_seconds=TTL)
+
+
+def create(store: JobStore, job_id: str, fp: str = "fp1") -> tuple[str, str]:
+    return store.create(job_id, fp=fp, priority="high", queue="preview-high", metadata={"k": "v"})
+
+
+def claim(
+    store: JobStore, job_id: str, token: str = "t1", lease_ms: int = 10_000, max_deliveries: int = 3
+) -> Any:
+    return store.claim(job_id, token=token, lease_ms=lease_ms, max_deliveries=max_deliveries)
+
+
+def test_create_records_a_queued_job_once(store: JobStore, job_id: str) -> None:
+    assert create(store, job_id) == ("created", "queued")
+    assert create(store, job_id) == ("duplicate", "queued")
+    assert create(store, job_id, fp="other") == ("conflict", "queued")
+    status = store.get(job_id)
+    assert status is not None
+    assert status["state"] == "queued" and status["priority"] == "high"
+    assert status["metadata"] == {"k": "v"}
+    assert status["attempts"] == 0 and status["progress"] == 0
+    assert status["startedAt"] is None and status["result"] is None
+
+
+def test_concurrent_creates_make_exactly_one_job(store: JobStore, job_id: str) -> None:
+    outcomes: list[str] = []
+    barrier = threading.Barrier(20)
+
+    def go() -> None:
+        barrier.wait()
+        outcomes.append(create(store, job_id)[0])
+
+    threads = [threading.Thread(target=go) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["created"] + ["duplicate"] * 19
+
+
+def test_claim_runs_once_and_counts_attempts(store: JobStore, job_id: str) -> None:
+    create(store, job_id)
+    first = claim(store, job_id)
+    assert (first.verdict, first.attempts) == ("run", 1)
+    status = store.get(job_id)
+    assert status and status["state"] == "running" and status["startedAt"]
+    # A second delivery while the lease is live must not render concurrently
+    second = claim(store, job_id, token="t2")
+    assert second.verdict == "busy"
+    assert second.lease_until > time.time() * 1000
+
+
+def test_an_expired_lease_can_be_taken_over(store: JobStore, job_id: str) -> None:
+    create(store, job_id)
+    assert claim(store, job_id, lease_ms=1).verdict == "run"
+    time.sleep(0.01)
+    taken = claim(store, job_id, token="t2")
+    assert (taken.verdict, taken.attempts) == ("run", 2)
+    # The old holder can neither report progress nor finish the job any more
+    assert store.progress(job_id, token="t1", percent=50) == 2
+    assert store.finish(job_id, token="t1", outcome="succeeded", data={}) == ("busy", "running")
+
+
+def test_succeeded_is_final(store: JobStore, job_id: str) -> None:
+    create(store, job_id)
+    claim(store, job_id)
+    result = {"outputs": [{"path": "x/0.png"}]}
+    assert store.finish(job_id, token="t1", outcome="succeeded", data=result) == ("ok", "succeeded")
+    status = store.get(job_id)
+    assert status and status["progress"] == 100 and status["result"] == result
+    # A late delivery is skipped; late writes change nothing
+    assert claim(store, job_id, token="t9").verdict == "done"
+    assert store.finish(job_id, token="t9", outcome="failed", data={}) == ("final", "succeeded")
+    assert store.cancel(job_id) == "succeeded"
+    assert store.get(job_id) == status
+
+
+def test_retrying_records_the_error_and_the_next_attempt(store: JobStore, job_id: str) -> None:
+    create(store, job_id)
+    claim(store, job_id)
+    error = {"type": "source_unavailable", "message": "503", "retryable": True}
+    next_at = int(time.time() * 1000) + 5000
+    assert store.finish(
+        job_id, token="t1", outcome="retrying", data=error, next_attempt_at=next_at
+    ) == ("ok", "retrying")
+    status = store.get(job_id)
+    assert status and status["error"] == error and status["nextAttemptAt"] == iso(next_at)
+    again = claim(store, job_id, token="t2")
+    assert (again.verdict, again.attempts) == ("run", 2)
+    status = store.get(job_id)
+    assert status and status["state"] == "running" and status["nextAttemptAt"] is None
+
+
+def test_cancel_of_a_waiting_job_is_immediate_and_final(store: JobStore, job_id: str) -> None:
+    create(store, job_id)
+    assert store.oldest_waiting("preview-high") is not None
+    assert store.cancel(job_id) == "cancelled"
+    assert store.cancel(job_id) == "cancelled"
+    status = store.get(job_id)
+    assert status and status["state"] == "cancelled" and status["finishedAt"]
+    assert claim(store, job_id).verdict == "cancelled"
+
+
+def test_cancel_of_a_running_job_is_seen_at_the_next_checkpoint(
+    store: JobStore, job_id: str
+) -> None:
+    create(store, job_id)
+    claim(store, job_id)
+    assert store.progress(job_id, token="t1", percent=30) == 0
+    assert store.cancel(job_id) == "running"
+    assert store.progress(job_id, token="t1", percent=None) == 1
+    # Even a render that completes ends cancelled once cancellation was requested
+    assert store.finish(job_id, token="t1", outcome="succeeded", data={}) == ("ok", "cancelled")
+
+
+def test_a_cancelled_running_job_whose_holder_died_ends_cancelled(
+    store: JobStore, job_id: str
+) -> None:
+    create(store, job_id)
+    claim(store, job_id, lease_ms=1)
+    store.cancel(job_id)
+    time.sleep(0.01)
+    assert claim(store, job_id, token="t2").verdict == "cancelled"
+    status = store.get(job_id)
+    assert status and status["state"] == "cancelled"
+
+
+def test_a_poison_pill_fails_as_worker_lost(store: JobStore, job_id: str) -> None:
+    create(store, job_id)
+    for n in range(1, 3):
+        assert claim(store, job_id, token=f"t{n}", lease_ms=1, max_deliveries=2).verdict == "run"
+        time.sleep(0.01)
+    lost = claim(store, job_id, token="t3", max_deliveries=2)
+    assert (lost.verdict, lost.attempts) == ("lost", 2)
+    status = store.get(job_id)
+    assert status and status["state"] == "failed"
+    assert status["error"]["type"] == "worker_lost"
+    assert status["attempts"] == 2
+
+
+def test_a_clean_finish_resets_the_delivery_count(store: JobStore, job_id: str) -> None:
+    create(store, job_id)
+    for n in range(5):  # more retries than max_deliveries: retries are not deaths
+        assert claim(store, job_id, token=f"t{n}", max_deliveries=2).verdict == "run"
+        store.finish(job_id, token=f"t{n}", outcome="retrying", data={}, next_attempt_at=0)
+    assert claim(store, job_id, token="last", max_deliveries=2).verdict == "run"
+
+
+def test_requeue_puts_a_failed_job_back_only(store: JobStore, job_id: str) -> None:
+    create(store, job_id)
+    claim(store, job_id)
+    store.finish(job_id, token="t1", outcome="failed", data={"type": "x"})
+    assert store.requeue(job_id, queue="preview-low") == "requeued"
+    status = store.get(job_id)
+    assert status and status["state"] == "queued" and status["error"] is None
+    assert status["attempts"] == 1, "attempts keep counting across a replay"
+    assert store.requeue(job_id, queue="preview-low") == "queued"
+    assert store.requeue("never-existed", queue="preview-low") == "missing"
+
+
+def test_every_write_sets_the_ttl(store: JobStore, job_id: str, redis_client: Any) -> None:
+    create(store, job_id)
+    key = store.job_key(job_id)
+    waiting = store.waiting_key("preview-high")
+    assert 0 < redis_client.ttl(key) <= TTL
+    for step in (
+        lambda: claim(store, job_id),
+        lambda: store.progress(job_id, token="t1", percent=40),
+        lambda: store.finish(job_id, token="t1", outcome="succeeded", data={}),
+    ):
+        redis_client.persist(key)
+        step()
+        if redis_client.ttl(key) == -1:
+            pytest.fail("a write left the job record without a TTL")
+        assert 0 < redis_client.ttl(key) <= TTL
+    assert 0 < redis_client.ttl(waiting) <= TTL
+
+
+def test_a_redis_outage_is_a_state_store_error() -> None:
+    from dramatiq_preview.errors import StateStoreUnavailable
+    from dramatiq_preview.state import redis_client
+    from dramatiq_preview.testing import free_port
+
+    dead = JobStore(
+        redis_client(f"redis://127.0.0.1:{free_port()}/0"), namespace="x", ttl_seconds=60
+    )
+    with pytest.raises(StateStoreUnavailable) as info:
+        dead.get("a")
+    assert info.value.retryable is True
