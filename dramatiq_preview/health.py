@@ -1,0 +1,537 @@
+"""Health of a dramatiq-preview deployment: Redis, the broker, the priority lanes, the workers.
+
+:func:`check_health` answers ``GET {prefix}/worker/health``; :func:`probe` gathers the same
+numbers for the scrape-time gauges of :mod:`dramatiq_preview.metrics`.
+
+Every probe uses its own Redis clients with short socket timeouts and no retries, and runs
+in daemon threads joined against one deadline, so a Redis that hangs (or a broker that does
+not answer) gives ``down`` within ``timeout`` seconds instead of a stuck request.
+
+Live workers are counted from the broker's heartbeats.  A Redis broker records a heartbeat
+for every broker instance that talks to it, producers (the web process sending jobs)
+included, so each worker process also keeps a presence entry (``{ns}:workers``, written by
+:class:`WorkerPresence`); a worker is live when both are fresh.  For RabbitMQ the count is
+the number of consumers on the busiest lane.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import dramatiq
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .broker import QUEUES
+from .config import Settings
+
+logger = logging.getLogger("dramatiq_preview.health")
+
+Status = Literal["ok", "degraded", "down"]
+
+#: The share of the deadline a single socket operation may take, leaving time to report.
+_SOCKET_SHARE = 0.85
+
+
+def presence_key(namespace: str) -> str:
+    """The sorted set of worker ids scored by their last presence beat (ms)."""
+    return f"{namespace}:workers"
+
+
+@dataclass(frozen=True)
+class LaneStats:
+    """What is known about one priority lane; ``None`` where its source did not answer.
+
+    ``depth`` counts messages ready in the broker and not yet fetched by a worker (messages
+    a worker prefetched are not in it); ``delayed`` counts messages waiting for a retry
+    backoff or a re-check; ``dead`` counts dead-lettered messages; ``oldest_job_age`` is how
+    long the oldest job recorded as waiting to start has waited, in seconds (0 when none).
+    """
+
+    queue: str
+    priority: str
+    depth: int | None = None
+    delayed: int | None = None
+    dead: int | None = None
+    oldest_job_age: float | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One reading of the state store, the broker and the workers (see :func:`probe`)."""
+
+    redis_ok: bool
+    redis_latency_ms: float | None
+    redis_error: str | None
+    broker_kind: str
+    broker_ok: bool
+    broker_latency_ms: float | None
+    broker_error: str | None
+    lanes: dict[str, LaneStats]
+    live_workers: int | None
+    heartbeat_timeout_ms: int
+    checked_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """The answer of :func:`check_health`.
+
+    ``status`` is ``ok``, ``degraded`` (a problem that does not stop jobs from being
+    accepted: no live worker, dead letters, an old waiting job) or ``down`` (Redis or the
+    broker unreachable).  ``http_status`` is 503 when down, else 200.  ``body`` is the JSON
+    object the health route returns.
+    """
+
+    status: Status
+    http_status: int
+    body: dict[str, Any]
+
+
+class ProbeTimeout(Exception):
+    """A probe did not finish before the deadline."""
+
+
+def check_health(
+    settings: Settings, broker: dramatiq.Broker, *, timeout: float = 1.0
+) -> HealthReport:
+    """Check Redis, the broker, the lanes and the workers, within ``timeout`` seconds.
+
+    Parameters:
+      settings: where the state store is and the ``PREVIEW_HEALTH_MAX_AGE_SECONDS`` limit.
+      broker: the broker the workers consume (Redis or RabbitMQ).
+      timeout: the most this call may take, in seconds; a backend that has not answered by
+        then counts as unreachable.
+
+    Never raises for an unreachable backend: that is reported as ``down``.
+    """
+    snap = probe(settings, broker, timeout=timeout)
+    reasons: list[dict[str, str]] = []
+    if not snap.redis_ok:
+        reasons.append(
+            _reason(
+                "redis_unreachable", f"the state store (Redis) is unreachable: {snap.redis_error}"
+            )
+        )
+    if not snap.broker_ok:
+        reasons.append(
+            _reason(
+                "broker_unreachable",
+                f"the {snap.broker_kind} broker is unreachable: {snap.broker_error}",
+            )
+        )
+    status: Status = "down" if reasons else "ok"
+    if status == "ok":
+        if snap.live_workers == 0:
+            reasons.append(_reason("no_live_workers", "no worker has sent a heartbeat recently"))
+        dead = {q: s.dead for q, s in snap.lanes.items() if s.dead}
+        if dead:
+            listed = ", ".join(f"{q}: {n}" for q, n in dead.items())
+            reasons.append(
+                _reason(
+                    "dead_letters",
+                    f"{sum(dead.values())} dead-lettered job(s) ({listed})",
+                )
+            )
+        limit = settings.health_max_age_seconds
+        old = {
+            q: s.oldest_job_age
+            for q, s in snap.lanes.items()
+            if s.oldest_job_age is not None and s.oldest_job_age > limit
+        }
+        if old:
+            listed = ", ".join(f"{q}: {age:.0f} s" for q, age in old.items())
+            reasons.append(
+                _reason(
+                    "oldest_job_too_old",
+                    f"a job has waited longer than {limit} s to start ({listed})",
+                )
+            )
+        if reasons:
+            status = "degraded"
+    body = {
+        "status": status,
+        "reasons": reasons,
+        "checkedAt": _iso(snap.checked_at),
+        "redis": {
+            "ok": snap.redis_ok,
+            "latencyMs": snap.redis_latency_ms,
+            "error": snap.redis_error,
+        },
+        "broker": {
+            "ok": snap.broker_ok,
+            "kind": snap.broker_kind,
+            "latencyMs": snap.broker_latency_ms,
+            "error": snap.broker_error,
+        },
+        "queues": {
+            queue: {
+                "priority": lane.priority,
+                "depth": lane.depth,
+                "delayed": lane.delayed,
+                "dead": lane.dead,
+                "oldestJobAgeSeconds": (
+                    None if lane.oldest_job_age is None else round(lane.oldest_job_age, 3)
+                ),
+            }
+            for queue, lane in snap.lanes.items()
+        },
+        "workers": {"live": snap.live_workers, "heartbeatTimeoutMs": snap.heartbeat_timeout_ms},
+        "limits": {"maxOldestJobAgeSeconds": settings.health_max_age_seconds},
+    }
+    return HealthReport(status=status, http_status=503 if status == "down" else 200, body=body)
+
+
+def probe(settings: Settings, broker: dramatiq.Broker, *, timeout: float = 1.0) -> Snapshot:
+    """Read the state store, the broker and the workers concurrently, within ``timeout``.
+
+    A source that fails or does not answer in time is reported as not ok, with the type of
+    the error (never its text, which may name hosts or credentials); the numbers it would
+    have given are ``None``.
+    """
+    kind = _broker_kind(broker)
+    hb_timeout = int(getattr(broker, "heartbeat_timeout", settings.broker_heartbeat_timeout_ms))
+    sock_timeout = max(0.05, timeout * _SOCKET_SHARE)
+    now_ms = int(time.time() * 1000)
+
+    state_client = _url_client(settings.redis_url, sock_timeout)
+    tasks: dict[str, Callable[[], Any]] = {
+        "redis": lambda: _probe_state(state_client, settings.namespace, now_ms, hb_timeout),
+    }
+    if kind == "redis":
+        broker_client = _broker_client(broker, sock_timeout)
+        namespace = str(getattr(broker, "namespace", settings.namespace))
+        tasks["broker"] = lambda: _probe_redis_broker(broker_client, namespace, now_ms, hb_timeout)
+    elif kind == "rabbitmq":
+        tasks["broker"] = lambda: _probe_rabbitmq(broker, sock_timeout)
+    results = _run_all(tasks, timeout)
+
+    state: Any = results["redis"]
+    redis_ok = not isinstance(state, BaseException)
+    raw_broker: Any = results.get("broker")
+    broker_ok = raw_broker is not None and not isinstance(raw_broker, BaseException)
+
+    lanes: dict[str, LaneStats] = {}
+    for priority, queue in QUEUES.items():
+        counts = raw_broker["queues"].get(queue, {}) if broker_ok else {}
+        lanes[queue] = LaneStats(
+            queue=queue,
+            priority=priority,
+            depth=counts.get("depth"),
+            delayed=counts.get("delayed"),
+            dead=counts.get("dead"),
+            oldest_job_age=state["oldest"].get(queue) if redis_ok else None,
+        )
+
+    live: int | None = None
+    if kind == "redis":
+        if redis_ok and broker_ok:
+            live = len(state["present"] & raw_broker["heartbeats"])
+    elif broker_ok:
+        live = int(raw_broker["consumers"])
+
+    return Snapshot(
+        redis_ok=redis_ok,
+        redis_latency_ms=state["latency_ms"] if redis_ok else None,
+        redis_error=None if redis_ok else _describe(state, timeout),
+        broker_kind=kind,
+        broker_ok=broker_ok,
+        broker_latency_ms=raw_broker["latency_ms"] if broker_ok else None,
+        broker_error=None
+        if broker_ok
+        else (
+            _describe(raw_broker, timeout)
+            if raw_broker is not None
+            else f"no health probe for {type(broker).__name__}"
+        ),
+        lanes=lanes,
+        live_workers=live,
+        heartbeat_timeout_ms=hb_timeout,
+    )
+
+
+# -- probes ------------------------------------------------------------------------------
+
+
+def _probe_state(
+    client: redis.Redis, namespace: str, now_ms: int, hb_timeout: int
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    client.ping()
+    latency = (time.perf_counter() - started) * 1000
+    pipe = client.pipeline(transaction=False)
+    queues = list(QUEUES.values())
+    for queue in queues:
+        pipe.zrange(f"{namespace}:waiting:{queue}", 0, 0, withscores=True)
+    pipe.zrangebyscore(presence_key(namespace), now_ms - hb_timeout, "+inf")
+    replies = pipe.execute()
+    oldest: dict[str, float] = {}
+    for queue, entries in zip(queues, replies[: len(queues)], strict=True):
+        oldest[queue] = max(0.0, now_ms / 1000 - float(entries[0][1]) / 1000) if entries else 0.0
+    return {"latency_ms": round(latency, 3), "oldest": oldest, "present": set(replies[-1])}
+
+
+def _probe_redis_broker(
+    client: redis.Redis, namespace: str, now_ms: int, hb_timeout: int
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    client.ping()
+    latency = (time.perf_counter() - started) * 1000
+    pipe = client.pipeline(transaction=False)
+    queues = list(QUEUES.values())
+    for queue in queues:
+        base = f"{namespace}:{queue}"
+        pipe.llen(base)
+        # Delayed messages are fetched into worker memory as soon as they arrive; the
+        # hash holds every one not yet moved to its lane, fetched or not.
+        pipe.hlen(f"{base}.DQ.msgs")
+        pipe.zcard(f"{base}.XQ")
+    pipe.zrangebyscore(f"{namespace}:__heartbeats__", now_ms - hb_timeout, "+inf")
+    replies = pipe.execute()
+    counts = {
+        queue: {
+            "depth": int(replies[3 * i]),
+            "delayed": int(replies[3 * i + 1]),
+            "dead": int(replies[3 * i + 2]),
+        }
+        for i, queue in enumerate(queues)
+    }
+    return {"latency_ms": round(latency, 3), "queues": counts, "heartbeats": set(replies[-1])}
+
+
+def _probe_rabbitmq(broker: dramatiq.Broker, sock_timeout: float) -> dict[str, Any]:
+    import pika
+    import pika.exceptions
+
+    params = broker.parameters  # type: ignore[attr-defined]
+    candidates = params if isinstance(params, list) else [params]
+    tuned = []
+    for candidate in candidates:
+        copy = candidate.__class__.__new__(candidate.__class__)
+        copy.__dict__.update(candidate.__dict__)
+        copy.socket_timeout = sock_timeout
+        copy.stack_timeout = sock_timeout
+        copy.blocked_connection_timeout = sock_timeout
+        copy.connection_attempts = 1
+        copy.retry_delay = 0
+        tuned.append(copy)
+    started = time.perf_counter()
+    connection = pika.BlockingConnection(tuned)
+    latency = (time.perf_counter() - started) * 1000
+    try:
+        channel = connection.channel()
+        counts: dict[str, dict[str, int]] = {}
+        consumers = 0
+        for queue in QUEUES.values():
+            numbers = {}
+            for key, name in (
+                ("depth", queue),
+                ("delayed", queue + ".DQ"),
+                ("dead", queue + ".XQ"),
+            ):
+                try:
+                    frame = channel.queue_declare(name, passive=True)
+                except pika.exceptions.ChannelClosedByBroker:
+                    # Not declared yet (no worker or sender has used it): empty.
+                    channel = connection.channel()
+                    numbers[key] = 0
+                    continue
+                numbers[key] = int(frame.method.message_count)
+                if key != "dead":
+                    consumers = max(consumers, int(frame.method.consumer_count))
+            counts[queue] = numbers
+    finally:
+        connection.close()
+    return {"latency_ms": round(latency, 3), "queues": counts, "consumers": consumers}
+
+
+def _run_all(tasks: Mapping[str, Callable[[], Any]], timeout: float) -> dict[str, Any]:
+    """Run each task in a daemon thread; a task unfinished at the deadline gets ProbeTimeout.
+
+    Daemon threads, not an executor: a hung socket must never hold up the caller (or the
+    interpreter's exit); it ends by itself at its socket timeout.
+    """
+    results: dict[str, Any] = {}
+
+    def run(name: str, fn: Callable[[], Any]) -> None:
+        try:
+            results[name] = fn()
+        except Exception as exc:
+            results[name] = exc
+
+    threads = [
+        threading.Thread(target=run, args=(name, fn), name=f"preview-health-{name}", daemon=True)
+        for name, fn in tasks.items()
+    ]
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return {name: results.get(name, ProbeTimeout()) for name in tasks}
+
+
+# -- clients -----------------------------------------------------------------------------
+
+_url_clients: dict[tuple[str, float], redis.Redis] = {}
+_broker_clients: weakref.WeakKeyDictionary[dramatiq.Broker, tuple[float, redis.Redis]] = (
+    weakref.WeakKeyDictionary()
+)
+_clients_lock = threading.Lock()
+
+
+def _fast_options(sock_timeout: float) -> dict[str, Any]:
+    # redis-py retries a timed-out command three times by default: one try is all the
+    # deadline allows.
+    return {
+        "socket_timeout": sock_timeout,
+        "socket_connect_timeout": sock_timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "decode_responses": True,
+        "health_check_interval": 0,
+    }
+
+
+def _url_client(url: str, sock_timeout: float) -> redis.Redis:
+    key = (url, sock_timeout)
+    with _clients_lock:
+        client = _url_clients.get(key)
+        if client is None:
+            client = _url_clients[key] = redis.Redis.from_url(url, **_fast_options(sock_timeout))
+        return client
+
+
+def _broker_client(broker: dramatiq.Broker, sock_timeout: float) -> redis.Redis:
+    """A client for the Redis a ``RedisBroker`` uses, with our timeouts (not the broker's)."""
+    with _clients_lock:
+        cached = _broker_clients.get(broker)
+        if cached is not None and cached[0] == sock_timeout:
+            return cached[1]
+        pool = broker.client.connection_pool  # type: ignore[attr-defined]
+        kwargs = dict(pool.connection_kwargs)
+        kwargs.update(_fast_options(sock_timeout))
+        client: redis.Redis = redis.Redis(
+            connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+        )
+        _broker_clients[broker] = (sock_timeout, client)
+        return client
+
+
+# -- worker presence ----------------------------------------------------------------------
+
+
+class WorkerPresence:
+    """Keep one worker process's entry in ``{ns}:workers`` fresh from a daemon thread.
+
+    Parameters:
+      client: the state store's Redis client.
+      namespace: ``PREVIEW_NAMESPACE``.
+      worker_id: the id the broker heartbeats under (``RedisBroker.broker_id``).
+      heartbeat_timeout_ms: how old a beat may be for the worker to count as live; beats
+        are sent four times per period, and entries older than ten periods are dropped.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        namespace: str,
+        worker_id: str | None = None,
+        heartbeat_timeout_ms: int = 60000,
+    ) -> None:
+        self.client = client
+        self.key = presence_key(namespace)
+        self.worker_id = worker_id or uuid.uuid4().hex
+        self.heartbeat_timeout_ms = heartbeat_timeout_ms
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self) -> None:
+        now = int(time.time() * 1000)
+        keep = self.heartbeat_timeout_ms * 10
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(self.key, {self.worker_id: now})
+        pipe.zremrangebyscore(self.key, "-inf", now - keep)
+        pipe.pexpire(self.key, keep)
+        pipe.execute()
+
+    def start(self) -> WorkerPresence:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="preview-presence", daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        interval = min(15.0, max(0.2, self.heartbeat_timeout_ms / 4000))
+        while not self._stop.is_set():
+            try:
+                self.beat()
+            except redis.RedisError as exc:
+                logger.debug("worker presence beat failed: %s", type(exc).__name__)
+            self._stop.wait(interval)
+
+    def stop(self) -> None:
+        """Stop beating and remove the entry, so a stopped worker stops counting at once."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        try:
+            self.client.zrem(self.key, self.worker_id)
+        except redis.RedisError as exc:
+            logger.debug("could not remove worker presence: %s", type(exc).__name__)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _broker_kind(broker: dramatiq.Broker) -> str:
+    from dramatiq.brokers.redis import RedisBroker
+
+    if isinstance(broker, RedisBroker):
+        return "redis"
+    try:
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+    except ImportError:  # pragma: no cover - pika is a dependency
+        return type(broker).__name__
+    if isinstance(broker, RabbitmqBroker):
+        return "rabbitmq"
+    return type(broker).__name__
+
+
+def _describe(error: BaseException, timeout: float) -> str:
+    if isinstance(error, (ProbeTimeout, redis.TimeoutError)):
+        return f"no answer within {timeout * 1000:.0f} ms"
+    if isinstance(error, redis.ConnectionError):
+        return "connection refused or lost"
+    return type(error).__name__
+
+
+def _reason(code: str, message: str) -> dict[str, str]:
+    return {"code": code, "message": message}
+
+
+def _iso(seconds: float) -> str:
+    dt = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+__all__ = [
+    "HealthReport",
+    "LaneStats",
+    "ProbeTimeout",
+    "Snapshot",
+    "WorkerPresence",
+    "check_health",
+    "presence_key",
+    "probe",
+]
