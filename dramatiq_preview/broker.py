@@ -116,6 +116,10 @@ def attach_middleware(broker: dramatiq.Broker, settings: Settings | None = None)
             broker.add_middleware(middleware_class(settings=settings), before=Retries)
     if RenderPool not in present:
         broker.add_middleware(RenderPool(settings=settings))
+    # Metrics (Dramatiq's Prometheus), worker presence and log format: docs/observability.md.
+    from .middleware.metrics import attach_observability
+
+    attach_observability(broker, settings)
     for queue_name in QUEUES.values():
         broker.declare_queue(queue_name)
 
