@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import glob
 import os
 import resource
 import signal
@@ -39,9 +40,28 @@ def policy_dir() -> str:
     return str(resources.files("dramatiq_preview.rendering").joinpath("policy"))
 
 
+def _wand_library_suffix() -> str | None:
+    """The installed MagickWand's name suffix (``-6.Q16`` on Debian 12), found by a glob.
+
+    Wand otherwise tries some twenty names through ``ctypes.util.find_library`` (each one
+    runs ``ldconfig -p``), which costs about a second per render child.
+    """
+    for directory in ("/usr/lib/*-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib"):
+        for path in sorted(glob.glob(f"{directory}/libMagickWand*.so*")):
+            name = os.path.basename(path)
+            suffix = name[len("libMagickWand") : name.index(".so")]
+            if suffix.startswith("-") or suffix == "":
+                return suffix
+    return None
+
+
 def magick_environment() -> dict[str, str]:
     """Environment variables ImageMagick must see before Wand loads."""
-    return {
+    extra = {}
+    suffix = os.environ.get("WAND_MAGICK_LIBRARY_SUFFIX") or _wand_library_suffix()
+    if suffix:
+        extra["WAND_MAGICK_LIBRARY_SUFFIX"] = suffix
+    return extra | {
         POLICY_DIR_ENV: policy_dir(),
         "MAGICK_THREAD_LIMIT": "1",
         "OMP_NUM_THREADS": "1",

@@ -1,0 +1,184 @@
+"""A hostile corpus, generated here: each file fails permanently, fast, leaving no output,
+reading nothing outside the root, and the pool renders the next job afterwards."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import imagegen as g
+import pytest
+from render_helpers import Workspace, close_to, pixel
+
+from dramatiq_preview.errors import (
+    CorruptSource,
+    PermanentError,
+    TooManyPixels,
+    UnsupportedFormat,
+)
+from dramatiq_preview.models import OutputSpec
+from dramatiq_preview.rendering import Renderer
+
+CASES: dict[str, tuple[str, Callable[[], bytes], type[PermanentError]]] = {
+    "png-pixel-flood": ("flood.png", lambda: g.png_header_only(30000, 30000), TooManyPixels),
+    "png-beyond-any-limit": (
+        "huge.png",
+        lambda: g.png_header_only(2_000_000, 2_000_000),
+        TooManyPixels,
+    ),
+    "gif-pixel-flood": ("flood.gif", lambda: g.gif_header_only(65535, 65535), TooManyPixels),
+    "jpeg-pixel-flood": ("flood.jpg", lambda: g.jpeg_header_only(65000, 65000), TooManyPixels),
+    "gif-thousands-of-frames": ("frames.gif", lambda: g.gif_many_frames(5000), TooManyPixels),
+    "mvg-reading-a-file": ("mvg.jpg", lambda: g.MVG_READS_FILE, UnsupportedFormat),
+    "msl-reading-a-file": ("script.msl", lambda: g.MSL_READS_FILE, UnsupportedFormat),
+    "svg-reading-a-file": ("image.svg", lambda: g.SVG_READS_FILE, UnsupportedFormat),
+    "postscript-renamed-jpg": ("photo.jpg", lambda: g.POSTSCRIPT, UnsupportedFormat),
+    "random-bytes": ("noise.png", lambda: g.random_bytes(4096), UnsupportedFormat),
+    "empty-file": ("empty.jpg", lambda: b"", UnsupportedFormat),
+    "png-magic-then-garbage": (
+        "fake.png",
+        lambda: b"\x89PNG\r\n\x1a\n" + g.random_bytes(4096),
+        CorruptSource,
+    ),
+    "jpeg-magic-then-garbage": (
+        "fake.jpg",
+        lambda: b"\xff\xd8\xff\xe0" + g.random_bytes(4096),
+        CorruptSource,
+    ),
+    "truncated-jpeg": ("cut.jpg", lambda: g.truncated(g.jpeg(g.quadrants(64, 64))), CorruptSource),
+    "truncated-png": ("cut.png", lambda: g.truncated(g.png(g.quadrants(64, 64))), CorruptSource),
+    "truncated-gif": ("cut.gif", lambda: g.truncated(g.gif([g.quadrants(64, 64)])), CorruptSource),
+    "truncated-webp": ("cut.webp", lambda: g.truncated(g.webp(g.quadrants(64, 64))), CorruptSource),
+    "truncated-tiff": (
+        "cut.tif",
+        lambda: g.truncated(g.tiff([g.quadrants(64, 64)])),
+        CorruptSource,
+    ),
+    "truncated-bmp": ("cut.bmp", lambda: g.truncated(g.bmp(g.quadrants(64, 64))), CorruptSource),
+    "truncated-pdf": ("cut.pdf", lambda: g.truncated(g.pdf([g.RED])), CorruptSource),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_hostile_input_fails_permanently_and_the_pool_goes_on(
+    renderer: Renderer, workspace: Workspace, case: str
+) -> None:
+    """Given a hostile file, when rendered, then it fails with a permanent, clear error well
+    within the time limit, no output is left, and the next job renders."""
+    filename, make, expected = CASES[case]
+    name = workspace.add(f"hostile/{filename}", make())
+    spec = workspace.job(name, [OutputSpec(64, 64, "png"), OutputSpec(32, 32, "webp")])
+
+    start = time.monotonic()
+    with pytest.raises(expected) as caught:
+        workspace.render(renderer, spec, timeout=10)
+    elapsed = time.monotonic() - start
+
+    error = caught.value
+    assert not error.retryable
+    assert elapsed < 5, f"took {elapsed:.1f}s"
+    assert workspace.files(spec) == []
+    text = error.message
+    assert "Traceback" not in text and "/etc/passwd" not in text and "root:" not in text
+    assert str(workspace.root) not in text
+
+    good = workspace.add("hostile/good.png", g.png(g.quadrants(20, 20)))
+    [result] = workspace.render(renderer, workspace.job(good, [OutputSpec(20, 20, "png")]))
+    assert close_to(pixel(workspace.out / result.path, 2, 2)[:3], g.RED[:3], 5)
+
+
+def _passwd_markers() -> list[bytes]:
+    """Bytes that would betray /etc/passwd in an output: raw or hex-encoded (the CVE's form)."""
+    content = Path("/etc/passwd").read_bytes()
+    first_line = content.splitlines()[0][:16]
+    return [first_line, first_line.hex().encode(), b"root:x:0:0"]
+
+
+@pytest.mark.parametrize("output_format", ["png", "webp", "jpeg"])
+def test_png_text_chunk_naming_a_file_does_not_leak_it(
+    renderer: Renderer, workspace: Workspace, output_format: str
+) -> None:
+    """CVE-2022-44268: given a PNG whose tEXt "profile" chunk names /etc/passwd, when rendered,
+    then the output holds none of that file (it renders as a plain image)."""
+    name = workspace.add("hostile/cve-2022-44268.png", g.png_with_profile_text("/etc/passwd"))
+    spec = workspace.job(name, [OutputSpec(32, 32, output_format)])
+    [result] = workspace.render(renderer, spec)
+    data = (workspace.out / result.path).read_bytes()
+    for marker in _passwd_markers():
+        assert marker not in data
+    if output_format == "png":
+        assert not any(chunk in data for chunk in (b"tEXt", b"zTXt", b"iTXt"))
+
+
+def test_large_but_allowed_image_fails_on_a_small_memory_cap(workspace: Workspace) -> None:
+    """Given a 6000x6000 PNG (36 Mpx, under PREVIEW_MAX_PIXELS) and a 256 MiB render cap,
+    when rendered, then RenderMemoryExceeded (permanent) and the pool renders the next job."""
+    from dataclasses import replace
+
+    from dramatiq_preview.errors import RenderMemoryExceeded
+
+    settings = replace(workspace.settings, render_memory_mb=256)
+    small = Workspace(workspace.root, workspace.out, settings)
+    pool = Renderer(settings, processes=1)
+    try:
+        name = small.add("hostile/big-black.png", g.png_solid_fast(6000, 6000))
+        spec = small.job(name, [OutputSpec(64, 64, "png")])
+        with pytest.raises(RenderMemoryExceeded) as caught:
+            small.render(pool, spec)
+        assert not caught.value.retryable
+        assert "256 MiB" in caught.value.message
+        assert small.files(spec) == []
+        good = small.add("hostile/good.png", g.png(g.quadrants(20, 20)))
+        [result] = small.render(pool, small.job(good, [OutputSpec(20, 20, "png")]))
+        assert result.width == 20
+    finally:
+        pool.close()
+
+
+def test_policy_denies_what_we_do_not_use() -> None:
+    """Given ImageMagick loaded with the shipped policy, when handed MVG, MSL, SVG, PostScript,
+    PDF, text or a pseudo-format directly (bypassing our magic-byte check), then it refuses."""
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.path.insert(0, sys.argv[1])
+        import imagegen as g
+        from dramatiq_preview.rendering.child import prepare_environment
+        prepare_environment()
+        from wand.image import Image
+        from wand.exceptions import WandException
+        cases = {
+            "mvg": g.MVG_READS_FILE, "msl": g.MSL_READS_FILE, "svg": g.SVG_READS_FILE,
+            "ps": g.POSTSCRIPT, "pdf": g.pdf([g.RED]), "text": b"@/etc/passwd",
+            "label": b"x", "xc": b"red",
+        }
+        allowed = []
+        for fmt, blob in cases.items():
+            try:
+                with Image(blob=blob, format=fmt) as image:
+                    allowed.append(fmt)
+            except WandException:
+                pass
+        for path in ("@/etc/passwd", "|echo hi", "label:@/etc/passwd", "text:/etc/passwd"):
+            try:
+                with Image(filename=path):
+                    allowed.append(path)
+            except WandException:
+                pass
+        print(",".join(allowed))
+        """
+    )
+    tests_dir = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-c", code, tests_dir],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""
