@@ -193,6 +193,8 @@ def open_path(relative: str, settings: Settings) -> LocalSource:
         if not _inside(opened, root):
             raise SourceForbidden("the source path leaves PREVIEW_SOURCE_ROOT")
         info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise SourceNotFound(f"source {shown} is a directory, not a file")
         if not stat.S_ISREG(info.st_mode):
             raise SourceForbidden(f"source {shown} is not a regular file")
         if info.st_size > settings.max_source_bytes:
