@@ -17,10 +17,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..models import JobSpec, RenderedOutput, relative_output_path
 from .pool import Renderer, close_renderer, get_renderer
+
+if TYPE_CHECKING:
+    from ..sources import LocalSource
 
 #: Alias used by the worker middleware when the worker stops.
 shutdown_renderer = close_renderer
@@ -30,7 +33,7 @@ __all__ = ["Renderer", "close_renderer", "get_renderer", "render_in_process", "s
 
 def render_in_process(
     spec: JobSpec,
-    source: Any,
+    source: LocalSource,
     destinations: Sequence[Path],
     *,
     checkpoint: Callable[[int | None], None] | None = None,

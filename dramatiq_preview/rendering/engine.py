@@ -19,6 +19,7 @@ Decoding, per job:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import math
@@ -152,7 +153,8 @@ def _render(
         _check_header(source.view(), kind, limits)
         coder = INPUT_CODERS[kind]
         columns, rows, transposed, frames = _ping(source, coder, page, limits)
-        decoded = _decode(source, coder, page, frames, spec.outputs, columns, rows, transposed)
+        with _quiet():
+            decoded = _decode(source, coder, page, frames, spec.outputs, columns, rows, transposed)
     with decoded as image:
         yield None
         yield from _derive(image, spec.outputs)
@@ -238,35 +240,43 @@ def _check_header(data: bytes | mmap.mmap, kind: str, limits: Limits) -> None:
 
 def _ping(source: _Input, coder: str, page: int, limits: Limits) -> tuple[int, int, bool, int]:
     """Check frame count, page and pixel count from the headers alone."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", WandWarning)
-        with Image() as probe:
-            _prepare_read(probe, coder)
-            if not source.read_into(probe.wand, ping=True):
-                probe.raise_exception()
-                raise CorruptSource(f"the {coder.upper()} source cannot be read")
-            frames = len(probe.sequence)
-            if frames > MAX_FRAMES:
-                raise TooManyPixels(
-                    f"the source has {frames} frames; at most {MAX_FRAMES} are supported"
-                )
-            if page >= frames:
-                noun = "frame" if frames == 1 else "frames"
-                raise PageOutOfRange(
-                    f"page {page} does not exist: the source has {frames} {noun} "
-                    "(pages count from 0)"
-                )
-            columns, rows = probe.sequence[page].size
-            canvas_w, canvas_h = probe.page[0] or columns, probe.page[1] or rows
-            largest = max(columns * rows, canvas_w * canvas_h)
-            if largest > limits.max_pixels or columns <= 0 or rows <= 0:
-                raise TooManyPixels(
-                    f"the source is {max(columns, canvas_w)}x{max(rows, canvas_h)} pixels; "
-                    f"at most {limits.max_pixels} pixels are allowed (PREVIEW_MAX_PIXELS)"
-                )
-            orientation = probe.sequence[page].orientation
+    with _quiet(), Image() as probe:
+        _prepare_read(probe, coder)
+        if not source.read_into(probe.wand, ping=True):
+            probe.raise_exception()
+            raise CorruptSource(f"the {coder.upper()} source cannot be read")
+        frames = len(probe.sequence)
+        if frames > MAX_FRAMES:
+            raise TooManyPixels(
+                f"the source has {frames} frames; at most {MAX_FRAMES} are supported"
+            )
+        if page >= frames:
+            noun = "frame" if frames == 1 else "frames"
+            raise PageOutOfRange(
+                f"page {page} does not exist: the source has {frames} {noun} (pages count from 0)"
+            )
+        columns, rows = probe.sequence[page].size
+        canvas_w, canvas_h = probe.page[0] or columns, probe.page[1] or rows
+        largest = max(columns * rows, canvas_w * canvas_h)
+        if largest > limits.max_pixels or columns <= 0 or rows <= 0:
+            raise TooManyPixels(
+                f"the source is {max(columns, canvas_w)}x{max(rows, canvas_h)} pixels; "
+                f"at most {limits.max_pixels} pixels are allowed (PREVIEW_MAX_PIXELS)"
+            )
+        orientation = probe.sequence[page].orientation
     transposed = orientation in _ORIENTATIONS_TRANSPOSED
     return columns, rows, transposed, frames
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Ignore ImageMagick warnings (unknown TIFF tags and the like); errors still raise.
+
+    Never held across a ``yield`` of :func:`render`: the filter is process-wide.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", WandWarning)
+        yield
 
 
 class _Decoded:
@@ -350,7 +360,9 @@ def _derive(image: Image, outputs: tuple[OutputSpec, ...]) -> Iterator[Encoded]:
                 else:
                     final = resized
                 try:
-                    yield _encode(final, index, output, has_alpha)
+                    with _quiet():
+                        encoded = _encode(final, index, output, has_alpha)
+                    yield encoded
                 finally:
                     if final is not resized:
                         final.close()

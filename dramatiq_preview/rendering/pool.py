@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..config import Settings
 from ..errors import (
@@ -45,6 +45,9 @@ from ..models import JobSpec, RenderedOutput, relative_output_path
 from ..storage import atomic_write
 from .child import magick_environment
 from .protocol import Channel, ChannelClosed, ProtocolError
+
+if TYPE_CHECKING:
+    from ..sources import LocalSource
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +170,7 @@ class Renderer:
     def render(
         self,
         spec: JobSpec,
-        source: Any,
+        source: LocalSource,
         destinations: Sequence[Path],
         *,
         deadline: float,
@@ -274,8 +277,12 @@ class Renderer:
         if counted:
             child.renders += 1
         keep = healthy and child.renders < self.options.recycle_after
+        if os.getpid() != self.pid:
+            # A forked copy of this renderer: the child belongs to the parent process.
+            child.channel.close()
+            return
         with self._cond:
-            if keep and not self._closed and os.getpid() == self.pid:
+            if keep and not self._closed:
                 self._idle.append(child)
                 self._cond.notify()
                 return
@@ -330,7 +337,7 @@ class Renderer:
         self,
         child: _Child,
         spec: JobSpec,
-        source: Any,
+        source: LocalSource,
         destinations: Sequence[Path],
         deadline: float,
         checkpoint: Checkpoint | None,
