@@ -57,6 +57,7 @@ class PreviewClient:
     ) -> None:
         self.settings = settings or get_settings()
         self._broker = broker
+        self._own_broker: dramatiq.Broker | None = None
 
     @classmethod
     def from_url(cls, redis_url: str, **overrides: Any) -> PreviewClient:
@@ -77,8 +78,26 @@ class PreviewClient:
             if (here.broker_url, here.namespace) == (default.broker_url, default.namespace):
                 self._broker = render_preview.broker
             else:
-                self._broker = build_broker(self.settings)
+                self._broker = self._own_broker = build_broker(self.settings)
         return self._broker
+
+    def close(self) -> None:
+        """Close the broker this client built for itself, if any (shared ones stay open)."""
+        broker, self._own_broker = self._own_broker, None
+        if broker is None:
+            return
+        if self._broker is broker:
+            self._broker = None
+        broker.close()
+        client = getattr(broker, "client", None)
+        if client is not None:
+            client.close()
+
+    def __enter__(self) -> PreviewClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def submit(self, payload: Any) -> Submission:
         """Validate, de-duplicate, record as ``queued`` and enqueue one job.

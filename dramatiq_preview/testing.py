@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -201,10 +202,15 @@ class WorkerProcess:
             self._lines.append(line)
 
     def worker_pids(self) -> list[int]:
-        """Pids of the worker processes (children of the ``dramatiq`` main process)."""
+        """Pids of the live worker processes (not the main process, not forks such as the
+        Prometheus exposition server), as announced in the worker's log."""
         if self.process is None:
             return []
-        return _children(self.process.pid)
+        announced = {
+            int(m)
+            for m in re.findall(r"\[PID (\d+)\] \[\w+\] \[dramatiq\.WorkerProcess\(", self.log)
+        }
+        return sorted(announced & set(_children(self.process.pid)))
 
     def stop(self, *, timeout: float = 20) -> int | None:
         """Stop gracefully (SIGTERM), then kill the whole process group if needed."""

@@ -7,10 +7,10 @@ import textwrap
 
 import dramatiq
 import pytest
-from conftest import PYTHON, python_env
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Retries, TimeLimit
+from support import PYTHON, python_env
 
 from dramatiq_preview import InvalidPayload, JobConflict, render_preview, setup_broker
 from dramatiq_preview.broker import QUEUES, RECORDED

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, python_env
+from support import PYTHON, python_env
 
 from dramatiq_preview.cli import main
 from dramatiq_preview.testing import RedisServer

@@ -9,9 +9,9 @@ from typing import Any
 
 import imagegen
 import pytest
-from conftest import BASE_ENV, PYTHON, image_info, python_env
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
+from support import BASE_ENV, PYTHON, image_info, python_env
 
 from dramatiq_preview import (
     PreviewClient,
@@ -40,7 +40,7 @@ def read_output(output_dir: Path, status: dict[str, Any], index: int) -> bytes:
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A 400x300 JPEG and PNG in the source root (quadrants: red, green, blue, yellow)."""
-    from conftest import SOURCE_ROOT
+    from support import SOURCE_ROOT
 
     pixels = imagegen.quadrants(400, 300)
     return {

@@ -11,10 +11,10 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import imagegen
-from conftest import BASE_ENV, REPO
+import pytest
+from support import BASE_ENV, REPO
+
 from dramatiq_preview.testing import WorkerProcess, wait_for_state
 
 pytestmark = pytest.mark.slow

@@ -27,6 +27,9 @@ logger = logging.getLogger("dramatiq_preview.idempotency")
 #: for at most this much beyond it.
 LEASE_GRACE_MS = 5000
 
+#: Message option counting how often a delivery found its job leased elsewhere.
+BUSY_TRIES = "preview_busy_tries"
+
 
 class Idempotency(dramatiq.Middleware):
     """Make ``jobId`` an idempotency key, end to end.
@@ -116,8 +119,11 @@ class Idempotency(dramatiq.Middleware):
             return
 
         if claim.verdict == "busy":
-            delay = max(1000, claim.lease_until - now_ms() + 1000)
-            self._put_back(broker, message, delay)
+            # Look again soon (the holder usually finishes first and this copy is then
+            # skipped as done), backing off, and never later than just after the lease ends.
+            tries = int(message.options.get(BUSY_TRIES, 0))
+            delay = max(250, min(500 * 2**tries, claim.lease_until - now_ms() + 1000))
+            self._put_back(broker, message, delay, tries + 1)
             logger.info("job %s is being rendered elsewhere; retrying in %d ms", job_id, delay)
             raise SkipMessage(f"job {job_id} is leased by another delivery")
 
@@ -130,9 +136,10 @@ class Idempotency(dramatiq.Middleware):
         raise SkipMessage(f"job {job_id} is already {claim.state}")
 
     @staticmethod
-    def _put_back(broker: dramatiq.Broker, message: Any, delay: int) -> None:
+    def _put_back(broker: dramatiq.Broker, message: Any, delay: int, tries: int) -> None:
         options = {k: v for k, v in message.options.items() if k not in {"eta", "redis_message_id"}}
         options[RECORDED] = True
+        options[BUSY_TRIES] = tries
         copy = dataclasses.replace(
             message._message, queue_name=canonical_queue(message.queue_name), options=options
         )
