@@ -1,0 +1,123 @@
+"""The same job lifecycle with RabbitMQ as the broker (Redis stays the state store).
+
+These tests use the RabbitMQ server at PREVIEW_TEST_AMQP_URL (default: guest@127.0.0.1) and
+are skipped, with that reason, when none answers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import imagegen
+import pytest
+from sourceserver import wait_until
+from support import SOURCE_ROOT
+
+from dramatiq_preview import PreviewClient, Settings
+from dramatiq_preview.dlq import dead_letters
+from dramatiq_preview.testing import WorkerProcess, wait_for_state
+
+AMQP_URL = os.environ.get("PREVIEW_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+OUT = [{"width": 8, "height": 8, "format": "png"}]
+
+
+def _rabbitmq_answers() -> str | None:
+    import pika
+
+    try:
+        params = pika.URLParameters(AMQP_URL)
+        params.socket_timeout = 2
+        params.connection_attempts = 1
+        pika.BlockingConnection(params).close()
+    except Exception as exc:
+        return f"no RabbitMQ at {AMQP_URL} ({type(exc).__name__}); set PREVIEW_TEST_AMQP_URL"
+    return None
+
+
+_why_not = _rabbitmq_answers()
+pytestmark = [
+    pytest.mark.rabbitmq,
+    pytest.mark.skipif(_why_not is not None, reason=_why_not or ""),
+]
+
+
+@pytest.fixture
+def amqp() -> Iterator[tuple[dict[str, str], PreviewClient]]:
+    env = {
+        "PREVIEW_BROKER_URL": AMQP_URL,
+        "PREVIEW_NAMESPACE": "amqp" + uuid.uuid4().hex[:8],
+        "PREVIEW_TIME_LIMIT_MS": "3000",
+    }
+    client = PreviewClient(Settings.from_mapping(env))
+    yield env, client
+    client.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def source() -> None:
+    (SOURCE_ROOT / "amqp").mkdir(exist_ok=True)
+    (SOURCE_ROOT / "amqp" / "a.png").write_bytes(imagegen.png(imagegen.quadrants(16, 16)))
+
+
+def test_the_client_enqueues_on_rabbitmq(amqp: tuple[dict[str, str], PreviewClient]) -> None:
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    assert isinstance(amqp[1].broker, RabbitmqBroker)
+
+
+def test_a_job_is_rendered_through_rabbitmq(
+    amqp: tuple[dict[str, str], PreviewClient], start_worker: Any, job_id: str
+) -> None:
+    env, client = amqp
+    start_worker(env=env, threads=2)
+    client.submit({"jobId": job_id, "source": {"path": "amqp/a.png"}, "outputs": OUT})
+    status = wait_for_state(client.status, job_id, timeout=60)
+    assert status["state"] == "succeeded", status
+    assert status["attempts"] == 1
+
+
+def test_failed_jobs_are_dead_lettered_listed_and_replayed(
+    amqp: tuple[dict[str, str], PreviewClient], start_worker: Any, job_id: str
+) -> None:
+    env, client = amqp
+    start_worker(env=env, threads=2)
+    client.submit({"jobId": job_id, "source": {"path": f"amqp/{job_id}.png"}, "outputs": OUT})
+    assert wait_for_state(client.status, job_id, timeout=60)["state"] == "failed"
+    dlq = dead_letters(client.broker, client.store)
+    wait_until(lambda: job_id in {d.job_id for d in dlq.list()}, timeout=30)
+    # Listing twice shows the same: listing does not consume dead letters
+    assert job_id in {d.job_id for d in dlq.list()}
+    (SOURCE_ROOT / "amqp" / f"{job_id}.png").write_bytes(
+        imagegen.png(imagegen.solid(4, 4, imagegen.RED))
+    )
+    assert dlq.requeue(job_id) == [job_id]
+    status = wait_for_state(client.status, job_id, timeout=60)
+    assert status["state"] == "succeeded" and status["attempts"] == 2
+    assert job_id not in {d.job_id for d in dlq.list()}
+
+
+@pytest.mark.slow
+def test_a_killed_worker_s_job_is_redelivered_at_once_and_finished_once(
+    amqp: tuple[dict[str, str], PreviewClient],
+    start_worker: Any,
+    source_server: Any,
+    job_id: str,
+) -> None:
+    env, client = amqp
+    url = source_server.add("/amqp-hang.png", imagegen.png(imagegen.quadrants(8, 8)), stall=60)
+    worker_a: WorkerProcess = start_worker(env=env, threads=1)
+    client.submit({"jobId": job_id, "source": {"url": url}, "outputs": OUT})
+    wait_until(lambda: source_server.hits("/amqp-hang.png") == 1, timeout=60)
+    (pid,) = worker_a.worker_pids()
+    os.kill(pid, signal.SIGKILL)
+    assert worker_a.process is not None
+    worker_a.process.wait(timeout=30)
+    worker_b: WorkerProcess = start_worker(env=env, threads=1)
+    status = wait_for_state(client.status, job_id, timeout=90)
+    assert status["state"] == "succeeded", status
+    assert status["attempts"] == 2
+    assert worker_b.log.count(f"job {job_id} succeeded") == 1
