@@ -43,7 +43,7 @@ lint: venv
 	$(VENV)/bin/mypy dramatiq_preview
 
 bench: venv
-	$(PY) -m pytest tests/benchmarks -m benchmark -s -p no:randomly
+	$(PY) -m pytest tests/benchmarks -m benchmark -s
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache previews
