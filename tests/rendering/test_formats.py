@@ -264,3 +264,37 @@ def test_several_outputs_come_back_in_request_order(
     for result in (small, large, medium):
         assert (workspace.out / result.path).stat().st_size == result.bytes
     assert close_to(pixel(workspace.out / small.path, 2, 2)[:3], g.RED[:3])
+
+
+def test_render_in_process_matches_the_pool(renderer: Renderer, workspace: Workspace) -> None:
+    """Given the same job, when rendered in-process and in the pool, then sizes and colours
+    agree, progress is reported the same way, and a cancellation removes written outputs."""
+    from dramatiq_preview.errors import JobCancelled
+    from dramatiq_preview.rendering import render_in_process
+    from dramatiq_preview.sources import open_source
+    from dramatiq_preview.storage import destinations
+
+    name = workspace.add("inproc/q.png", g.png(g.quadrants(80, 40)))
+    spec = workspace.job(name, [OutputSpec(40, 40, "webp"), OutputSpec(20, 20, "png", "cover")])
+    seen: list[int | None] = []
+    with open_source(spec, workspace.settings) as source:
+        local = render_in_process(
+            spec, source, destinations(workspace.out, spec), checkpoint=seen.append
+        )
+    pooled = workspace.render(renderer, workspace.job(name, spec.outputs))
+    assert [(r.width, r.height, r.format) for r in local] == [
+        (r.width, r.height, r.format) for r in pooled
+    ]
+    assert seen == [30, 60, 90]
+    assert close_to(pixel(workspace.out / local[1].path, 2, 2)[:3], g.RED[:3], 5)
+
+    def cancel(percent: int | None) -> None:
+        if percent is not None and percent > 30:
+            raise JobCancelled("cancelled")
+
+    cancelled = workspace.job(name, spec.outputs)
+    with open_source(cancelled, workspace.settings) as source, pytest.raises(JobCancelled):
+        render_in_process(
+            cancelled, source, destinations(workspace.out, cancelled), checkpoint=cancel
+        )
+    assert workspace.files(cancelled) == []
