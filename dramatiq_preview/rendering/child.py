@@ -155,19 +155,22 @@ def main(argv: list[str]) -> int:
             )
             deadline = time.monotonic() + float(message["timeout"])
             _run_hook(spec.job_id)
+            remaining = len(spec.outputs)
             for item in engine.render(fd, int(message["size"]), spec, limits, deadline=deadline):
                 if item is None:
                     channel.send({"event": "decoded"})
-                else:
-                    channel.send(
-                        {
-                            "event": "output",
-                            "index": item.index,
-                            "width": item.width,
-                            "height": item.height,
-                        },
-                        item.data,
-                    )
+                    continue
+                remaining -= 1
+                channel.send(
+                    {
+                        "event": "output",
+                        "index": item.index,
+                        "width": item.width,
+                        "height": item.height,
+                    },
+                    item.data,
+                    hold=remaining == 0,  # goes out together with "done"
+                )
             channel.send({"event": "done"})
         except ChannelClosed:
             return 0
