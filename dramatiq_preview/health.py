@@ -20,7 +20,6 @@ import logging
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -382,10 +381,9 @@ def _run_all(tasks: Mapping[str, Callable[[], Any]], timeout: float) -> dict[str
 
 # -- clients -----------------------------------------------------------------------------
 
-_url_clients: dict[tuple[str, float], redis.Redis] = {}
-_broker_clients: weakref.WeakKeyDictionary[dramatiq.Broker, tuple[float, redis.Redis]] = (
-    weakref.WeakKeyDictionary()
-)
+# Clients live as long as the process (one per Redis server and timeout): dropping a client
+# with open connections in a garbage cycle can leave its sockets unclosed.
+_clients: dict[Any, redis.Redis] = {}
 _clients_lock = threading.Lock()
 
 
@@ -402,27 +400,33 @@ def _fast_options(sock_timeout: float) -> dict[str, Any]:
 
 
 def _url_client(url: str, sock_timeout: float) -> redis.Redis:
-    key = (url, sock_timeout)
+    key = ("url", url, sock_timeout)
     with _clients_lock:
-        client = _url_clients.get(key)
+        client = _clients.get(key)
         if client is None:
-            client = _url_clients[key] = redis.Redis.from_url(url, **_fast_options(sock_timeout))
+            client = _clients[key] = redis.Redis.from_url(url, **_fast_options(sock_timeout))
         return client
 
 
 def _broker_client(broker: dramatiq.Broker, sock_timeout: float) -> redis.Redis:
     """A client for the Redis a ``RedisBroker`` uses, with our timeouts (not the broker's)."""
+    pool = broker.client.connection_pool  # type: ignore[attr-defined]
+    kwargs = dict(pool.connection_kwargs)
+    kwargs.update(_fast_options(sock_timeout))
+    ignored = {"retry", "decode_responses", "health_check_interval"}
+    key = (
+        "broker",
+        pool.connection_class,
+        tuple(sorted((k, repr(v)) for k, v in kwargs.items() if k not in ignored)),
+    )
     with _clients_lock:
-        cached = _broker_clients.get(broker)
-        if cached is not None and cached[0] == sock_timeout:
-            return cached[1]
-        pool = broker.client.connection_pool  # type: ignore[attr-defined]
-        kwargs = dict(pool.connection_kwargs)
-        kwargs.update(_fast_options(sock_timeout))
-        client: redis.Redis = redis.Redis(
-            connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
-        )
-        _broker_clients[broker] = (sock_timeout, client)
+        client = _clients.get(key)
+        if client is None:
+            client = _clients[key] = redis.Redis(
+                connection_pool=redis.ConnectionPool(
+                    connection_class=pool.connection_class, **kwargs
+                )
+            )
         return client
 
 

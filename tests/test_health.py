@@ -1,0 +1,261 @@
+"""Health: ok / degraded / down against a real Redis, real workers, and a Redis that hangs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dramatiq.brokers.redis import RedisBroker
+
+from dramatiq_preview import PreviewClient, Settings
+from dramatiq_preview.broker import build_broker
+from dramatiq_preview.health import check_health, presence_key
+from dramatiq_preview.testing import RedisServer, free_port
+
+MISSING = {
+    "source": {"path": "health/none.png"},
+    "outputs": [{"width": 8, "height": 8, "format": "png"}],
+}
+
+
+def namespace() -> str:
+    return "health-" + uuid.uuid4().hex[:8]
+
+
+def settings_for(redis_url: str, ns: str, **extra: str) -> Settings:
+    return Settings.from_mapping({"PREVIEW_REDIS_URL": redis_url, "PREVIEW_NAMESPACE": ns, **extra})
+
+
+def worker_env(ns: str, tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {
+        "PREVIEW_NAMESPACE": ns,
+        "dramatiq_prom_host": "127.0.0.1",
+        "dramatiq_prom_port": str(free_port()),
+        "dramatiq_prom_db": str(tmp_path / "prom"),
+        **extra,
+    }
+
+
+@pytest.fixture
+def make_broker() -> Iterator[Any]:
+    """``make_broker(settings)``: a broker whose connections are closed after the test."""
+    brokers: list[Any] = []
+
+    def make(settings: Settings) -> Any:
+        brokers.append(build_broker(settings))
+        return brokers[-1]
+
+    yield make
+    for broker in brokers:
+        broker.client.close()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test alone, to stop or freeze."""
+    server = RedisServer().start()
+    yield server
+    if server.process is not None and server.process.poll() is None:
+        os.kill(server.process.pid, signal.SIGCONT)
+    server.close()
+
+
+@pytest.mark.slow
+def test_a_live_worker_and_empty_lanes_are_ok_then_dead_letters_and_a_stopped_worker_degrade(
+    make_broker: Any, redis_server: RedisServer, start_worker: Any, tmp_path: Path, wait_for: Any
+) -> None:
+    # Given a worker (2 processes) on a namespace of its own
+    ns = namespace()
+    worker = start_worker(worker_env(ns, tmp_path), processes=2)
+    settings = settings_for(redis_server.url, ns)
+    broker = make_broker(settings)
+    # When health is checked / Then it is ok, with both worker processes live
+    report = check_health(settings, broker)
+    assert (report.status, report.http_status, report.body["reasons"]) == ("ok", 200, [])
+    body = report.body
+    assert body["workers"]["live"] == 2
+    assert body["redis"]["ok"] and body["redis"]["latencyMs"] >= 0
+    assert body["broker"] == {
+        "ok": True,
+        "kind": "redis",
+        "latencyMs": body["broker"]["latencyMs"],
+        "error": None,
+    }
+    assert set(body["queues"]) == {"preview-high", "preview-normal", "preview-low"}
+    for lane in body["queues"].values():
+        assert (lane["depth"], lane["delayed"], lane["dead"]) == (0, 0, 0)
+        assert lane["oldestJobAgeSeconds"] == 0
+    json.dumps(body)  # JSON-ready as it is
+
+    # When a job fails permanently and is dead-lettered
+    client = PreviewClient(settings, broker=broker)
+    job = client.submit(dict(MISSING, jobId="dead-" + ns))
+    deadline = time.monotonic() + 30
+    while client.status(job.job_id)["state"] != "failed" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # Then health is degraded (still 200) and says why
+    report = check_health(settings, broker)
+    assert (report.status, report.http_status) == ("degraded", 200)
+    assert [r["code"] for r in report.body["reasons"]] == ["dead_letters"]
+    assert "1 dead-lettered job(s) (preview-normal: 1)" in report.body["reasons"][0]["message"]
+    assert report.body["queues"]["preview-normal"]["dead"] == 1
+
+    # When the worker stops / Then no worker is live any more, at once
+    worker.stop()
+    report = check_health(settings, broker)
+    assert report.body["workers"]["live"] == 0
+    assert {r["code"] for r in report.body["reasons"]} == {"dead_letters", "no_live_workers"}
+
+
+def test_a_process_that_only_sends_jobs_is_not_a_live_worker(
+    make_broker: Any, redis_server: RedisServer
+) -> None:
+    # Given no worker, and a producer whose broker has just sent a heartbeat by enqueuing
+    ns = namespace()
+    settings = settings_for(redis_server.url, ns)
+    broker = make_broker(settings)
+    PreviewClient(settings, broker=broker).submit(dict(MISSING, priority="low"))
+    with redis_server.client() as client:
+        heartbeats = client.zrange(f"{ns}:__heartbeats__", 0, -1)
+    assert heartbeats == [broker.broker_id]
+    # When health is checked
+    report = check_health(settings, broker)
+    # Then no worker is live, and the job is counted in the lane's depth
+    assert report.status == "degraded"
+    assert report.body["workers"]["live"] == 0
+    assert [r["code"] for r in report.body["reasons"]] == ["no_live_workers"]
+    assert report.body["queues"]["preview-low"]["depth"] == 1
+    assert report.body["queues"]["preview-low"]["oldestJobAgeSeconds"] >= 0
+
+
+def test_a_stale_presence_mark_does_not_count(make_broker: Any, redis_server: RedisServer) -> None:
+    # Given a worker id with a fresh broker heartbeat but a presence mark older than the
+    # heartbeat timeout (a worker that died without saying goodbye)
+    ns = namespace()
+    settings = settings_for(redis_server.url, ns)
+    broker = make_broker(settings)
+    now = int(time.time() * 1000)
+    with redis_server.client() as client:
+        client.zadd(f"{ns}:__heartbeats__", {"w1": now, "w2": now})
+        client.zadd(presence_key(ns), {"w1": now - broker.heartbeat_timeout - 1000, "w2": now})
+    # When health is checked / Then only the worker with both marks fresh is live
+    assert check_health(settings, broker).body["workers"]["live"] == 1
+
+
+@pytest.mark.slow
+def test_a_job_waiting_longer_than_the_limit_degrades(
+    make_broker: Any, redis_server: RedisServer, start_worker: Any, tmp_path: Path
+) -> None:
+    # Given a worker that does not consume the low lane, and a 1 s age limit
+    ns = namespace()
+    start_worker(worker_env(ns, tmp_path), queues=["preview-high", "preview-normal"])
+    settings = settings_for(redis_server.url, ns, PREVIEW_HEALTH_MAX_AGE_SECONDS="1")
+    broker = make_broker(settings)
+    # When a low job waits for more than a second
+    PreviewClient(settings, broker=broker).submit(dict(MISSING, priority="low"))
+    time.sleep(1.3)
+    report = check_health(settings, broker)
+    # Then health is degraded because of that job only
+    assert report.status == "degraded"
+    assert [r["code"] for r in report.body["reasons"]] == ["oldest_job_too_old"]
+    assert "preview-low" in report.body["reasons"][0]["message"]
+    low = report.body["queues"]["preview-low"]
+    assert low["depth"] == 1 and low["oldestJobAgeSeconds"] > 1
+    assert report.body["queues"]["preview-normal"]["oldestJobAgeSeconds"] == 0
+    assert report.body["limits"] == {"maxOldestJobAgeSeconds": 1}
+
+
+def test_redis_down_is_down_with_503_at_once(make_broker: Any, own_redis: RedisServer) -> None:
+    # Given Redis (state store and broker) stopped
+    ns = namespace()
+    settings = settings_for(own_redis.url, ns)
+    broker = make_broker(settings)
+    own_redis.stop()
+    # When health is checked
+    started = time.monotonic()
+    report = check_health(settings, broker)
+    # Then it is down, quickly, naming both, without leaking the address
+    assert time.monotonic() - started < 1.0
+    assert (report.status, report.http_status) == ("down", 503)
+    assert [r["code"] for r in report.body["reasons"]] == [
+        "redis_unreachable",
+        "broker_unreachable",
+    ]
+    assert report.body["redis"] == {
+        "ok": False,
+        "latencyMs": None,
+        "error": "connection refused or lost",
+    }
+    assert str(own_redis.port) not in json.dumps(report.body)
+    assert report.body["queues"]["preview-normal"]["depth"] is None
+    assert report.body["workers"]["live"] is None
+
+
+def test_a_hanging_redis_is_down_within_the_timeout_and_recovers(
+    make_broker: Any, own_redis: RedisServer
+) -> None:
+    # Given a Redis that accepts connections but never answers (SIGSTOP)
+    ns = namespace()
+    settings = settings_for(own_redis.url, ns)
+    broker = make_broker(settings)
+    assert own_redis.process is not None
+    os.kill(own_redis.process.pid, signal.SIGSTOP)
+    try:
+        # When health is checked with the default 1 s budget
+        started = time.monotonic()
+        report = check_health(settings, broker)
+        elapsed = time.monotonic() - started
+        # Then it answers down within about a second
+        assert elapsed < 1.5, elapsed  # 1 s budget, with room for a loaded machine
+        assert report.status == "down"
+        assert report.body["redis"]["error"] == "no answer within 1000 ms"
+        # And a shorter budget is honoured too
+        started = time.monotonic()
+        assert check_health(settings, broker, timeout=0.3).status == "down"
+        assert time.monotonic() - started < 0.8
+    finally:
+        os.kill(own_redis.process.pid, signal.SIGCONT)
+    # When Redis answers again / Then health comes back (degraded: no worker here)
+    report = check_health(settings, broker)
+    assert report.status == "degraded", report.body
+    assert report.body["redis"]["ok"] and report.body["broker"]["ok"]
+
+
+def test_a_broker_down_while_the_state_store_is_up_is_down(
+    make_broker: Any, redis_server: RedisServer, own_redis: RedisServer
+) -> None:
+    # Given the state store up and the broker's Redis stopped
+    ns = namespace()
+    settings = settings_for(redis_server.url, ns, PREVIEW_BROKER_URL=own_redis.url)
+    broker = make_broker(settings)
+    own_redis.stop()
+    # When health is checked / Then it is down because of the broker only
+    report = check_health(settings, broker)
+    assert report.status == "down"
+    assert [r["code"] for r in report.body["reasons"]] == ["broker_unreachable"]
+    assert report.body["redis"]["ok"] is True
+    # And what the state store knows is still reported
+    assert report.body["queues"]["preview-normal"]["oldestJobAgeSeconds"] == 0
+
+
+def test_a_host_broker_is_read_under_its_own_namespace(
+    redis_server: RedisServer, request: pytest.FixtureRequest
+) -> None:
+    # Given a host-built Redis broker whose namespace is not PREVIEW_NAMESPACE
+    ns = namespace()
+    settings = settings_for(redis_server.url, ns)
+    host = RedisBroker(url=redis_server.url, namespace=ns + "-host", middleware=[])
+    request.addfinalizer(host.client.close)
+    with redis_server.client() as client:
+        client.zadd(f"{ns}-host:preview-high.XQ", {"m1": 1, "m2": 2})
+    # When health is checked / Then the dead letters under the host's namespace count
+    report = check_health(settings, host)
+    assert report.body["queues"]["preview-high"]["dead"] == 2
+    assert report.body["queues"]["preview-normal"]["dead"] == 0
