@@ -1,0 +1,309 @@
+"""The OpenAPI 3.1 document of the HTTP API, generated with apispec from the marshmallow schemas.
+
+Paths come from the app's URL map (the rules of the mounted blueprint), bodies from
+:mod:`.schemas`; only summaries and the list of answers per route are written here.  The
+document describes the app it is served by: the security scheme appears when
+``PREVIEW_API_TOKEN`` is set, 403 answers when an ``authorize`` hook is installed, and the
+server URL includes ``SCRIPT_NAME`` and the mount prefix.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from flask import Flask
+from marshmallow import fields
+
+from .. import __version__
+from ..models import CONTENT_TYPES
+from .extension import AppState
+from .schemas import (
+    JOB_ID_PATTERN,
+    CancelResponseSchema,
+    ErrorSchema,
+    HealthSchema,
+    JobRequestSchema,
+    OneOfNested,
+    StatusSchema,
+    SubmitResponseSchema,
+    ValidationErrorSchema,
+)
+
+_PARAMETER_NAMES = {"job_id": "jobId"}
+_RULE_ARG = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
+_JSON = "application/json"
+
+
+def _error(description: str, schema: Any = ErrorSchema) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+
+_UNAVAILABLE = {
+    **_error("Redis or the broker is unreachable (`unavailable`)."),
+    "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+}
+_NOT_FOUND = _error("No job with this id (`not_found`).")
+#: Links from a submit answer to the routes that take its jobId (clients and fuzzers follow them).
+_LINKS = {
+    name: {"operationId": op, "parameters": {"jobId": "$response.body#/jobId"}}
+    for name, op in (("status", "getJobStatus"), ("cancel", "cancelJob"))
+}
+_JOB_ID = {
+    "in": "path",
+    "name": "jobId",
+    "required": True,
+    "schema": {"type": "string", "pattern": JOB_ID_PATTERN},
+}
+_INDEX = {
+    "in": "path",
+    "name": "index",
+    "required": True,
+    "description": "Position of the output in the job's `outputs` (from 0).",
+    "schema": {"type": "integer", "minimum": 0},
+}
+
+#: Per endpoint (the view names of the blueprint): method, parameters, operation.
+OPERATIONS: dict[str, tuple[str, list[dict[str, Any]], dict[str, Any]]] = {
+    "submit_job": (
+        "post",
+        [],
+        {
+            "operationId": "submitJob",
+            "summary": "Submit a preview job",
+            "description": (
+                "Validates the payload, records the job as `queued` and enqueues it. The "
+                "same `jobId` with the same payload again answers 200 with "
+                "`duplicate: true` and the existing job's current state."
+            ),
+            "requestBody": {"required": True, "content": {_JSON: {"schema": JobRequestSchema}}},
+            "responses": {
+                "202": {
+                    "description": "The job was recorded and enqueued.",
+                    "headers": {"Location": {"schema": {"type": "string"}}},
+                    "content": {_JSON: {"schema": SubmitResponseSchema}},
+                    "links": _LINKS,
+                },
+                "200": {
+                    "description": "The job already existed with this payload (`duplicate`).",
+                    "headers": {"Location": {"schema": {"type": "string"}}},
+                    "content": {_JSON: {"schema": SubmitResponseSchema}},
+                    "links": _LINKS,
+                },
+                "400": _error("The body is not valid JSON (`invalid_json`)."),
+                "409": _error("The jobId exists with a different payload (`conflict`)."),
+                "413": _error("The body exceeds PREVIEW_MAX_PAYLOAD_BYTES (`payload_too_large`)."),
+                "415": _error("The body is not JSON (`unsupported_media_type`)."),
+                "422": _error(
+                    "The payload breaks the job schema (`validation_error`).",
+                    ValidationErrorSchema,
+                ),
+                "503": _UNAVAILABLE,
+            },
+        },
+    ),
+    "job_status": (
+        "get",
+        [_JOB_ID],
+        {
+            "operationId": "getJobStatus",
+            "summary": "The status of a job",
+            "responses": {
+                "200": {
+                    "description": "The job's status.",
+                    "content": {_JSON: {"schema": StatusSchema}},
+                },
+                "404": _NOT_FOUND,
+                "503": _UNAVAILABLE,
+            },
+        },
+    ),
+    "cancel_job": (
+        "post",
+        [_JOB_ID],
+        {
+            "operationId": "cancelJob",
+            "summary": "Cancel a job",
+            "description": (
+                "A waiting job becomes `cancelled` at once and is never rendered; a running "
+                "job stops at its next checkpoint (`state` is `running` until then). "
+                "Cancelling a cancelled job answers 202 again."
+            ),
+            "responses": {
+                "202": {
+                    "description": "Cancelled, or on its way there.",
+                    "content": {_JSON: {"schema": CancelResponseSchema}},
+                },
+                "404": _NOT_FOUND,
+                "409": _error("The job already succeeded or failed (`conflict`)."),
+                "503": _UNAVAILABLE,
+            },
+        },
+    ),
+    "job_output": (
+        "get",
+        [_JOB_ID, _INDEX],
+        {
+            "operationId": "getJobOutput",
+            "summary": "Download a rendered file",
+            "responses": {
+                "200": {
+                    "description": "The file, with its image content type.",
+                    "headers": {
+                        "ETag": {"schema": {"type": "string"}},
+                        "Cache-Control": {"schema": {"type": "string"}},
+                    },
+                    "content": {
+                        ct: {"schema": {"type": "string", "contentMediaType": ct}}
+                        for ct in CONTENT_TYPES.values()
+                    },
+                },
+                "304": {"description": "Not modified (`If-None-Match` matched the ETag)."},
+                "404": _error(
+                    "No such job, the job has not succeeded, or no output at this index "
+                    "(`not_found`)."
+                ),
+                "503": _UNAVAILABLE,
+            },
+        },
+    ),
+    "worker_health": (
+        "get",
+        [],
+        {
+            "operationId": "getHealth",
+            "summary": "Health of Redis, the broker and the workers",
+            "description": "Open even when PREVIEW_API_TOKEN is set.",
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "`ok` or `degraded`.",
+                    "content": {_JSON: {"schema": HealthSchema}},
+                },
+                "503": {
+                    "description": "`down`: Redis or the broker is unreachable.",
+                    "content": {_JSON: {"schema": HealthSchema}},
+                },
+            },
+        },
+    ),
+    "metrics": (
+        "get",
+        [],
+        {
+            "operationId": "getMetrics",
+            "summary": "Prometheus metrics of the web process",
+            "responses": {
+                "200": {
+                    "description": (
+                        "Prometheus text format, or OpenMetrics when the Accept header asks "
+                        "for application/openmetrics-text."
+                    ),
+                    "content": {
+                        "text/plain": {"schema": {"type": "string"}},
+                        "application/openmetrics-text": {"schema": {"type": "string"}},
+                    },
+                }
+            },
+        },
+    ),
+    "openapi": (
+        "get",
+        [],
+        {
+            "operationId": "getOpenApi",
+            "summary": "This document",
+            "responses": {
+                "200": {
+                    "description": "The OpenAPI document.",
+                    "content": {_JSON: {"schema": {"type": "object"}}},
+                }
+            },
+        },
+    ),
+}
+
+
+def _one_of_nested(self: Any, field: Any, ret: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    if isinstance(field, OneOfNested):
+        return {"oneOf": [self.resolve_nested_schema(schema) for schema in field.schemas]}
+    return {}
+
+
+def _dict_bounds(self: Any, field: Any, ret: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    # apispec states the Length of a Dict as minLength/maxLength; for objects it is
+    # min/maxProperties, and the key field's constraints are propertyNames.
+    if not isinstance(field, fields.Dict):
+        return {}
+    extra: dict[str, Any] = {}
+    for length, properties in (("minLength", "minProperties"), ("maxLength", "maxProperties")):
+        if length in ret:
+            extra[properties] = ret.pop(length)
+    if field.key_field is not None:
+        names = dict(self.field2property(field.key_field))
+        names.pop("type", None)
+        if names:
+            extra["propertyNames"] = names
+    return extra
+
+
+def openapi_document(app: Flask, state: AppState, *, server_url: str = "") -> dict[str, Any]:
+    """The OpenAPI document of the API mounted on ``app``.
+
+    Parameters:
+      app: the app the blueprint is mounted on.
+      state: its dramatiq-preview state (settings, authorize hook, mount point).
+      server_url: the ``SCRIPT_NAME`` the app is served under (``request.script_root``).
+    """
+    plugin = MarshmallowPlugin()
+    spec = APISpec(
+        title="dramatiq-preview",
+        version=__version__,
+        openapi_version="3.1.0",
+        plugins=[plugin],
+        info={
+            "description": (
+                "Image and PDF previews rendered in Dramatiq background jobs. Every answer "
+                'is JSON, errors included: `{"error": CODE, "message": ...}`.'
+            )
+        },
+        servers=[{"url": f"{server_url}{state.url_prefix or ''}"}],
+    )
+    assert plugin.converter is not None
+    plugin.converter.add_attribute_function(_one_of_nested)  # type: ignore[no-untyped-call]
+    plugin.converter.add_attribute_function(_dict_bounds)  # type: ignore[no-untyped-call]
+
+    protected = state.settings.api_token is not None
+    if protected:
+        spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
+
+    prefix = state.url_prefix or ""
+    rules = sorted(
+        (r for r in app.url_map.iter_rules() if r.endpoint.startswith(state.endpoint_prefix)),
+        key=lambda r: r.rule,
+    )
+    for rule in rules:
+        name = rule.endpoint[len(state.endpoint_prefix) :]
+        if name not in OPERATIONS:
+            continue
+        # apispec resolves schemas in place: work on a copy of the module-level templates.
+        method, parameters, template = copy.deepcopy(OPERATIONS[name])
+        operation = template
+        if name != "worker_health":
+            if protected:
+                operation["security"] = [{"bearerAuth": []}]
+                operation["responses"]["401"] = {
+                    **_error("Missing or wrong bearer token (`unauthorized`)."),
+                    "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+                }
+            if state.authorize is not None:
+                operation["responses"]["403"] = _error("The host refused access (`forbidden`).")
+        path = _RULE_ARG.sub(
+            lambda m: "{" + _PARAMETER_NAMES.get(m.group(1), m.group(1)) + "}",
+            rule.rule[len(prefix) :],
+        )
+        spec.path(path=path, operations={method: operation}, parameters=parameters)
+    return spec.to_dict()
