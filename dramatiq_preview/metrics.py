@@ -101,6 +101,9 @@ DRAMATIQ_METRICS = frozenset(
 class JobMetrics:
     """The job counters and histograms, updated from job events.
 
+    The instance is subscribed to job events for as long as it is referenced (events hold
+    it weakly, so a discarded instance stops counting).
+
     Parameters:
       registry: where to register them (a worker's private registry: in multiprocess mode
         the values live in files and are exposed by a ``MultiProcessCollector``).

@@ -215,7 +215,11 @@ def attach_observability(broker: dramatiq.Broker, settings: Settings | None = No
 
     present = {type(m) for m in broker.middleware}
     if not any(isinstance(m, Prometheus) for m in broker.middleware):
-        broker.add_middleware(Metrics(settings=settings))
+        # First in line: its before_process_message must see every message that its
+        # after_skip_message will (a message skipped by an earlier middleware would drive
+        # dramatiq_messages_inprogress below zero).
+        first = type(broker.middleware[0]) if broker.middleware else None
+        broker.add_middleware(Metrics(settings=settings), before=first)
     elif Metrics not in present:
         logger.info("the broker already has a Prometheus middleware; leaving it as it is")
     if Presence not in present:
