@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -556,3 +557,112 @@ def test_a_worker_started_in_process_serves_its_metrics_from_a_thread(
     assert value(samples, "dramatiq_messages_total") == 1
     assert value(samples, "preview_live_workers") == 1
     assert env_line.strip() == "False"
+
+
+# -- dashboard and alert rules ---------------------------------------------------------------
+
+MONITORING = REPO / "examples" / "monitoring"
+PROMQL_WORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "offset",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "inf",
+    "nan",
+}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads (functions, labels and keywords removed)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)  # strings
+    text = re.sub(r"\{[^}]*\}", "", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", "", text)  # ranges
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)
+    text = re.sub(r"\$\w+", "", text)  # Grafana variables
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
+        name = match.group(0)
+        if text[match.end() :].lstrip().startswith("("):
+            continue  # a function
+        if name.lower() not in PROMQL_WORDS:
+            names.add(name)
+    return names
+
+
+def test_the_promql_name_finder_finds_metrics_only() -> None:
+    expr = (
+        'histogram_quantile(0.95, sum by (le, queue) (rate(x_bucket{stage="a b"}[5m])))'
+        " / on(queue) group_left max without (job) (y) > bool 2 or vector(0)"
+    )
+    assert metric_names(expr) == {"x_bucket", "y"}
+
+
+def test_the_grafana_dashboard_is_valid_and_reads_only_metrics_we_export() -> None:
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    # Grafana's dashboard model: identity, schema version, panels with a grid position
+    assert dashboard["uid"] and dashboard["title"] == "dramatiq-preview"
+    assert isinstance(dashboard["schemaVersion"], int) and dashboard["schemaVersion"] >= 36
+    assert [v["name"] for v in dashboard["templating"]["list"]] == ["datasource"]
+    ids, used = set(), set()
+    for panel in dashboard["panels"]:
+        assert panel["id"] not in ids
+        ids.add(panel["id"])
+        assert panel["type"] in {"row", "stat", "timeseries"} and panel["title"]
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24 and grid["h"] > 0
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert panel["targets"]
+        for target in panel["targets"]:
+            assert target["refId"] and target["expr"]
+            used |= metric_names(target["expr"])
+    exported = _expanded(PREVIEW_METRICS | DRAMATIQ_METRICS)
+    assert used <= exported, used - exported
+    # And every metric of the contract has a panel
+    contract = {
+        "preview_jobs_total",
+        "preview_render_seconds_bucket",
+        "preview_source_bytes_bucket",
+        "preview_duplicates_total",
+        "preview_queue_depth",
+        "preview_dead_letters",
+        "preview_oldest_job_age_seconds",
+        "preview_live_workers",
+    }
+    assert contract <= used
+
+
+def test_the_alert_rules_cover_the_documented_alerts_with_exported_metrics() -> None:
+    yaml = pytest.importorskip("yaml")
+    rules = yaml.safe_load((MONITORING / "alerts.yml").read_text())
+    (group,) = rules["groups"]
+    alerts = {rule["alert"]: rule for rule in group["rules"]}
+    assert set(alerts) == {
+        "PreviewDeadLettersGrowing",
+        "PreviewOldestJobTooOld",
+        "PreviewNoLiveWorkers",
+        "PreviewRedisOrBrokerDown",
+        "PreviewHighErrorRatio",
+    }
+    exported = _expanded(PREVIEW_METRICS | DRAMATIQ_METRICS)
+    for name, rule in alerts.items():
+        assert rule["labels"]["severity"] in {"warning", "critical"}, name
+        assert rule["annotations"]["summary"], name
+        assert metric_names(rule["expr"]) <= exported, (name, metric_names(rule["expr"]))
+    # Each alert is explained in the docs
+    docs = (REPO / "docs" / "observability.md").read_text()
+    assert all(f"`{name}`" in docs for name in alerts)
+
+
+def test_every_exported_metric_is_documented() -> None:
+    docs = (REPO / "docs" / "observability.md").read_text()
+    missing = [name for name in sorted(PREVIEW_METRICS) if f"`{name}" not in docs]
+    assert not missing
