@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from copy import copy as shallow_copy
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -315,8 +316,7 @@ def _probe_rabbitmq(broker: dramatiq.Broker, sock_timeout: float) -> dict[str, A
     candidates = params if isinstance(params, list) else [params]
     tuned = []
     for candidate in candidates:
-        copy = candidate.__class__.__new__(candidate.__class__)
-        copy.__dict__.update(candidate.__dict__)
+        copy = shallow_copy(candidate)  # never change the broker's own parameters
         copy.socket_timeout = sock_timeout
         copy.stack_timeout = sock_timeout
         copy.blocked_connection_timeout = sock_timeout

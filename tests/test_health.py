@@ -259,3 +259,55 @@ def test_a_host_broker_is_read_under_its_own_namespace(
     report = check_health(settings, host)
     assert report.body["queues"]["preview-high"]["dead"] == 2
     assert report.body["queues"]["preview-normal"]["dead"] == 0
+
+
+def _rabbitmq_url() -> str | None:
+    import pika
+
+    url = os.environ.get("PREVIEW_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+    try:
+        params = pika.URLParameters(url)
+        params.socket_timeout = 2
+        params.connection_attempts = 1
+        pika.BlockingConnection(params).close()
+    except Exception:
+        return None
+    return url
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.slow
+def test_a_rabbitmq_broker_reports_counts_and_consumers(
+    redis_server: RedisServer, start_worker: Any, tmp_path: Path
+) -> None:
+    url = _rabbitmq_url()
+    if url is None:
+        pytest.skip("no RabbitMQ at PREVIEW_TEST_AMQP_URL")
+    # Given a worker consuming from RabbitMQ (its lanes are shared with other tests)
+    ns = namespace()
+    start_worker(worker_env(ns, tmp_path, PREVIEW_BROKER_URL=url), processes=2)
+    settings = settings_for(redis_server.url, ns, PREVIEW_BROKER_URL=url)
+    broker = build_broker(settings)
+    try:
+        # When health is checked / Then the broker answers and its consumers count as live
+        report = check_health(settings, broker)
+        assert report.body["broker"]["ok"] and report.body["broker"]["kind"] == "rabbitmq"
+        assert report.body["workers"]["live"] >= 2
+        for lane in report.body["queues"].values():
+            assert all(isinstance(lane[k], int) for k in ("depth", "delayed", "dead"))
+        assert report.status in {"ok", "degraded"}
+    finally:
+        broker.close()
+
+
+def test_an_unreachable_rabbitmq_is_down_quickly(redis_server: RedisServer) -> None:
+    settings = settings_for(
+        redis_server.url,
+        namespace(),
+        PREVIEW_BROKER_URL=f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F",
+    )
+    started = time.monotonic()
+    report = check_health(settings, build_broker(settings))
+    assert time.monotonic() - started < 1.5
+    assert [r["code"] for r in report.body["reasons"]] == ["broker_unreachable"]
+    assert report.body["broker"]["kind"] == "rabbitmq"

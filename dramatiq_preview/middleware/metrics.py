@@ -83,7 +83,9 @@ class Metrics(Prometheus):
             return
         # A Worker started in-process: no process boot, no fork.  Keep the metrics in
         # memory (the host's environment is restored) and serve them from a thread.
-        import prometheus_client
+        # Imported before Prometheus sets PROMETHEUS_MULTIPROC_DIR, so that prometheus_client
+        # keeps the host's mode (in memory unless the host chose multiprocess itself).
+        import prometheus_client  # noqa: F401
         from prometheus_client import CollectorRegistry
 
         from ..metrics import JobMetrics, start_server, worker_registry
@@ -99,7 +101,6 @@ class Metrics(Prometheus):
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
-        del prometheus_client
         self.job_metrics = JobMetrics(CollectorRegistry())
         self.mode = "thread"
         collectors = [
