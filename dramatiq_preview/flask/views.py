@@ -187,7 +187,8 @@ def _before_app_request() -> Response | None:
         return None
     g._preview_started = time.perf_counter()
     exc = request.routing_exception
-    if isinstance(exc, HTTPException) and not isinstance(exc, RequestRedirect):
+    if isinstance(exc, HTTPException):
+        # 404, 405, and the 308 werkzeug answers for "//" or a missing slash: all JSON.
         return _on_http_exception(exc)
     return None
 
@@ -238,10 +239,14 @@ def _authenticate() -> None:
 def _on_http_exception(exc: HTTPException) -> Response:
     status = exc.code or 500
     code = _ERROR_CODES.get(status) or re.sub(r"\W+", "_", (exc.name or "error").lower())
-    headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
+    headers = [(k, v) for k, v in exc.get_headers(request.environ) if k.lower() != "content-type"]
+    message = exc.description or exc.name
+    if isinstance(exc, RequestRedirect):
+        headers.append(("Location", exc.new_url))
+        message = f"this resource lives at {exc.new_url}"
     if status == 503:
         headers.append(("Retry-After", str(RETRY_AFTER)))
-    return error_response(status, code, exc.description or exc.name, headers)
+    return error_response(status, code, message, headers)
 
 
 def _on_api_error(exc: ApiError) -> Response:

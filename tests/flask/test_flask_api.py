@@ -459,6 +459,13 @@ def test_wrong_methods_under_the_prefix_are_json_405s_with_allow(
     assert allowed <= {m.strip() for m in response.headers["Allow"].split(",")}
 
 
+def test_a_redirect_under_the_prefix_is_json_too(client: FlaskClient) -> None:
+    response = client.get(f"{PREFIX}//worker/health")
+    assert response.status_code == 308
+    assert response.headers["Location"].endswith(f"{PREFIX}/worker/health")
+    assert response.json["error"] == "permanent_redirect"
+
+
 def test_the_hosts_own_404s_and_handlers_are_left_alone() -> None:
     # Given a host with its own 404 handler, registered before and after the extension
     for order in ("before", "after"):
