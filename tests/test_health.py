@@ -25,6 +25,16 @@ MISSING = {
 }
 
 
+def settled(check: Any, accept: Any, timeout: float = 10) -> Any:
+    """``check()`` once ``accept(result)`` holds (workers register a moment after "ready")."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if accept(result) or time.monotonic() > deadline:
+            return result
+        time.sleep(0.1)
+
+
 def namespace() -> str:
     return "health-" + uuid.uuid4().hex[:8]
 
@@ -77,7 +87,7 @@ def test_a_live_worker_and_empty_lanes_are_ok_then_dead_letters_and_a_stopped_wo
     settings = settings_for(redis_server.url, ns)
     broker = make_broker(settings)
     # When health is checked / Then it is ok, with both worker processes live
-    report = check_health(settings, broker)
+    report = settled(lambda: check_health(settings, broker), lambda r: r.status == "ok")
     assert (report.status, report.http_status, report.body["reasons"]) == ("ok", 200, [])
     body = report.body
     assert body["workers"]["live"] == 2
@@ -158,6 +168,7 @@ def test_a_job_waiting_longer_than_the_limit_degrades(
     start_worker(worker_env(ns, tmp_path), queues=["preview-high", "preview-normal"])
     settings = settings_for(redis_server.url, ns, PREVIEW_HEALTH_MAX_AGE_SECONDS="1")
     broker = make_broker(settings)
+    settled(lambda: check_health(settings, broker), lambda r: r.status == "ok")
     # When a low job waits for more than a second
     PreviewClient(settings, broker=broker).submit(dict(MISSING, priority="low"))
     time.sleep(1.3)
@@ -290,7 +301,9 @@ def test_a_rabbitmq_broker_reports_counts_and_consumers(
     broker = build_broker(settings)
     try:
         # When health is checked / Then the broker answers and its consumers count as live
-        report = check_health(settings, broker)
+        report = settled(
+            lambda: check_health(settings, broker), lambda r: r.body["workers"]["live"] >= 2
+        )
         assert report.body["broker"]["ok"] and report.body["broker"]["kind"] == "rabbitmq"
         assert report.body["workers"]["live"] >= 2
         for lane in report.body["queues"].values():

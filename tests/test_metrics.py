@@ -428,7 +428,8 @@ def test_a_two_process_worker_exports_counters_histograms_and_gauges_that_add_up
     while True:
         samples = scrape(port)
         got = {o: value(samples, "preview_jobs_total", outcome=o) for o in OUTCOMES}
-        if got == expected or time.monotonic() > deadline:
+        settled = got == expected and value(samples, "preview_live_workers") == 2
+        if settled or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     # Then the job counters, summed over both processes, match what ran
