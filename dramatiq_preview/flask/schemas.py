@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate
 
@@ -105,7 +105,13 @@ class UrlSourceSchema(StrictSchema):
     url = _string(_URL_SOURCE, required=True)
 
 
-class OneOfNested(fields.Field[dict[str, Any]]):
+if TYPE_CHECKING:
+    _ObjectField = fields.Field[dict[str, Any]]
+else:  # marshmallow 3's Field is not generic
+    _ObjectField = fields.Field
+
+
+class OneOfNested(_ObjectField):
     """Exactly one of several object shapes, told apart by their (required) keys.
 
     It is the marshmallow form of the JSON Schema's ``oneOf`` for ``source``; the OpenAPI
