@@ -58,6 +58,7 @@ class PreviewClient:
         self.settings = settings or get_settings()
         self._broker = broker
         self._own_broker: dramatiq.Broker | None = None
+        self._store: JobStore | None = None
 
     @classmethod
     def from_url(cls, redis_url: str, **overrides: Any) -> PreviewClient:
@@ -67,7 +68,9 @@ class PreviewClient:
 
     @property
     def store(self) -> JobStore:
-        return get_store(self.settings)
+        if self._store is None:
+            self._store = get_store(self.settings)
+        return self._store
 
     @property
     def broker(self) -> dramatiq.Broker:
@@ -91,7 +94,9 @@ class PreviewClient:
         broker.close()
         client = getattr(broker, "client", None)
         if client is not None:
+            # The Redis broker hands its client a pool the client does not close itself.
             client.close()
+            client.connection_pool.disconnect()
 
     def __enter__(self) -> PreviewClient:
         return self

@@ -66,7 +66,7 @@ def _parse_hosts(name: str, raw: str) -> frozenset[str]:
         host = item.strip().lower().rstrip(".")
         if not host:
             continue
-        if not _HOST_RE.match(host):
+        if not _HOST_RE.fullmatch(host):
             raise ConfigError(name, f"not a host name: {item.strip()!r}")
         hosts.add(host)
     return frozenset(hosts)
@@ -181,7 +181,7 @@ def _int(low: int, high: int | None = None) -> Callable[[str, str], int]:
 
 def _namespace(name: str, raw: str) -> str:
     text = raw.strip()
-    if not _NAMESPACE_RE.match(text):
+    if not _NAMESPACE_RE.fullmatch(text):
         raise ConfigError(name, f"use 1-64 letters, digits or _.:- characters, got {raw!r}")
     return text
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import uuid
 from functools import lru_cache
 from importlib import resources
@@ -53,8 +54,54 @@ def _is_strict_integer(checker: Any, instance: Any) -> bool:
     return isinstance(instance, int) and not isinstance(instance, bool)
 
 
+#: ECMA-262's ``\s`` (JSON Schema patterns are ECMA-262 regular expressions).
+_ECMA_SPACE = "\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+
+
+@lru_cache(maxsize=64)
+def ecma_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a JSON Schema (ECMA-262) pattern with Python's ``re``, keeping ECMA meaning.
+
+    Two differences matter for our schema: ECMA's ``$`` (without the multiline flag) matches
+    only at the very end, where Python's also matches before a final newline (so
+    ``"abc\n"`` would pass ``^[a-z]+$``); and ECMA's ``\\s`` is a different set of
+    characters.  ``$`` becomes ``\\Z`` and ``\\s`` the ECMA set; escapes and character
+    classes are otherwise left as they are.
+    """
+    out: list[str] = []
+    in_class = False
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            nxt = pattern[i + 1]
+            if nxt == "s":
+                out.append(_ECMA_SPACE if in_class else f"[{_ECMA_SPACE}]")
+            else:
+                out.append(ch + nxt)
+            i += 2
+            continue
+        if in_class:
+            in_class = ch != "]"
+        elif ch == "[":
+            in_class = True
+        elif ch == "$":
+            ch = r"\Z"
+        out.append(ch)
+        i += 1
+    return re.compile("".join(out))
+
+
+def pattern_keyword(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+    """The ``pattern`` keyword for :mod:`jsonschema` validators, with ECMA-262 semantics."""
+    if isinstance(instance, str) and not ecma_regex(pattern).search(instance):
+        yield SchemaError(f"{instance[:64]!r} does not match {pattern!r}")
+
+
 _TYPE_CHECKER = Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_strict_integer)
-_StrictValidator = jsonschema.validators.extend(Draft202012Validator, type_checker=_TYPE_CHECKER)
+_StrictValidator = jsonschema.validators.extend(
+    Draft202012Validator, validators={"pattern": pattern_keyword}, type_checker=_TYPE_CHECKER
+)
 
 
 @lru_cache(maxsize=1)

@@ -43,8 +43,10 @@ def redis_server() -> RedisServer:
 
 
 @pytest.fixture
-def redis_client(redis_server: RedisServer) -> Any:
-    return redis_server.client()
+def redis_client(redis_server: RedisServer) -> Iterator[Any]:
+    client = redis_server.client()
+    yield client
+    client.close()
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from dramatiq_preview import (
     submit_preview,
 )
 from dramatiq_preview.errors import StateStoreUnavailable
-from dramatiq_preview.testing import RedisServer
+from dramatiq_preview.testing import RedisServer, wait_for_state
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -260,3 +260,49 @@ def watch_states(job_id: str, timeout: float = 30) -> dict[str, Any]:
             return {"states": states, "next_attempt": next_attempt, "final": status}
         time.sleep(0.005)
     raise TimeoutError(states)
+
+
+def test_a_state_store_outage_in_the_worker_is_retried_until_redis_is_back(
+    redis_server: RedisServer, start_worker: Any, photo: dict[str, str], job_id: str
+) -> None:
+    # Given a worker whose state store (a Redis of its own) is down, and a message for it
+    state = RedisServer()
+    env = {
+        "PREVIEW_REDIS_URL": state.url,
+        "PREVIEW_BROKER_URL": redis_server.url,
+        "PREVIEW_NAMESPACE": "outage",
+        "PREVIEW_MAX_RETRIES": "20",
+        "PREVIEW_MIN_BACKOFF_MS": "200",
+        "PREVIEW_MAX_BACKOFF_MS": "500",
+    }
+    worker = start_worker(env=env, threads=1)
+    bare = RedisBroker(url=redis_server.url, namespace="outage", middleware=[])
+    payload = {
+        "jobId": job_id,
+        "source": {"path": photo["png"]},
+        "outputs": [{"width": 8, "height": 8, "format": "png"}],
+    }
+    bare.enqueue(
+        Message(
+            queue_name="preview-normal",
+            actor_name="render_preview",
+            args=(payload,),
+            kwargs={},
+            options={},
+        )
+    )
+    # When the worker has failed to reach it at least once, and Redis comes back
+    from sourceserver import wait_until
+
+    wait_until(lambda: "Retrying message" in worker.log)
+    state.start()
+    try:
+        client = PreviewClient(Settings.from_mapping(env))
+        # Then the job is recorded and rendered; nothing was lost
+        status = wait_for_state(client.status, job_id, timeout=60)
+        assert status["state"] == "succeeded", status
+        assert status["attempts"] == 1, "attempts count deliveries that started rendering"
+        client.close()
+    finally:
+        state.close()
+        bare.client.close()

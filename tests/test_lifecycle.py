@@ -398,3 +398,26 @@ def test_every_key_we_write_expires(job_id: str, redis_client: Any, wait_for: An
     assert no_ttl == []
     # Dead letters are kept by the broker for the same time, then trimmed by Dramatiq
     assert render_preview.broker.dead_message_ttl == ttl * 1000
+
+
+@pytest.mark.slow
+def test_queues_dedicates_a_worker_to_one_lane(start_worker: Any) -> None:
+    # Given a worker restricted to the high lane
+    env, client = isolated()
+    start_worker(env=env, threads=1, queues=["preview-high"])
+    normal = client.submit({"source": {"path": TINY}, "outputs": OUT}).job_id
+    high = client.submit({"source": {"path": TINY}, "outputs": OUT, "priority": "high"}).job_id
+    # Then it renders high jobs only
+    assert wait(client, high)["state"] == "succeeded"
+    time.sleep(1.0)
+    assert client.status(normal)["state"] == "queued"
+
+
+def test_a_client_bound_to_a_redis_url(redis_server: Any, redis_client: Any, job_id: str) -> None:
+    namespace = "url" + uuid.uuid4().hex[:6]
+    with PreviewClient.from_url(redis_server.url, PREVIEW_NAMESPACE=namespace) as client:
+        assert client.settings.redis_url == redis_server.url
+        assert client.settings.broker_url == redis_server.url
+        client.submit({"jobId": job_id, "source": {"path": TINY}, "outputs": OUT})
+        assert client.status(job_id)["state"] == "queued"
+    assert redis_client.exists(f"{namespace}:job:{job_id}") == 1

@@ -136,6 +136,17 @@ def test_a_valid_payload_passes() -> None:
             ),
         ),
         (with_("jobId", 42), ("jobId", "must be a string")),
+        # JSON Schema patterns are ECMA-262: "$" does not match before a final newline
+        (with_("jobId", "abc\n"), ("jobId", JOB_ID_MESSAGE)),
+        (with_("jobId", "a" * 128 + "\n"), ("jobId", JOB_ID_MESSAGE)),
+        (
+            with_("source", {"url": "https://x.example/a.png\n"}),
+            ("source/url", "must be an http:// or https:// URL without spaces"),
+        ),
+        (
+            with_("source", {"url": "https://x.example/a\ufeffb.png"}),
+            ("source/url", "must be an http:// or https:// URL without spaces"),
+        ),
         (with_("source", {}), ("source", "must have either path or url")),
         (
             with_("source", {"path": "a", "url": "https://x.example/a"}),

@@ -9,8 +9,8 @@ apart on a number.
 Two details keep marshmallow as strict as the JSON Schema:
 
 * :class:`JsonInteger` accepts JSON integers only: no ``"64"``, no ``64.0``, no ``true``.
-* :class:`SearchRegexp` matches like the JSON Schema validator does (``re.search``), not
-  like marshmallow's ``Regexp`` (``re.match``).
+* :class:`SearchRegexp` matches like the JSON Schema validator does (ECMA-262 semantics,
+  anywhere in the string), not like marshmallow's ``Regexp`` (``re.match``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate
 
 from ..state import STATES
-from ..validation import load_schema
+from ..validation import ecma_regex, load_schema
 
 _SCHEMA = load_schema()
 _PROPS = _SCHEMA["properties"]
@@ -45,11 +45,14 @@ class SearchRegexp(validate.Validator):
     """
 
     def __init__(self, pattern: str) -> None:
+        # ``regex`` (the pattern as written) is what apispec publishes; matching uses the
+        # ECMA-262 reading of it, like the JSON Schema validator.
         self.regex = re.compile(pattern)
+        self._ecma = ecma_regex(pattern)
         self.message = f"must match the pattern {pattern}"
 
     def __call__(self, value: str) -> str:
-        if self.regex.search(value) is None:
+        if self._ecma.search(value) is None:
             raise ValidationError(self.message)
         return value
 

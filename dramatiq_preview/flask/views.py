@@ -31,6 +31,7 @@ from ..errors import (
     StateStoreUnavailable,
 )
 from ..models import CONTENT_TYPES
+from ..validation import ecma_regex
 from .extension import AppState, PreviewExtension, get_state
 from .schemas import (
     CANCEL_RESPONSE,
@@ -46,7 +47,7 @@ OUTPUT_MAX_AGE = 3600
 #: Seconds a client should wait after a 503 before trying again.
 RETRY_AFTER = 5
 
-_JOB_ID_RE = re.compile(JOB_ID_PATTERN)
+_JOB_ID_RE = ecma_regex(JOB_ID_PATTERN)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _ERROR_CODES = {
     400: "bad_request",

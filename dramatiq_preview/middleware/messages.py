@@ -7,7 +7,7 @@ from typing import Any
 
 from ..broker import ACTOR_NAME
 
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 
 
 def is_preview_message(message: Any) -> bool:
@@ -27,6 +27,6 @@ def job_id_of(message: Any) -> str:
     payload = payload_of(message)
     if isinstance(payload, dict):
         job_id = payload.get("jobId")
-        if isinstance(job_id, str) and _JOB_ID.match(job_id):
+        if isinstance(job_id, str) and _JOB_ID.fullmatch(job_id):
             return job_id
     return str(message.message_id).replace("-", "")

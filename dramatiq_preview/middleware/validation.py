@@ -6,6 +6,7 @@ from typing import Any
 
 import dramatiq
 
+from ..broker import RECORDED
 from ..config import Settings
 from ..errors import InvalidPayload, ValidationIssue
 from ..validation import validation_issues
@@ -28,7 +29,8 @@ class PayloadValidation(dramatiq.Middleware):
         self.settings = settings
 
     def before_enqueue(self, broker: dramatiq.Broker, message: Any, delay: Any) -> None:
-        if is_preview_message(message):
+        # A recorded message was validated when it was submitted (or first sent).
+        if is_preview_message(message) and not message.options.get(RECORDED):
             self._check(message)
 
     def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:

@@ -1,14 +1,15 @@
 """Schemathesis hooks for the runs against the live API (loaded through ``SCHEMATHESIS_HOOKS``).
 
-Two places where the document (JSON Schema semantics) and the server (the Python JSON Schema
-validator of ``dramatiq_preview.validation``) knowingly differ; see docs/http-api.md:
+Two places where schemathesis's reading of the document and the server's validator
+(``dramatiq_preview.validation``) knowingly differ; see docs/http-api.md:
 
 * JSON Schema calls ``64.0`` an integer; we do not (contract §8: no coercion).  No keyword
   can express that, so integral floats in generated bodies are written as integers.
 * The schema's ``pattern`` is ECMA-262; Python's ``re`` differs on ``\\s`` (U+001C-U+001F
   and U+0085 are whitespace to Python, U+FEFF is to ECMA) and on ``$`` (Python also matches
-  before a final newline).  Bodies whose ``jobId`` or ``source.url`` hit exactly these
-  differences are left out until the validator speaks ECMA-262.
+  before a final newline).  Our validator reads patterns as ECMA-262, but schemathesis
+  judges its generated bodies with Python's ``re``, so bodies whose ``jobId`` or
+  ``source.url`` hit exactly these differences are left out of the run.
 """
 
 from __future__ import annotations

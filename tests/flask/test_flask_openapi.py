@@ -8,12 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 from flask import Flask
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 from preview_http import IDLE_NAMESPACE, PREFIX, TOKEN, LiveServer, bearer, make_app
 from test_flask_schemas import EDGE_CASES
 
+from dramatiq_preview.validation import pattern_keyword as ecma_pattern_keyword
 from dramatiq_preview.validation import validation_issues
 
 HERE = Path(__file__).resolve().parent
@@ -86,7 +88,11 @@ def _operations(doc: dict[str, Any]) -> list[dict[str, Any]]:
 def test_the_documented_request_body_agrees_with_the_json_schema() -> None:
     # Given the JobRequest schema as the document states it (generated from marshmallow)
     doc = document(make_app())
-    validator = Draft202012Validator(
+    # Read with ECMA-262 patterns, as the document means them (Python's ``re`` differs).
+    ecma_validator = jsonschema.validators.extend(
+        Draft202012Validator, validators={"pattern": ecma_pattern_keyword}
+    )
+    validator = ecma_validator(
         {"$ref": "#/components/schemas/JobRequest", "components": doc["components"]}
     )
     # Then it accepts and rejects the edge cases like the wire contract does, except that
