@@ -2,8 +2,10 @@
 
 It uses the Redis at PREVIEW_REDIS_URL (default redis://localhost:6379/0) when one answers,
 otherwise it starts a private redis-server on a free port.  It starts a
-`dramatiq dramatiq_preview` worker, submits every sample, prints each job's state and
-output paths, and stops everything it started.  Exit status 0 means every job succeeded.
+`dramatiq dramatiq_preview` worker and the example Flask app (examples/flask_app), submits
+every sample over HTTP with examples/flask_app/submit_samples.py, which prints each job's
+state and output paths, and stops everything it started.  Exit status 0 means every job
+succeeded.  `python examples/demo.py --submit` submits through the Python API instead.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def redis_answers(url: str) -> bool:
 def main() -> int:
     # This process starts services; the jobs are submitted from a child process, because
     # dramatiq_preview reads PREVIEW_* once, when it is first imported.
-    from dramatiq_preview.testing import RedisServer, WorkerProcess
+    from dramatiq_preview.testing import RedisServer, WorkerProcess, free_port
 
     url = os.environ.get("PREVIEW_REDIS_URL", "redis://localhost:6379/0")
     private = None
@@ -56,18 +58,63 @@ def main() -> int:
         "PREVIEW_OUTPUT_DIR": str(OUTPUT),
     }
     worker = WorkerProcess(env=env, processes=1, threads=2)
+    web: subprocess.Popen[bytes] | None = None
     try:
         worker.start()
         print(f"worker started (pid {worker.process.pid if worker.process else '?'})")
+        port = free_port()
+        web = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "flask",
+                "--app",
+                "examples.flask_app",
+                "run",
+                "--port",
+                str(port),
+            ],
+            cwd=HERE.parent,
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        api = f"http://127.0.0.1:{port}/api/preview"
+        wait_for_http(f"{api}/worker/health", web)
+        print(f"web app (examples/flask_app) serving {api}; outputs go under {OUTPUT}")
         child = subprocess.run(
-            [sys.executable, __file__, "--submit"], env={**os.environ, **env}, check=False
+            [sys.executable, str(HERE / "flask_app" / "submit_samples.py"), "--url", api],
+            env={**os.environ, **env},
+            check=False,
         )
         return child.returncode
     finally:
+        if web is not None:
+            web.terminate()
+            web.wait(timeout=10)
         worker.stop()
         if private is not None:
             private.close()
             print("stopped the private redis-server")
+
+
+def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Wait until ``url`` answers (any HTTP status) or the process exits."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the web app exited with {process.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2).close()  # noqa: S310 - loopback URL
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"the web app did not answer at {url}")
 
 
 def submit_samples() -> int:
