@@ -141,6 +141,16 @@ def _cmd_dlq(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) 
     return EXIT_OK
 
 
+def _cmd_health(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    from .actors import render_preview
+    from .config import get_settings
+    from .health import check_health
+
+    report = check_health(get_settings(), render_preview.broker, timeout=args.timeout)
+    print(json.dumps(report.body, indent=2), file=out)
+    return {"ok": EXIT_OK, "degraded": EXIT_REFUSED}.get(report.status, EXIT_UNAVAILABLE)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dramatiq-preview",
@@ -164,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cancel", help="cancel a queued or running job")
     p.add_argument("job_id", metavar="JOB_ID")
     p.set_defaults(func=_cmd_cancel)
+
+    p = sub.add_parser("health", help="print the health report; exit 0 ok, 1 degraded, 3 down")
+    p.add_argument("--timeout", type=float, default=1.0, help="seconds (default 1)")
+    p.set_defaults(func=_cmd_health)
 
     p = sub.add_parser("dlq", help="inspect and replay the dead-letter queue")
     dlq = p.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")

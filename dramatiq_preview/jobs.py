@@ -8,6 +8,7 @@ cancellation checkpoint.  States are written by middleware, never here.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .config import get_settings
@@ -19,6 +20,8 @@ from .storage import destinations, remove_outputs
 from .validation import normalize, validate
 
 PROGRESS_FETCHED = 10
+#: What the renderer reports once the source is decoded.
+PROGRESS_DECODED = 30
 
 
 def run_job(payload: dict[str, Any]) -> dict[str, Any] | None:
@@ -41,19 +44,23 @@ def run_job(payload: dict[str, Any]) -> dict[str, Any] | None:
         validate(payload)
     spec = JobSpec.from_payload(normalize(payload) if ctx is None else _with_id(payload, ctx))
     deadline = ctx.deadline if ctx else time.monotonic() + settings.time_limit_ms / 1000
-    checkpoint = ctx.checkpoint if ctx else None
+    clock = _StageClock(ctx.checkpoint if ctx else None)
     try:
-        with open_source(spec, settings) as source:
-            if checkpoint:
-                checkpoint(PROGRESS_FETCHED)
+        with open_source(spec, settings, deadline=deadline) as source:
+            clock.fetched(PROGRESS_FETCHED)
             renderer = get_renderer(settings, processes=pool_size(settings))
             outputs = renderer.render(
                 spec,
                 source,
                 destinations(settings.output_dir, spec),
                 deadline=deadline,
-                checkpoint=checkpoint,
+                checkpoint=clock,
             )
+            stats = {
+                "input_format": source.format,
+                "source_bytes": source.size,
+                "stages": clock.stages(),
+            }
     except LeaseLost:
         # Another delivery owns the job now; its outputs are the same files, leave them.
         if ctx is not None:
@@ -70,7 +77,40 @@ def run_job(payload: dict[str, Any]) -> dict[str, Any] | None:
     # In a worker the result travels to the status middleware through the job context:
     # returning it would make Dramatiq warn that no Results backend stores it.
     ctx.result = result
+    ctx.stats = stats
     return None
+
+
+class _StageClock:
+    """Times the stages of a render from its progress reports (for the render metrics),
+    passing every report on to the job's checkpoint."""
+
+    def __init__(self, checkpoint: Callable[[int | None], None] | None) -> None:
+        self._checkpoint = checkpoint
+        self._start = time.monotonic()
+        self._marks: dict[str, float] = {}
+
+    def fetched(self, percent: int) -> None:
+        self._marks["fetch"] = time.monotonic()
+        if self._checkpoint:
+            self._checkpoint(percent)
+
+    def __call__(self, percent: int | None) -> None:
+        if percent is not None and percent >= PROGRESS_DECODED and "decode" not in self._marks:
+            self._marks["decode"] = time.monotonic()
+        if self._checkpoint:
+            self._checkpoint(percent)
+
+    def stages(self) -> dict[str, float]:
+        """Seconds spent fetching, decoding, and resizing + encoding + writing."""
+        end = time.monotonic()
+        fetched = self._marks.get("fetch", self._start)
+        decoded = self._marks.get("decode", fetched)
+        return {
+            "fetch": fetched - self._start,
+            "decode": decoded - fetched,
+            "encode": end - decoded,
+        }
 
 
 def _with_id(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .config import Settings
 from .errors import StateStoreUnavailable, WorkerLost
@@ -442,6 +444,10 @@ def redis_client(url: str, *, socket_timeout: float = 5.0) -> redis.Redis:
                 socket_timeout=socket_timeout,
                 socket_connect_timeout=min(socket_timeout, 2.0),
                 health_check_interval=30,
+                # One immediate retry covers a connection the server closed; more (redis-py
+                # retries 3 times with backoff by default) would hold a web request for
+                # several socket timeouts when Redis hangs.
+                retry=Retry(NoBackoff(), 1),
             )
             _clients[key] = client
         return client

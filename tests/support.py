@@ -48,6 +48,10 @@ BASE_ENV = {
     "PREVIEW_FETCH_READ_TIMEOUT_MS": "2000",
     "PREVIEW_BROKER_HEARTBEAT_TIMEOUT_MS": "2000",
     "PREVIEW_BROKER_MAINTENANCE_CHANCE": "200000",
+    # Dramatiq's Prometheus exposition of test workers: loopback, a free port, a temp dir.
+    "dramatiq_prom_host": "127.0.0.1",
+    "dramatiq_prom_port": str(_free_port()),
+    "dramatiq_prom_db": str(TMP / "prometheus"),
 }
 os.environ.update(BASE_ENV)
 # Worker subprocesses import the package from this checkout.

@@ -155,3 +155,17 @@ def test_help_lists_every_subcommand() -> None:
     assert info.value.code == 0
     for name in ("validate", "submit", "status", "cancel", "dlq"):
         assert name in out.getvalue()
+
+
+def test_health_prints_the_report_and_exits_by_status(redis_server: RedisServer) -> None:
+    # The session's Redis answers; whether a worker is live decides ok or degraded
+    code, out, _ = run("health")
+    report = json.loads(out)
+    assert report["redis"]["ok"] is True
+    assert code == (0 if report["status"] == "ok" else 1)
+    # With Redis unreachable, the report is "down" and the exit status 3
+    server = RedisServer()
+    result = cli_subprocess("health", PREVIEW_REDIS_URL=server.url)
+    server.close()
+    assert result.returncode == 3
+    assert json.loads(result.stdout)["status"] == "down"

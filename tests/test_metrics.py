@@ -438,8 +438,11 @@ def test_a_two_process_worker_exports_counters_histograms_and_gauges_that_add_up
     assert value(samples, "preview_render_seconds_count", stage="total") == 5
     assert value(samples, "preview_render_seconds_sum", stage="total") > 0
     assert value(samples, "preview_render_seconds_bucket", stage="total", le="+Inf") == 5
-    if value(samples, "preview_source_bytes_count"):  # once `succeeded` carries source_bytes
-        assert value(samples, "preview_source_bytes_count") == 5
+    # And each one's source size, and its fetch / decode / encode stages
+    assert value(samples, "preview_source_bytes_count") == 5
+    assert value(samples, "preview_source_bytes_sum") > 0
+    for stage in ("fetch", "decode", "encode"):
+        assert value(samples, "preview_render_seconds_count", stage=stage) == 5
     # And Dramatiq's own metrics agree: every raised error, every dead letter
     assert value(samples, "dramatiq_message_errors_total") == 6  # 3 failed + 3 retried
     assert value(samples, "dramatiq_message_rejects_total") == 4  # 3 failed + 1 worker_lost

@@ -37,6 +37,8 @@ class JobContext:
     lease_lost: bool = False
     #: What the render produced; the status middleware records it with ``succeeded``.
     result: dict[str, Any] | None = None
+    #: Facts about the render for metrics: input_format, source_bytes, stages (seconds).
+    stats: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     # The first progress write waits one interval: a fast job costs no progress round trip.
     _last_write: float = field(default_factory=time.monotonic)

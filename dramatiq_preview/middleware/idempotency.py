@@ -132,7 +132,12 @@ class Idempotency(dramatiq.Middleware):
             emit("worker_lost", job_id=job_id, attempt=claim.attempts)
             raise SkipMessage(f"job {job_id} failed as worker_lost")
 
-        emit("duplicate_skipped", job_id=job_id, state=claim.state)
+        # A job cancelled while it waited ends here, in the worker: count it as cancelled.
+        emit(
+            "cancelled" if claim.verdict == "cancelled" else "duplicate_skipped",
+            job_id=job_id,
+            state=claim.state,
+        )
         raise SkipMessage(f"job {job_id} is already {claim.state}")
 
     @staticmethod

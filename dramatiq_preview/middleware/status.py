@@ -114,7 +114,8 @@ class JobStatus(dramatiq.Middleware):
                 remove_outputs(settings.output_dir, job_id)
                 emit("cancelled", **fields)
             elif state == "succeeded":
-                emit("succeeded", result=ctx.result if ctx else result, **fields)
+                stats = ctx.stats if ctx else {}
+                emit("succeeded", result=ctx.result if ctx else result, **stats, **fields)
             return
 
         error = error_dict(exception, settings)
