@@ -7,7 +7,7 @@ renewed on every write):
   metadata, the payload fingerprint, the render lease and the delivery counter).
 * ``{ns}:waiting:{queue}`` — a sorted set of jobs waiting to start, scored by enqueue time;
   it gives the oldest waiting job's age without scanning the keyspace.  Entries older than
-  the TTL are trimmed on every insert.
+  the TTL are trimmed on one insert in 32, and the key itself expires with the TTL.
 
 Every transition is one script, so a late ``running`` can never overwrite ``succeeded`` or
 ``cancelled``, and a job submitted concurrently is created exactly once.  A job costs three
@@ -18,6 +18,7 @@ which are throttled (``PREVIEW_PROGRESS_INTERVAL_MS``).
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -38,19 +39,21 @@ FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 _CREATE = """
 local job, waiting_prefix = KEYS[1], KEYS[2]
 local fp, priority, queue, meta = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local now, ttl, job_id = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local now, ttl, job_id, prune = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8]
 local cur = redis.call('hmget', job, 'fp', 'state')
 if cur[2] then
   if cur[1] == fp then return {'duplicate', cur[2]} end
   return {'conflict', cur[2]}
 end
+-- Counters (attempts, progress, deliveries, cancel) start absent, which reads as 0.
 redis.call('hset', job, 'state', 'queued', 'fp', fp, 'priority', priority, 'queue', queue,
-  'metadata', meta, 'attempts', 0, 'progress', 0, 'created_at', now, 'deliveries', 0,
-  'cancel', 0)
+  'metadata', meta, 'created_at', now)
 redis.call('expire', job, ttl)
 local waiting = waiting_prefix .. queue
 redis.call('zadd', waiting, now, job_id)
-redis.call('zremrangebyscore', waiting, '-inf', now - ttl * 1000)
+if prune == '1' then
+  redis.call('zremrangebyscore', waiting, '-inf', now - ttl * 1000)
+end
 redis.call('expire', waiting, ttl)
 return {'created', 'queued'}
 """
@@ -179,6 +182,9 @@ return 'requeued'
 
 _T = TypeVar("_T")
 
+#: Share of submits that also trim stale entries from the waiting set.
+PRUNE_CHANCE = 1 / 32
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
@@ -255,7 +261,18 @@ class JobStore:
         res = self._call(
             self._create,
             [self.job_key(job_id), self.waiting_prefix],
-            [fp, priority, queue, json.dumps(metadata), now_ms(), self.ttl_seconds, job_id],
+            [
+                fp,
+                priority,
+                queue,
+                json.dumps(metadata),
+                now_ms(),
+                self.ttl_seconds,
+                job_id,
+                # Entries of jobs whose message vanished are trimmed now and then, not on
+                # every submit: the set still cannot grow beyond a TTL's worth of them.
+                "1" if random.random() < PRUNE_CHANCE else "0",  # noqa: S311 - not security
+            ],
         )
         return str(res[0]), str(res[1])
 

@@ -200,12 +200,45 @@ def _describe_source(instance: Any, error: SchemaError) -> list[ValidationIssue]
 
 
 def validation_issues(payload: Any) -> list[ValidationIssue]:
-    """Every schema violation in ``payload``, sorted by path (empty when valid)."""
+    """Every schema violation in ``payload``, sorted by path (empty when valid).
+
+    A valid payload is recognised by jsonschema-rs in microseconds (a submit is dominated by
+    validation otherwise); anything it does not accept, and any payload holding a float
+    (which JSON Schema, unlike us, may count as an integer), goes through :mod:`jsonschema`
+    for the exact issues.  Both read patterns as ECMA-262.
+    """
+    fast = _fast_validator()
+    if fast is not None and not _has_float(payload) and fast.is_valid(payload):
+        return []
+    return slow_validation_issues(payload)
+
+
+def slow_validation_issues(payload: Any) -> list[ValidationIssue]:
+    """:func:`validation_issues` without the fast path (the reference implementation)."""
     issues: list[ValidationIssue] = []
     for error in _validator().iter_errors(payload):
         issues.extend(_describe(error))
     unique = {(i.path, i.message): i for i in issues}
     return sorted(unique.values(), key=lambda i: (i.path, i.message))
+
+
+@lru_cache(maxsize=1)
+def _fast_validator() -> Any:
+    try:
+        import jsonschema_rs
+    except ImportError:  # pragma: no cover - a dependency; the slow path still works
+        return None
+    return jsonschema_rs.validator_for(_schema())
+
+
+def _has_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_has_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_float(v) for v in value)
+    return False
 
 
 def validate(payload: Any) -> None:

@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from dramatiq_preview.errors import InvalidPayload
@@ -14,6 +16,7 @@ from dramatiq_preview.validation import (
     fingerprint,
     load_schema,
     normalize,
+    slow_validation_issues,
     validate,
     validation_issues,
 )
@@ -237,3 +240,76 @@ def test_fingerprint_treats_defaults_and_key_order_as_the_same_job() -> None:
     c = dict(a, page=1)
     assert fingerprint(normalize(a)) == fingerprint(normalize(b))
     assert fingerprint(normalize(a)) != fingerprint(normalize(c))
+
+
+# --- the fast path agrees with the reference validator -----------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+#: Strings near the pattern's edges: newlines, ECMA-only and Python-only white space.
+tricky_text = st.sampled_from(
+    [
+        "abc",
+        "abc\n",
+        "a b",
+        "a\ufeffb",
+        "a\x85b",
+        "a\x1cb",
+        "-x",
+        "a" * 128,
+        "a" * 129,
+        "https://x.example/a.png",
+        "https://x.example/a.png\n",
+        "ftp://x",
+        "http://a\u2028b",
+    ]
+)
+PATHS = [
+    "jobId",
+    "source",
+    "source/path",
+    "source/url",
+    "outputs",
+    "outputs/0",
+    "outputs/0/width",
+    "outputs/0/format",
+    "outputs/1/fit",
+    "page",
+    "priority",
+    "metadata",
+    "metadata/k",
+    "extra",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(PATHS), json_values | tricky_text), max_size=3))
+def test_the_fast_path_never_disagrees_with_the_reference(edits: list[Any]) -> None:
+    payload = copy.deepcopy(VALID)
+    for path, value in edits:
+        try:
+            payload = with_path(payload, path, value)
+        except (KeyError, IndexError, TypeError, ValueError):
+            continue
+    assert (validation_issues(payload) == []) == (slow_validation_issues(payload) == [])
+
+
+def with_path(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    *parents, last = path.split("/")
+    node: Any = data
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    node[int(last) if isinstance(node, list) else last] = value
+    return data
+
+
+def test_floats_always_take_the_reference_path() -> None:
+    # JSON Schema (and jsonschema-rs) call 64.0 an integer; the contract does not
+    payload = with_("outputs/0/width", 64.0)
+    assert validation_issues(payload) == slow_validation_issues(payload) != []
