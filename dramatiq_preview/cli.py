@@ -52,17 +52,26 @@ def _parse(text: str, name: str) -> tuple[Any, str | None]:
         return None, f"{name}: invalid JSON: {exc}"
 
 
+def _load(path: str, stdin: TextIO, report: TextIO) -> tuple[Any, bool]:
+    """Read and parse a JSON payload; ``(payload, True)``, or ``(None, False)`` after
+    printing why it is not JSON.  An unreadable file raises ``_Unreadable``."""
+    try:
+        text = _read(path, stdin)
+    except _NotUtf8 as exc:
+        print(str(exc), file=report)
+        return None, False
+    payload, problem = _parse(text, path)
+    if problem:
+        print(problem, file=report)
+        return None, False
+    return payload, True
+
+
 def _cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     from .validation import validation_issues
 
-    try:
-        text = _read(args.file, stdin)
-    except _NotUtf8 as exc:
-        print(str(exc), file=out)
-        return EXIT_REFUSED
-    payload, problem = _parse(text, args.file)
-    if problem:
-        print(problem, file=out)
+    payload, ok = _load(args.file, stdin, out)
+    if not ok:
         return EXIT_REFUSED
     issues = validation_issues(payload)
     for issue in issues:
@@ -77,14 +86,8 @@ def _cmd_submit(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextI
     from .client import submit_preview
     from .errors import InvalidPayload
 
-    try:
-        text = _read(args.file, stdin)
-    except _NotUtf8 as exc:
-        print(str(exc), file=err)
-        return EXIT_REFUSED
-    payload, problem = _parse(text, args.file)
-    if problem:
-        print(problem, file=err)
+    payload, ok = _load(args.file, stdin, err)
+    if not ok:
         return EXIT_REFUSED
     try:
         submission = submit_preview(payload)
