@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import textwrap
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -306,3 +307,54 @@ def test_a_state_store_outage_in_the_worker_is_retried_until_redis_is_back(
     finally:
         state.close()
         bare.client.close()
+
+
+HOSTILE = {
+    "flood.png": (lambda: imagegen.png_header_only(100_000, 100_000), "too_many_pixels"),
+    "flood.gif": (lambda: imagegen.gif_header_only(65_535, 65_535), "too_many_pixels"),
+    "reads-passwd.svg.png": (lambda: imagegen.SVG_READS_FILE, "unsupported_format"),
+    "reads-passwd.mvg.jpg": (lambda: imagegen.MVG_READS_FILE, "unsupported_format"),
+    "postscript.jpg": (lambda: imagegen.POSTSCRIPT, "unsupported_format"),
+    "noise.jpg": (lambda: imagegen.random_bytes(4096), "unsupported_format"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_a_hostile_file_fails_permanently_and_the_worker_renders_the_next_job(
+    name: str, source_root: Path, output_dir: Path, wait_for: Any, photo: dict[str, str]
+) -> None:
+    # Given a hostile upload and an ordinary job behind it
+    make, expected = HOSTILE[name]
+    hostile = put(source_root, f"e2e/hostile/{name}", make())
+    run = uuid.uuid4().hex[:8]
+    bad, good = f"hostile-{run}", f"after-{run}"
+    outputs = [{"width": 32, "height": 32, "format": "png"}]
+    submit_preview({"jobId": bad, "source": {"path": hostile}, "outputs": outputs})
+    submit_preview({"jobId": good, "source": {"path": photo["png"]}, "outputs": outputs})
+    # Then it fails at once with a clear error, leaves nothing, and the next job renders
+    failed = wait_for(bad)
+    assert failed["state"] == "failed" and failed["attempts"] == 1
+    assert failed["error"]["type"] == expected
+    assert "root:" not in failed["error"]["message"]  # nothing of /etc/passwd leaks
+    assert not (output_dir / bad).exists()
+    assert wait_for(good)["state"] == "succeeded"
+
+
+def test_the_cve_2022_44268_png_renders_without_the_named_file(
+    source_root: Path, output_dir: Path, wait_for: Any, job_id: str
+) -> None:
+    # Given a PNG whose text chunk asks ImageMagick to embed /etc/passwd
+    name = put(source_root, "e2e/hostile/cve-2022-44268.png", imagegen.png_with_profile_text())
+    submit_preview(
+        {
+            "jobId": job_id,
+            "source": {"path": name},
+            "outputs": [{"width": 16, "height": 16, "format": "png"}],
+        }
+    )
+    status = wait_for(job_id)
+    # Then the preview carries none of the file's content
+    assert status["state"] == "succeeded", status
+    data = read_output(output_dir, status, 0)
+    assert b"root:" not in data and b"/bin/" not in data
+    assert b"profile" not in data.lower()
