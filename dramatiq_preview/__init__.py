@@ -14,14 +14,24 @@ import sys as _sys
 
 from .errors import ConfigError as _ConfigError
 
+
+def _running_the_command() -> bool:
+    """True in the ``dramatiq-preview`` command (``python -m dramatiq_preview`` included)."""
+    if _os.path.basename(_sys.argv[0]) == "dramatiq-preview":
+        return True
+    argv = list(getattr(_sys, "orig_argv", []))
+    commands = (["-m", "dramatiq_preview"], ["-m", "dramatiq_preview.cli"])
+    return any(argv[i : i + 2] in commands for i in range(len(argv)))
+
+
 try:
     from .actors import render_preview
-except _ConfigError as _exc:
-    # The `dramatiq-preview` command prints a bad setting as one line, not a traceback.
-    if _os.path.basename(_sys.argv[0]) == "dramatiq-preview":
-        _sys.stderr.write(f"dramatiq-preview: configuration error: {_exc}\n")
-        raise SystemExit(4) from None
-    raise
+except _ConfigError:
+    # In the command, `validate` needs no settings; the other subcommands import the actor
+    # again and report the bad setting in one line (exit status 4).
+    if not _running_the_command():
+        raise
+    render_preview = None  # type: ignore[assignment]
 from .broker import QUEUES, build_broker, setup_broker
 from .client import PreviewClient, Submission, cancel_preview, get_status, submit_preview
 from .config import Settings, get_settings

@@ -43,11 +43,17 @@ def _read(path: str, stdin: TextIO) -> str:
         ) from None
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _parse(text: str, name: str) -> tuple[Any, str | None]:
     try:
-        return json.loads(text), None
+        return json.loads(text, parse_constant=_no_constants), None
     except json.JSONDecodeError as exc:
         return None, f"{name}: invalid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+    except RecursionError:
+        return None, f"{name}: invalid JSON: nested too deeply"
     except (UnicodeEncodeError, ValueError) as exc:
         return None, f"{name}: invalid JSON: {exc}"
 
@@ -219,7 +225,7 @@ def main(
         print(str(exc), file=err)
         return EXIT_UNREADABLE
     except ConfigError as exc:
-        print(f"configuration error: {exc.message}", file=err)
+        print(f"dramatiq-preview: configuration error: {exc.message}", file=err)
         return EXIT_CONFIG
     except (JobNotFound, JobConflict) as exc:
         print(exc.message, file=err)

@@ -157,17 +157,18 @@ class PreviewClient:
         """Cancel a job: a waiting job at once, a running one at its next checkpoint.
 
         Returns ``{"jobId", "state"}`` with ``cancelled``, or ``running`` while a running
-        job is on its way to ``cancelled``.  Cancelling a cancelled job is a no-op.
+        job is on its way to ``cancelled`` (asking again meanwhile answers the same).
 
         Raises:
           JobNotFound: no job with this id.
-          JobConflict: the job already succeeded or failed.
+          JobConflict: the job already finished: succeeded, failed or cancelled.
         """
         outcome = self.store.cancel(job_id)
         if outcome == "missing":
             raise JobNotFound(job_id)
-        if outcome in ("succeeded", "failed"):
-            raise JobConflict(f"job {job_id!r} already {outcome}; it cannot be cancelled")
+        if outcome.startswith("final:"):
+            state = outcome.removeprefix("final:")
+            raise JobConflict(f"job {job_id!r} already {state}; it cannot be cancelled")
         return {"jobId": job_id, "state": outcome}
 
 

@@ -167,6 +167,10 @@ def open_path(relative: str, settings: Settings) -> LocalSource:
         raise SourceForbidden("path sources are disabled: PREVIEW_SOURCE_ROOT is not set")
     if not relative or "\x00" in relative:
         raise SourceForbidden("the source path is empty or contains a NUL byte")
+    try:
+        relative.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SourceForbidden("the source path is not valid Unicode text") from None
     if relative.startswith("/"):
         raise SourceForbidden("the source path must be relative to PREVIEW_SOURCE_ROOT")
     if ".." in relative.split("/"):

@@ -74,7 +74,7 @@ if h[4] == '1' then
   redis.call('hset', job, 'state', 'cancelled', 'finished_at', now, 'lease', '', 'lease_until', 0)
   redis.call('zrem', waiting, job_id)
   redis.call('expire', job, ttl)
-  return {'cancelled', 'cancelled'}
+  return {'cancelled_now', 'cancelled'}
 end
 local deliveries = redis.call('hincrby', job, 'deliveries', 1)
 if deliveries > max_deliveries then
@@ -107,10 +107,10 @@ return 0
 """
 
 _FINISH = """
-local job = KEYS[1]
+local job, waiting_prefix = KEYS[1], KEYS[2]
 local token, outcome, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local data, next_at = ARGV[5], ARGV[6]
-local h = redis.call('hmget', job, 'state', 'lease', 'cancel')
+local data, next_at, job_id = ARGV[5], ARGV[6], ARGV[7]
+local h = redis.call('hmget', job, 'state', 'lease', 'cancel', 'queue')
 local state = h[1]
 if not state then return {'missing', ''} end
 local mine = token ~= '' and h[2] == token
@@ -139,6 +139,10 @@ else
   return redis.error_reply('unknown outcome ' .. outcome)
 end
 redis.call('hset', job, 'lease', '', 'lease_until', 0, 'deliveries', 0)
+if new ~= 'retrying' then
+  -- A job that ends without being claimed (refused on receipt) was still "waiting".
+  redis.call('zrem', waiting_prefix .. (h[4] or ''), job_id)
+end
 redis.call('expire', job, ttl)
 return {'ok', new}
 """
@@ -161,7 +165,7 @@ if state == 'running' then
   redis.call('expire', job, ttl)
   return 'running'
 end
-return state
+return 'final:' .. state
 """
 
 _REQUEUE = """
@@ -202,7 +206,9 @@ def iso(ms: Any) -> str | None:
 class Claim:
     """What :meth:`JobStore.claim` decided for one delivery.
 
-    ``verdict`` is ``run`` (render it), ``done`` (already succeeded or failed), ``cancelled``,
+    ``verdict`` is ``run`` (render it), ``done`` (already succeeded or failed), ``cancelled``
+    (cancelled before), ``cancelled_now`` (its cancellation was requested while a delivery that
+    then died held it, and this claim ended it),
     ``busy`` (another worker holds a live lease until ``lease_until``), ``lost`` (failed as
     ``worker_lost``) or ``missing`` (no record).
     """
@@ -345,7 +351,7 @@ class JobStore:
         """
         res = self._call(
             self._finish,
-            [self.job_key(job_id)],
+            [self.job_key(job_id), self.waiting_prefix],
             [
                 token,
                 outcome,
@@ -353,6 +359,7 @@ class JobStore:
                 self.ttl_seconds,
                 json.dumps(data) if data is not None else "",
                 "" if next_attempt_at is None else next_attempt_at,
+                job_id,
             ],
         )
         return str(res[0]), str(res[1])
@@ -361,7 +368,7 @@ class JobStore:
         """Request cancellation.
 
         Returns ``cancelled`` (a waiting job, cancelled now), ``running`` (the render stops at
-        its next checkpoint), ``missing``, or the final state it already had.
+        its next checkpoint), ``missing``, or ``final:STATE`` for a job already finished.
         """
         return str(
             self._call(

@@ -9,6 +9,13 @@ Our own test-suite uses them, and so can yours:
 ...         ...
 
 Nothing here mocks Redis, the broker or ImageMagick.
+
+Mind the import order: ``import dramatiq_preview.testing`` imports ``dramatiq_preview``
+first, which reads the ``PREVIEW_*`` environment and installs its broker right then.  Set
+the environment of the process that imports it *before* that import (pick a port with
+:func:`free_port` from the standard library's ``socket`` if you need one), or drive the
+library through a :class:`~dramatiq_preview.PreviewClient` built from explicit settings, as
+the example above does for the worker (a subprocess with its own environment).
 """
 
 from __future__ import annotations

@@ -199,18 +199,64 @@ def _describe_source(instance: Any, error: SchemaError) -> list[ValidationIssue]
     return issues or [ValidationIssue("source", error.message[:200])]
 
 
+#: Payloads nested deeper than this are refused before schema validation (ours are 3 deep).
+MAX_DEPTH = 32
+
+
 def validation_issues(payload: Any) -> list[ValidationIssue]:
     """Every schema violation in ``payload``, sorted by path (empty when valid).
 
     A valid payload is recognised by jsonschema-rs in microseconds (a submit is dominated by
     validation otherwise); anything it does not accept, and any payload holding a float
     (which JSON Schema, unlike us, may count as an integer), goes through :mod:`jsonschema`
-    for the exact issues.  Both read patterns as ECMA-262.
+    for the exact issues.  Both read patterns as ECMA-262.  Text that is not valid Unicode
+    (lone surrogates) and absurd nesting are refused first, by a walk without recursion.
     """
+    has_float, structural = _inspect(payload)
+    if structural:
+        return structural
     fast = _fast_validator()
-    if fast is not None and not _has_float(payload) and fast.is_valid(payload):
-        return []
+    if fast is not None and not has_float:
+        try:
+            if fast.is_valid(payload):
+                return []
+        except Exception:  # noqa: S110 - any doubt goes to the reference validator
+            pass
     return slow_validation_issues(payload)
+
+
+def _inspect(payload: Any) -> tuple[bool, list[ValidationIssue]]:
+    """``(holds a float, issues of text and nesting)``, walking ``payload`` iteratively."""
+    has_float = False
+    issues: list[ValidationIssue] = []
+    stack: list[tuple[Any, str, int]] = [(payload, "", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, float):
+            has_float = True
+        elif isinstance(value, str):
+            if not _is_unicode(value):
+                issues.append(ValidationIssue(where, "must be valid Unicode text"))
+        elif isinstance(value, (dict, list)):
+            if depth >= MAX_DEPTH:
+                issues.append(ValidationIssue(where, f"is nested more than {MAX_DEPTH} levels"))
+                continue
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                name = str(key)
+                if isinstance(key, str) and not _is_unicode(key):
+                    issues.append(ValidationIssue(where, "property names must be valid Unicode"))
+                    name = "?"
+                stack.append((item, _join(where, name[:64]), depth + 1))
+    return has_float, sorted(issues, key=lambda i: (i.path, i.message))
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def slow_validation_issues(payload: Any) -> list[ValidationIssue]:
@@ -229,16 +275,6 @@ def _fast_validator() -> Any:
     except ImportError:  # pragma: no cover - a dependency; the slow path still works
         return None
     return jsonschema_rs.validator_for(_schema())
-
-
-def _has_float(value: Any) -> bool:
-    if isinstance(value, float):
-        return True
-    if isinstance(value, dict):
-        return any(_has_float(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_float(v) for v in value)
-    return False
 
 
 def validate(payload: Any) -> None:

@@ -128,13 +128,31 @@ def test_redis_down_exits_3_with_a_message() -> None:
     assert result.stderr.strip() == "the state store (Redis) is unavailable: ConnectionError"
 
 
-def test_a_bad_setting_exits_4_naming_the_variable() -> None:
-    result = cli_subprocess("validate", "-", PREVIEW_TIME_LIMIT_MS="soon")
-    assert result.returncode == 4
+@pytest.mark.parametrize("how", ["script", "python -m"])
+def test_a_bad_setting_exits_4_naming_the_variable(how: str) -> None:
+    env = {"PREVIEW_TIME_LIMIT_MS": "soon"}
+    if how == "script":
+        result = cli_subprocess("status", "x", **env)
+    else:
+        result = subprocess.run(
+            [PYTHON, "-m", "dramatiq_preview", "status", "x"],
+            env=python_env(**env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 4, result.stderr
     assert result.stderr.strip() == (
         "dramatiq-preview: configuration error: "
         "PREVIEW_TIME_LIMIT_MS: expected an integer, got 'soon'"
     )
+
+
+def test_validate_needs_no_settings(tmp_path: Path) -> None:
+    # Contract §1: validate exits 0, 1 or 2 only; a bad PREVIEW_* does not concern it
+    path = write(tmp_path, json.dumps(GOOD))
+    result = cli_subprocess("validate", path, PREVIEW_TIME_LIMIT_MS="soon")
+    assert (result.returncode, result.stdout) == (0, "valid\n"), result.stderr
 
 
 def test_python_dash_m_runs_the_command(tmp_path: Path) -> None:
@@ -169,3 +187,13 @@ def test_health_prints_the_report_and_exits_by_status(redis_server: RedisServer)
     server.close()
     assert result.returncode == 3
     assert json.loads(result.stdout)["status"] == "down"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("[" * 100_000 + "]" * 100_000, "nested too deeply"), ('{"page": NaN}', "NaN is not")],
+)
+def test_validate_reports_hostile_json_as_invalid(tmp_path: Path, text: str, expected: str) -> None:
+    code, out, _ = run("validate", write(tmp_path, text))
+    assert code == 1
+    assert "invalid JSON" in out and expected in out

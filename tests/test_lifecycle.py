@@ -260,7 +260,8 @@ def test_a_queued_job_is_cancelled_at_once_and_never_rendered(
     env, client = isolated()
     client.submit({"jobId": job_id, "source": {"path": TINY}, "outputs": OUT})
     assert client.cancel(job_id) == {"jobId": job_id, "state": "cancelled"}
-    assert client.cancel(job_id)["state"] == "cancelled", "cancelling again is a no-op"
+    with pytest.raises(JobConflict, match="already cancelled"):
+        client.cancel(job_id)
     # When a worker later drains the queue (a marker job proves it did)
     start_worker(env=env, threads=1)
     marker = client.submit({"source": {"path": TINY}, "outputs": OUT}).job_id

@@ -91,7 +91,7 @@ def test_succeeded_is_final(store: JobStore, job_id: str) -> None:
     # A late delivery is skipped; late writes change nothing
     assert claim(store, job_id, token="t9").verdict == "done"
     assert store.finish(job_id, token="t9", outcome="failed", data={}) == ("final", "succeeded")
-    assert store.cancel(job_id) == "succeeded"
+    assert store.cancel(job_id) == "final:succeeded"
     assert store.get(job_id) == status
 
 
@@ -115,7 +115,7 @@ def test_cancel_of_a_waiting_job_is_immediate_and_final(store: JobStore, job_id:
     create(store, job_id)
     assert store.oldest_waiting("preview-high") is not None
     assert store.cancel(job_id) == "cancelled"
-    assert store.cancel(job_id) == "cancelled"
+    assert store.cancel(job_id) == "final:cancelled"
     status = store.get(job_id)
     assert status and status["state"] == "cancelled" and status["finishedAt"]
     assert claim(store, job_id).verdict == "cancelled"
@@ -140,7 +140,8 @@ def test_a_cancelled_running_job_whose_holder_died_ends_cancelled(
     claim(store, job_id, lease_ms=1)
     store.cancel(job_id)
     time.sleep(0.01)
-    assert claim(store, job_id, token="t2").verdict == "cancelled"
+    assert claim(store, job_id, token="t2").verdict == "cancelled_now"
+    assert claim(store, job_id, token="t3").verdict == "cancelled"
     status = store.get(job_id)
     assert status and status["state"] == "cancelled"
 

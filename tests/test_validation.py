@@ -313,3 +313,23 @@ def test_floats_always_take_the_reference_path() -> None:
     # JSON Schema (and jsonschema-rs) call 64.0 an integer; the contract does not
     payload = with_("outputs/0/width", 64.0)
     assert validation_issues(payload) == slow_validation_issues(payload) != []
+
+
+def test_deep_nesting_is_refused_without_recursion() -> None:
+    deep: Any = "x"
+    for _ in range(5000):
+        deep = [deep]
+    payload = with_("metadata", {"k": deep})
+    (issue,) = validation_issues(payload)
+    assert issue.message == "is nested more than 32 levels"
+    assert issue.path.startswith("metadata/k/0/0/")
+    with pytest.raises(InvalidPayload):
+        validate(payload)
+
+
+@pytest.mark.parametrize("where", ["jobId", "source/path", "metadata/k", "outputs/0/format"])
+def test_text_that_is_not_unicode_is_refused(where: str) -> None:
+    payload = with_path(VALID, where, "a\ud800b") if where != "jobId" else with_("jobId", "a\ud800")
+    assert (where, "must be valid Unicode text") in [
+        (i.path, i.message) for i in validation_issues(payload)
+    ]

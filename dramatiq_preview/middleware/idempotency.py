@@ -132,12 +132,13 @@ class Idempotency(dramatiq.Middleware):
             emit("worker_lost", job_id=job_id, attempt=claim.attempts)
             raise SkipMessage(f"job {job_id} failed as worker_lost")
 
-        # A job cancelled while it waited ends here, in the worker: count it as cancelled.
-        emit(
-            "cancelled" if claim.verdict == "cancelled" else "duplicate_skipped",
-            job_id=job_id,
-            state=claim.state,
-        )
+        if claim.verdict == "cancelled_now":
+            emit("cancelled", job_id=job_id, attempt=claim.attempts)
+        elif claim.verdict == "cancelled":
+            # Counted where it was cancelled; this is only its message arriving.
+            emit("skipped", job_id=job_id, state=claim.state)
+        else:
+            emit("duplicate_skipped", job_id=job_id, state=claim.state)
         raise SkipMessage(f"job {job_id} is already {claim.state}")
 
     @staticmethod

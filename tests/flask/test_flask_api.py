@@ -310,13 +310,15 @@ def test_an_unknown_or_impossible_job_id_is_not_found(client: FlaskClient, job_i
 # --- POST /job/{jobId}/cancel -------------------------------------------------------------
 
 
-def test_a_queued_job_is_cancelled_and_cancelling_again_is_harmless(client: FlaskClient) -> None:
+def test_a_queued_job_is_cancelled_and_cancelling_again_is_a_conflict(
+    client: FlaskClient,
+) -> None:
     job_id = submitted(client)
     first = client.post(f"{PREFIX}/job/{job_id}/cancel")
     assert first.status_code == 202
     assert first.json == {"jobId": job_id, "state": "cancelled"}
-    again = client.post(f"{PREFIX}/job/{job_id}/cancel")
-    assert (again.status_code, again.json) == (202, first.json)
+    # cancelled is a final state: contract §5 answers 409 for a finished job
+    assert_error(client.post(f"{PREFIX}/job/{job_id}/cancel"), 409, "conflict")
     assert client.get(f"{PREFIX}/job/{job_id}/status").json["state"] == "cancelled"
 
 
@@ -635,3 +637,30 @@ def test_urls_follow_a_proxy_prefix_through_proxyfix(app: Flask) -> None:
     succeeded_with(app, job_id, [write_output(job_id, "0.png", b"a")])
     status = client.get(f"{PREFIX}/job/{job_id}/status", headers={"X-Forwarded-Prefix": "/edge"})
     assert status.json["result"]["outputs"][0]["url"] == f"/edge{PREFIX}/job/{job_id}/outputs/0"
+
+
+@pytest.mark.parametrize(
+    ("body", "path"),
+    [
+        # nesting a JSON parser accepts, far deeper than any payload of ours
+        (
+            '{"source": {"path": "a.png"}, "outputs": [], "metadata": {"k": '
+            + "[" * 600
+            + "]" * 600
+            + "}}",
+            "metadata/k",
+        ),
+        # a lone surrogate, valid JSON escape but not Unicode text
+        (
+            '{"jobId": "a\\ud800", "source": {"path": "a.png"}, '
+            '"outputs": [{"width": 8, "height": 8, "format": "png"}]}',
+            "jobId",
+        ),
+    ],
+)
+def test_hostile_but_parsable_bodies_are_422_not_500(
+    client: FlaskClient, body: str, path: str
+) -> None:
+    response = client.post(f"{PREFIX}/job", data=body, content_type="application/json")
+    error = assert_error(response, 422, "validation_error")
+    assert any(d["path"].startswith(path) for d in error["details"]), error
