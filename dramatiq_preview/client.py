@@ -23,7 +23,7 @@ from .config import Settings, get_settings
 from .errors import BrokerUnavailable, JobConflict, JobNotFound
 from .events import emit
 from .state import JobStore, get_store
-from .validation import fingerprint, normalize, validate
+from .validation import normalize, validate
 
 logger = logging.getLogger("dramatiq_preview.client")
 
@@ -119,13 +119,7 @@ class PreviewClient:
         normalized = normalize(payload)
         job_id = normalized["jobId"]
         queue = queue_for(normalized["priority"])
-        outcome, state = self.store.create(
-            job_id,
-            fp=fingerprint(normalized),
-            priority=normalized["priority"],
-            queue=queue,
-            metadata=normalized["metadata"],
-        )
+        outcome, state = self.store.record(normalized, queue=queue)
         if outcome == "conflict":
             raise JobConflict(f"jobId {job_id!r} was already used with a different payload")
         if outcome == "duplicate":

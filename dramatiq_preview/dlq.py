@@ -22,7 +22,7 @@ from dramatiq.message import Message
 from .broker import QUEUES, RECORDED, canonical_queue
 from .errors import JobNotFound
 from .state import JobStore, iso
-from .validation import fingerprint, normalize
+from .validation import normalize
 
 #: Options that describe a past delivery and must not follow a replayed message.
 _DELIVERY_OPTIONS = {"eta", "redis_message_id", "retries", "traceback", "requeue_timestamp"}
@@ -118,14 +118,7 @@ class DeadLetters(abc.ABC):
         if outcome == "missing":
             # The record expired while the message sat in the DLQ: start a fresh one.
             payload = message.args[0] if message.args else {}
-            normalized = normalize(dict(payload, jobId=job_id))
-            self.store.create(
-                job_id,
-                fp=fingerprint(normalized),
-                priority=normalized["priority"],
-                queue=queue,
-                metadata=normalized["metadata"],
-            )
+            self.store.record(normalize(dict(payload, jobId=job_id)), queue=queue)
         options = {k: v for k, v in message.options.items() if k not in _DELIVERY_OPTIONS}
         options[RECORDED] = True
         fresh = dataclasses.replace(message, queue_name=queue, options=options)

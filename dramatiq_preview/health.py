@@ -262,12 +262,16 @@ def probe(settings: Settings, broker: dramatiq.Broker, *, timeout: float = 1.0) 
 # -- probes ------------------------------------------------------------------------------
 
 
+def _ping_ms(client: redis.Redis) -> float:
+    started = time.perf_counter()
+    client.ping()
+    return (time.perf_counter() - started) * 1000
+
+
 def _probe_state(
     client: redis.Redis, namespace: str, now_ms: int, hb_timeout: int
 ) -> dict[str, Any]:
-    started = time.perf_counter()
-    client.ping()
-    latency = (time.perf_counter() - started) * 1000
+    latency = _ping_ms(client)
     pipe = client.pipeline(transaction=False)
     queues = list(QUEUES.values())
     for queue in queues:
@@ -283,9 +287,7 @@ def _probe_state(
 def _probe_redis_broker(
     client: redis.Redis, namespace: str, now_ms: int, hb_timeout: int
 ) -> dict[str, Any]:
-    started = time.perf_counter()
-    client.ping()
-    latency = (time.perf_counter() - started) * 1000
+    latency = _ping_ms(client)
     pipe = client.pipeline(transaction=False)
     queues = list(QUEUES.values())
     for queue in queues:

@@ -17,6 +17,7 @@ which are throttled (``PREVIEW_PROGRESS_INTERVAL_MS``).
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import threading
@@ -282,6 +283,19 @@ class JobStore:
         )
         return str(res[0]), str(res[1])
 
+    def record(self, normalized: dict[str, Any], *, queue: str) -> tuple[str, str]:
+        """:meth:`create` for a normalised payload (``validation.normalize``): the payload's
+        fingerprint, priority and metadata, on ``queue``."""
+        from .validation import fingerprint
+
+        return self.create(
+            normalized["jobId"],
+            fp=fingerprint(normalized),
+            priority=normalized["priority"],
+            queue=queue,
+            metadata=normalized["metadata"],
+        )
+
     def delete(self, job_id: str, queue: str) -> None:
         """Remove a record created by a submit whose enqueue then failed."""
 
@@ -478,9 +492,11 @@ def redis_client(url: str, *, socket_timeout: float = 5.0) -> redis.Redis:
 
 
 def get_store(settings: Settings) -> JobStore:
-    """The job store for ``settings`` (cheap: clients are shared per URL)."""
-    return JobStore(
-        redis_client(settings.redis_url),
-        namespace=settings.namespace,
-        ttl_seconds=settings.job_ttl_seconds,
-    )
+    """The job store for ``settings``, shared per (Redis URL, namespace, TTL): middleware
+    asks for it on every message, and building one hashes six scripts."""
+    return _store(settings.redis_url, settings.namespace, settings.job_ttl_seconds)
+
+
+@functools.lru_cache(maxsize=32)
+def _store(url: str, namespace: str, ttl_seconds: int) -> JobStore:
+    return JobStore(redis_client(url), namespace=namespace, ttl_seconds=ttl_seconds)

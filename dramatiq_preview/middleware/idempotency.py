@@ -16,7 +16,7 @@ from ..config import Settings, get_settings
 from ..errors import JobConflict
 from ..events import emit
 from ..state import get_store, now_ms
-from ..validation import fingerprint, normalize
+from ..validation import normalize
 from .context import JobContext, set_current_job
 from .messages import is_preview_message, job_id_of, payload_of
 
@@ -61,12 +61,8 @@ class Idempotency(dramatiq.Middleware):
         settings = self.settings
         normalized = normalize(payload_of(message))
         job_id = normalized["jobId"]
-        outcome, _state = get_store(settings).create(
-            job_id,
-            fp=fingerprint(normalized),
-            priority=normalized["priority"],
-            queue=canonical_queue(message.queue_name),
-            metadata=normalized["metadata"],
+        outcome, _state = get_store(settings).record(
+            normalized, queue=canonical_queue(message.queue_name)
         )
         if outcome == "conflict":
             raise JobConflict(f"jobId {job_id!r} was already used with a different payload")
@@ -91,13 +87,7 @@ class Idempotency(dramatiq.Middleware):
             # The record expired, or the message was enqueued by a broker without our
             # middleware: re-create it from the message, then claim as usual.
             normalized = normalize(dict(payload_of(message), jobId=job_id))
-            store.create(
-                job_id,
-                fp=fingerprint(normalized),
-                priority=normalized["priority"],
-                queue=canonical_queue(message.queue_name),
-                metadata=normalized["metadata"],
-            )
+            store.record(normalized, queue=canonical_queue(message.queue_name))
             claim = store.claim(
                 job_id, token=token, lease_ms=lease_ms, max_deliveries=settings.max_deliveries
             )

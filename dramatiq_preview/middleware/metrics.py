@@ -160,16 +160,8 @@ class Metrics(Prometheus):
                 broker, message, result=result, exception=exception
             )
 
-    def after_skip_message(
-        self,
-        broker: dramatiq.Broker,
-        message: Any,
-        *,
-        result: Any = None,
-        exception: BaseException | None = None,
-    ) -> None:
-        if self.mode:
-            super().after_process_message(broker, message)  # type: ignore[no-untyped-call]
+    # As in Dramatiq's Prometheus: a skipped message ends like a processed one.
+    after_skip_message = after_process_message
 
 
 class Presence(dramatiq.Middleware):
