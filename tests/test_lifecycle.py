@@ -161,6 +161,7 @@ def test_a_message_sent_twice_renders_once(job_id: str, start_worker: Any) -> No
     worker = start_worker(env=env, threads=2)
     assert wait(client, job_id)["attempts"] == 1
     wait_until(lambda: f"job {job_id} duplicate_skipped" in worker.log)
+    wait_until(lambda: f"job {job_id} succeeded" in worker.log)
     assert log_count(worker, f"job {job_id} running") == 1
     assert log_count(worker, f"job {job_id} succeeded") == 1
 
@@ -190,6 +191,8 @@ def test_a_worker_killed_mid_render_has_its_job_redelivered_and_finished_once(
     status = wait(client, job_id, timeout=90)
     assert status["state"] == "succeeded", status
     assert status["attempts"] == 2
+    # The status is written before the log line, and the log arrives through a pipe.
+    wait_until(lambda: f"job {job_id} succeeded" in worker_b.log)
     assert log_count(worker_b, f"job {job_id} succeeded") == 1
     assert source_server.hits("/hang-once.png") == 2
 

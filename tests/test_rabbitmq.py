@@ -120,4 +120,6 @@ def test_a_killed_worker_s_job_is_redelivered_at_once_and_finished_once(
     status = wait_for_state(client.status, job_id, timeout=90)
     assert status["state"] == "succeeded", status
     assert status["attempts"] == 2
+    # The status is written before the log line, and the log arrives through a pipe.
+    wait_until(lambda: f"job {job_id} succeeded" in worker_b.log)
     assert worker_b.log.count(f"job {job_id} succeeded") == 1
