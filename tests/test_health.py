@@ -87,7 +87,11 @@ def test_a_live_worker_and_empty_lanes_are_ok_then_dead_letters_and_a_stopped_wo
     settings = settings_for(redis_server.url, ns)
     broker = make_broker(settings)
     # When health is checked / Then it is ok, with both worker processes live
-    report = settled(lambda: check_health(settings, broker), lambda r: r.status == "ok")
+    # (each process marks itself live a moment after it says it is ready)
+    report = settled(
+        lambda: check_health(settings, broker),
+        lambda r: r.status == "ok" and r.body["workers"]["live"] == 2,
+    )
     assert (report.status, report.http_status, report.body["reasons"]) == ("ok", 200, [])
     body = report.body
     assert body["workers"]["live"] == 2
