@@ -153,3 +153,39 @@ def setup_broker(broker: dramatiq.Broker) -> dramatiq.Broker:
     if broker.actors.get(ACTOR_NAME) is not render_preview:
         broker.declare_actor(render_preview)
     return broker
+
+
+def shared_redis_namespace(broker: dramatiq.Broker, client: Any) -> str | None:
+    """The namespace of ``broker`` when it is a Dramatiq ``RedisBroker`` on the same Redis
+    server and database as ``client`` (a ``redis.Redis``), else None.
+
+    A submit then records the job and enqueues its message in one atomic script
+    (``JobStore.create``), one round trip instead of two.
+    """
+    try:
+        from dramatiq.brokers.redis import RedisBroker
+    except ImportError:  # pragma: no cover - redis is a dependency
+        return None
+    if type(broker) is not RedisBroker:
+        # A subclass may store or enqueue messages its own way: use its enqueue().
+        return None
+    namespace = getattr(broker, "namespace", None)
+    broker_client = getattr(broker, "client", None)
+    if not isinstance(namespace, str) or broker_client is None:
+        return None
+    if _server_of(broker_client) != _server_of(client):
+        return None
+    return namespace
+
+
+def _server_of(client: Any) -> tuple[Any, ...]:
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    return (
+        pool.connection_class,
+        kwargs.get("host"),
+        kwargs.get("port"),
+        kwargs.get("path"),
+        int(kwargs.get("db") or 0),
+        kwargs.get("username"),
+    )

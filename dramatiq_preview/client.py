@@ -13,16 +13,17 @@ broker), e.g. for a web process configured from Flask's ``app.config``.
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
 
-from .broker import RECORDED, build_broker, queue_for
+from .broker import RECORDED, build_broker, queue_for, shared_redis_namespace
 from .config import Settings, get_settings
 from .errors import BrokerUnavailable, JobConflict, JobNotFound
 from .events import emit
-from .state import JobStore, get_store
+from .state import BrokerMessage, JobStore, get_store
 from .validation import normalize, validate
 
 logger = logging.getLogger("dramatiq_preview.client")
@@ -59,6 +60,8 @@ class PreviewClient:
         self._broker = broker
         self._own_broker: dramatiq.Broker | None = None
         self._store: JobStore | None = None
+        self._fused: str | None = None
+        self._fused_known = False
 
     @classmethod
     def from_url(cls, redis_url: str, **overrides: Any) -> PreviewClient:
@@ -91,6 +94,7 @@ class PreviewClient:
             return
         if self._broker is broker:
             self._broker = None
+            self._fused_known = False
         broker.close()
         client = getattr(broker, "client", None)
         if client is not None:
@@ -119,13 +123,16 @@ class PreviewClient:
         normalized = normalize(payload)
         job_id = normalized["jobId"]
         queue = queue_for(normalized["priority"])
+        message = render_preview.message_with_options(args=(normalized,), preview_recorded=True)
+        namespace = self._fused_namespace()
+        if namespace is not None:
+            return self._record_and_enqueue(normalized, queue, message, namespace)
         outcome, state = self.store.record(normalized, queue=queue)
         if outcome == "conflict":
             raise JobConflict(f"jobId {job_id!r} was already used with a different payload")
         if outcome == "duplicate":
             emit("duplicate", job_id=job_id)
             return Submission(job_id, state, duplicate=True)
-        message = render_preview.message_with_options(args=(normalized,), preview_recorded=True)
         try:
             self.broker.enqueue(message)
         except Exception as exc:
@@ -134,6 +141,41 @@ class PreviewClient:
             raise BrokerUnavailable(
                 f"the broker is unavailable: {type(exc).__name__}; the job was not queued"
             ) from exc
+        return Submission(job_id, "queued", duplicate=False)
+
+    def _fused_namespace(self) -> str | None:
+        """The broker's namespace when the broker is Redis on the state store's server."""
+        if not self._fused_known:
+            self._fused = shared_redis_namespace(self.broker, self.store.client)
+            self._fused_known = True
+        return self._fused
+
+    def _record_and_enqueue(
+        self,
+        normalized: dict[str, Any],
+        queue: str,
+        message: dramatiq.Message[Any],
+        namespace: str,
+    ) -> Submission:
+        """Record the job and push its message in one script (what RedisBroker.enqueue
+        would push), with the broker's enqueue hooks around it."""
+        job_id = normalized["jobId"]
+        broker = self.broker
+        # As RedisBroker.enqueue does: a fresh id per enqueue, then the middleware's
+        # before_enqueue (which may add options), then the encoding.  A duplicate or a
+        # conflict is then not enqueued, like an enqueue that failed: no after_enqueue.
+        message = message.copy(options={"redis_message_id": str(uuid.uuid4())})
+        broker.emit_before("enqueue", message, None)
+        pushed = BrokerMessage(
+            namespace, message.queue_name, message.options["redis_message_id"], message.encode()
+        )
+        outcome, state = self.store.record(normalized, queue=queue, message=pushed)
+        if outcome == "conflict":
+            raise JobConflict(f"jobId {job_id!r} was already used with a different payload")
+        if outcome == "duplicate":
+            emit("duplicate", job_id=job_id)
+            return Submission(job_id, state, duplicate=True)
+        broker.emit_after("enqueue", message, None)
         return Submission(job_id, "queued", duplicate=False)
 
     def status(self, job_id: str) -> dict[str, Any]:

@@ -12,7 +12,8 @@ renewed on every write):
 Every transition is one script, so a late ``running`` can never overwrite ``succeeded`` or
 ``cancelled``, and a job submitted concurrently is created exactly once.  A job costs three
 round trips to the store on the happy path (create, claim, finish) plus progress updates,
-which are throttled (``PREVIEW_PROGRESS_INTERVAL_MS``).
+which are throttled (``PREVIEW_PROGRESS_INTERVAL_MS``).  With a Redis broker on the same
+server, create also pushes the job's broker message (:class:`BrokerMessage`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ if prune == '1' then
   redis.call('zremrangebyscore', waiting, '-inf', now - ttl * 1000)
 end
 redis.call('expire', waiting, ttl)
+if KEYS[3] then
+  -- A Redis broker on this server: enqueue in the same step, in Dramatiq's layout (a list
+  -- of message ids and a hash of id -> message), so the job and its message exist together.
+  redis.call('hset', KEYS[4], ARGV[9], ARGV[10])
+  redis.call('rpush', KEYS[3], ARGV[9])
+end
 return {'created', 'queued'}
 """
 
@@ -204,6 +211,18 @@ def iso(ms: Any) -> str | None:
 
 
 @dataclass(frozen=True)
+class BrokerMessage:
+    """A message to push onto a Dramatiq ``RedisBroker`` queue on the state store's server,
+    in the broker's key layout: the list ``{namespace}:{queue}`` of message ids and the hash
+    ``{namespace}:{queue}.msgs`` of id -> encoded message."""
+
+    namespace: str
+    queue: str
+    message_id: str
+    data: bytes
+
+
+@dataclass(frozen=True)
 class Claim:
     """What :meth:`JobStore.claim` decided for one delivery.
 
@@ -258,16 +277,32 @@ class JobStore:
     # -- transitions --------------------------------------------------------------------
 
     def create(
-        self, job_id: str, *, fp: str, priority: str, queue: str, metadata: dict[str, str]
+        self,
+        job_id: str,
+        *,
+        fp: str,
+        priority: str,
+        queue: str,
+        metadata: dict[str, str],
+        message: BrokerMessage | None = None,
     ) -> tuple[str, str]:
         """Record a new job as ``queued`` unless its id exists.
+
+        With ``message``, a job that is created has its broker message enqueued in the same
+        atomic step (one round trip instead of two; nothing to undo if either fails).
 
         Returns ``(outcome, state)`` where outcome is ``created``, ``duplicate`` (same
         fingerprint; ``state`` is the existing job's) or ``conflict`` (different payload).
         """
+        keys = [self.job_key(job_id), self.waiting_prefix]
+        extra: list[Any] = []
+        if message is not None:
+            queue_key = f"{message.namespace}:{message.queue}"
+            keys += [queue_key, queue_key + ".msgs"]
+            extra = [message.message_id, message.data]
         res = self._call(
             self._create,
-            [self.job_key(job_id), self.waiting_prefix],
+            keys,
             [
                 fp,
                 priority,
@@ -279,11 +314,14 @@ class JobStore:
                 # Entries of jobs whose message vanished are trimmed now and then, not on
                 # every submit: the set still cannot grow beyond a TTL's worth of them.
                 "1" if random.random() < PRUNE_CHANCE else "0",  # noqa: S311 - not security
+                *extra,
             ],
         )
         return str(res[0]), str(res[1])
 
-    def record(self, normalized: dict[str, Any], *, queue: str) -> tuple[str, str]:
+    def record(
+        self, normalized: dict[str, Any], *, queue: str, message: BrokerMessage | None = None
+    ) -> tuple[str, str]:
         """:meth:`create` for a normalised payload (``validation.normalize``): the payload's
         fingerprint, priority and metadata, on ``queue``."""
         from .validation import fingerprint
@@ -294,6 +332,7 @@ class JobStore:
             priority=normalized["priority"],
             queue=queue,
             metadata=normalized["metadata"],
+            message=message,
         )
 
     def delete(self, job_id: str, queue: str) -> None:

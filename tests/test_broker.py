@@ -7,13 +7,14 @@ import textwrap
 
 import dramatiq
 import pytest
+import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Retries, TimeLimit
 from support import PYTHON, python_env
 
 from dramatiq_preview import InvalidPayload, JobConflict, render_preview, setup_broker
-from dramatiq_preview.broker import QUEUES, RECORDED
+from dramatiq_preview.broker import QUEUES, RECORDED, shared_redis_namespace
 from dramatiq_preview.middleware import Idempotency, JobStatus, PayloadValidation
 
 GOOD = {"source": {"path": "a.png"}, "outputs": [{"width": 8, "height": 8, "format": "png"}]}
@@ -171,3 +172,18 @@ def test_middleware_classes_follow_dramatiq_conventions() -> None:
         assert not cls.__name__.endswith("Middleware")
         with pytest.raises(TypeError):
             cls(None)  # type: ignore[misc]  # keyword-only arguments
+
+
+def test_submits_fuse_record_and_enqueue_only_for_a_plain_redis_broker_on_the_same_db() -> None:
+    store = redis.Redis.from_url("redis://127.0.0.1:7/0")  # never connected
+    same = RedisBroker(url="redis://127.0.0.1:7/0", namespace="ns")  # type: ignore[no-untyped-call]
+    other_db = RedisBroker(url="redis://127.0.0.1:7/2")  # type: ignore[no-untyped-call]
+    other_port = RedisBroker(url="redis://127.0.0.1:8/0")  # type: ignore[no-untyped-call]
+
+    class OwnRedisBroker(RedisBroker):
+        pass
+
+    subclass = OwnRedisBroker(url="redis://127.0.0.1:7/0")  # type: ignore[no-untyped-call]
+    assert shared_redis_namespace(same, store) == "ns"
+    for broker in (other_db, other_port, subclass, StubBroker()):
+        assert shared_redis_namespace(broker, store) is None

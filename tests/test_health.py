@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from dramatiq.brokers.redis import RedisBroker
 
-from dramatiq_preview import PreviewClient, Settings
+from dramatiq_preview import PreviewClient, Settings, render_preview
 from dramatiq_preview.broker import build_broker
 from dramatiq_preview.health import check_health, presence_key
 from dramatiq_preview.testing import RedisServer, free_port
@@ -132,10 +132,11 @@ def test_a_process_that_only_sends_jobs_is_not_a_live_worker(
     make_broker: Any, redis_server: RedisServer
 ) -> None:
     # Given no worker, and a producer whose broker has just sent a heartbeat by enqueuing
+    # (RedisBroker.enqueue does; PreviewClient.submit, one script on the same Redis, not)
     ns = namespace()
     settings = settings_for(redis_server.url, ns)
     broker = make_broker(settings)
-    PreviewClient(settings, broker=broker).submit(dict(MISSING, priority="low"))
+    broker.enqueue(render_preview.message(dict(MISSING, priority="low")))
     with redis_server.client() as client:
         heartbeats = client.zrange(f"{ns}:__heartbeats__", 0, -1)
     assert heartbeats == [broker.broker_id]

@@ -13,8 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import dramatiq
 import imagegen
 import pytest
+import redis
 from sourceserver import wait_until
 from support import PYTHON, SOURCE_ROOT, python_env
 
@@ -28,7 +30,7 @@ from dramatiq_preview import (
     render_preview,
     submit_preview,
 )
-from dramatiq_preview.testing import WorkerProcess, wait_for_state
+from dramatiq_preview.testing import RedisServer, WorkerProcess, wait_for_state
 
 TINY = "lifecycle/tiny.png"
 OUT = [{"width": 8, "height": 8, "format": "png"}]
@@ -126,6 +128,72 @@ def test_a_duplicate_submit_returns_the_existing_job_and_a_changed_one_conflicts
     assert again.job_id == job_id and again.state == "queued"
     with pytest.raises(JobConflict, match="different payload"):
         client.submit({**payload, "metadata": {"a": "2"}})
+
+
+class Stamp(dramatiq.Middleware):
+    """A host's middleware: adds an option before enqueue and notes every enqueue."""
+
+    def __init__(self) -> None:
+        self.enqueued: list[str] = []
+
+    def before_enqueue(self, broker: Any, message: Any, delay: Any) -> None:
+        message.options["stamp"] = "from-the-host"
+
+    def after_enqueue(self, broker: Any, message: Any, delay: Any) -> None:
+        self.enqueued.append(message.options["redis_message_id"])
+
+
+def test_a_submit_records_and_enqueues_in_one_round_trip_with_the_hosts_hooks(
+    job_id: str,
+) -> None:
+    with RedisServer() as server:
+        namespace = "one" + uuid.uuid4().hex[:6]
+        with PreviewClient.from_url(server.url, PREVIEW_NAMESPACE=namespace) as client:
+            stamp = Stamp()
+            client.broker.add_middleware(stamp)
+            client.submit({"source": {"path": TINY}, "outputs": OUT})  # loads the scripts
+            redis_client = server.client()
+            redis_client.config_resetstat()
+            payload = {"jobId": job_id, "source": {"path": TINY}, "outputs": OUT}
+            assert client.submit(payload).duplicate is False
+            calls = redis_client.info("commandstats")
+            # One script call: the record and the message together.  Enqueueing apart
+            # (Dramatiq's RedisBroker.enqueue) would be a second EVALSHA.
+            assert calls["cmdstat_evalsha"]["calls"] == 1
+            queue = f"{namespace}:preview-normal"
+            ids = redis_client.lrange(queue, 0, -1)
+            assert len(ids) == 2 and ids[-1] == stamp.enqueued[-1]
+            message = dramatiq.Message.decode(redis_client.hget(queue + ".msgs", ids[-1]).encode())
+            assert message.args[0]["jobId"] == job_id
+            assert message.options["stamp"] == "from-the-host"
+            assert message.options["preview_recorded"] is True
+            assert client.status(job_id)["state"] == "queued"
+            # A duplicate and a conflict enqueue nothing and tell no after_enqueue hook.
+            assert client.submit(payload).duplicate is True
+            with pytest.raises(JobConflict):
+                client.submit({**payload, "page": 3})
+            assert redis_client.llen(queue) == 2 and len(stamp.enqueued) == 2
+            assert redis_client.hlen(queue + ".msgs") == 2
+            redis_client.close()
+
+
+def test_a_broker_on_another_redis_database_gets_its_message_there(job_id: str) -> None:
+    with RedisServer() as server:
+        namespace = "db" + uuid.uuid4().hex[:6]
+        broker_url = server.url[: -len("/0")] + "/1"
+        with PreviewClient.from_url(
+            server.url, PREVIEW_NAMESPACE=namespace, PREVIEW_BROKER_URL=broker_url
+        ) as client:
+            client.submit({"jobId": job_id, "source": {"path": TINY}, "outputs": OUT})
+            assert client.status(job_id)["state"] == "queued"
+        store, broker_db = server.client(), redis.Redis.from_url(broker_url)
+        queue = f"{namespace}:preview-normal"
+        assert store.exists(f"{namespace}:job:{job_id}") == 1 and store.exists(queue) == 0
+        assert broker_db.llen(queue) == 1
+        (data,) = broker_db.hvals(queue + ".msgs")
+        assert dramatiq.Message.decode(data).args[0]["jobId"] == job_id
+        store.close()
+        broker_db.close()
 
 
 @pytest.mark.slow
