@@ -325,7 +325,8 @@ def new_job_id() -> str:
 def normalize(payload: dict[str, Any]) -> dict[str, Any]:
     """A copy of a valid payload with every default filled in (``jobId`` included)."""
     data: dict[str, Any] = _copy(payload)
-    data.setdefault("jobId", new_job_id())
+    if "jobId" not in data:
+        data["jobId"] = new_job_id()
     data.setdefault("page", 0)
     data.setdefault("priority", "normal")
     data.setdefault("metadata", {})

@@ -8,8 +8,9 @@ Run either way (from the repository root)::
 Both routes live in one app served by one gunicorn (gthread workers), against one private
 redis-server, so they see the same server set-up:
 
-* ``POST /api/preview/job`` is the real extension: parse, validate (marshmallow and the JSON
-  Schema), record the job in the state store and enqueue it on the Redis broker;
+* ``POST /api/preview/job`` is the real extension: parse, validate against the JSON Schema,
+  record the job in the state store and enqueue it on the Redis broker (one script, as the
+  broker and the state store share the server: docs/broker.md);
 * ``POST /bare/set`` reads the same body and does one ``SET`` of it.
 
 A client process per connection keeps one HTTP/1.1 connection open and posts the same body
