@@ -15,15 +15,20 @@ multicast and reserved ranges are refused unless ``PREVIEW_ALLOW_PRIVATE_NETWORK
 loopback and private ones); the connection goes to the checked address, so DNS cannot change
 its answer in between.  Redirects are followed by hand, at most five, each checked the same
 way.  The body is streamed into an anonymous spool file and cut at
-``PREVIEW_MAX_SOURCE_BYTES``.
+``PREVIEW_MAX_SOURCE_BYTES``.  ``https`` certificates are checked against the host name
+(not the address connected to) with certifi's CA bundle, or the bundle named by
+``SSL_CERT_FILE``/``SSL_CERT_DIR``; a certificate that fails the check fails the job
+permanently.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import os
 import socket
+import ssl
 import stat
 import tempfile
 import time
@@ -33,6 +38,7 @@ from types import TracebackType
 from typing import IO
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
+import certifi
 import httpx
 
 from .config import Settings
@@ -321,8 +327,11 @@ def fetch_url(
         pool=settings.fetch_connect_timeout_ms / 1000,
     )
     shown = _shown(url)
+    verify = _tls_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
     # No environment proxies: a proxy would resolve the name itself, after our check.
-    with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+    with httpx.Client(
+        timeout=timeout, follow_redirects=False, trust_env=False, verify=verify
+    ) as client:
         for _ in range(MAX_REDIRECTS + 1):
             target = resolve_url(url, settings)
             location = _fetch_any(client, target, settings, spool_dir, deadline)
@@ -331,6 +340,33 @@ def fetch_url(
             url = location
             shown = _shown(url)
     raise SourceNotFound(f"{shown} redirected more than {MAX_REDIRECTS} times")
+
+
+@functools.lru_cache(maxsize=4)
+def _tls_context(cafile: str | None, capath: str | None) -> ssl.SSLContext:
+    """The TLS context of ``https`` sources: certifi's CA bundle, or the PEM file and
+    directory of ``SSL_CERT_FILE``/``SSL_CERT_DIR`` (the variables OpenSSL and httpx read;
+    we read only these, not the proxy variables)."""
+    try:
+        return ssl.create_default_context(cafile=cafile or certifi.where(), capath=capath or None)
+    except (OSError, ssl.SSLError) as exc:
+        # An operator's mistake that a fixed environment cures: transient.
+        raise SourceUnavailable(
+            "the CA certificates for https sources cannot be loaded (SSL_CERT_FILE, "
+            f"SSL_CERT_DIR): {type(exc).__name__}"
+        ) from None
+
+
+def _certificate_problem(exc: BaseException) -> str | None:
+    """Why the server's certificate was refused, if that is what ended ``exc``."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return str(cause.verify_message or cause.reason or "certificate verify failed")
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _shown(url: str) -> str:
@@ -391,7 +427,14 @@ def _download(
     shown = _shown(target.url)
     try:
         response = client.send(request, stream=True)
-    except httpx.ConnectError:
+    except httpx.ConnectError as exc:
+        problem = _certificate_problem(exc)
+        if problem is not None:
+            # A wrong or untrusted certificate does not heal with retries; it may be an
+            # interception.  Not another address either: they all serve the same name.
+            raise SourceForbidden(
+                f"{shown}: the server's TLS certificate was refused ({problem[:200]})"
+            ) from None
         raise _ConnectFailed from None
     except httpx.TimeoutException:
         raise SourceUnavailable(f"{shown} timed out") from None

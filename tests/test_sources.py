@@ -461,3 +461,114 @@ def test_malformed_or_other_scheme_urls_are_refused(url: str) -> None:
 def test_url_sources_need_an_allow_list() -> None:
     with pytest.raises(SourceForbidden, match="PREVIEW_ALLOWED_URL_HOSTS"):
         open_source(url_job("http://localhost/x.png"), Settings())
+
+
+# --- https ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TlsServers:
+    """Two HTTPS servers on 127.0.0.1: one whose certificate names ``localhost``, one whose
+    certificate names another host; both issued by a throwaway CA."""
+
+    ca_file: Path
+    right_port: int
+    wrong_port: int
+    hosts: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServers]:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    ca_file = tmp_path_factory.mktemp("tls") / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Host", ""))
+            self.send_response(200 if self.path == "/ok.png" else 404)
+            self.send_header("Content-Length", str(len(PNG)))
+            self.end_headers()
+            self.wfile.write(PNG)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    class QuietServer(ThreadingHTTPServer):
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            pass  # clients that refuse the certificate hang up mid-handshake
+
+    servers = []
+    for name in ("localhost", "images.example"):
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(name).configure_cert(context)
+        httpd = QuietServer(("127.0.0.1", 0), Handler)
+        httpd.daemon_threads = True
+        httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        servers.append(httpd)
+    yield TlsServers(
+        ca_file=ca_file,
+        right_port=servers[0].server_address[1],
+        wrong_port=servers[1].server_address[1],
+        hosts=seen,
+    )
+    for httpd in servers:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_an_https_source_is_checked_against_its_host_name(
+    tls: TlsServers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a server whose certificate names localhost, from a CA in SSL_CERT_FILE, then the
+    download works although the connection goes to the checked IP address."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls.ca_file))
+    url = f"https://localhost:{tls.right_port}/ok.png"
+    with open_source(url_job(url), dev_settings()) as source:
+        assert source.read_bytes() == PNG
+    assert tls.hosts[-1] == f"localhost:{tls.right_port}"
+
+
+def test_a_certificate_from_an_unknown_ca_fails_permanently(
+    tls: TlsServers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given the same server but only the default (certifi) CAs trusted, then the job fails
+    permanently, saying why, and nothing is downloaded."""
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    served = len(tls.hosts)
+    url = f"https://localhost:{tls.right_port}/ok.png"
+    with pytest.raises(SourceForbidden, match="TLS certificate was refused") as caught:
+        open_source(url_job(url), dev_settings())
+    assert "issuer" in caught.value.message and not caught.value.retryable
+    assert len(tls.hosts) == served
+
+
+def test_a_certificate_for_another_name_fails_permanently(
+    tls: TlsServers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a trusted CA but a certificate naming images.example served for localhost, then
+    the name check refuses it (the IP we connect to does not stand in for the name)."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls.ca_file))
+    url = f"https://localhost:{tls.wrong_port}/ok.png"
+    with pytest.raises(SourceForbidden, match="TLS certificate was refused") as caught:
+        open_source(url_job(url), dev_settings())
+    assert "localhost" in caught.value.message  # "Hostname mismatch ... for 'localhost'"
+
+
+def test_an_unreadable_ca_bundle_is_transient(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent/ca.pem")
+    with pytest.raises(SourceUnavailable, match="SSL_CERT_FILE"):
+        open_source(url_job("https://localhost:9/x.png"), dev_settings())
+
+
+def test_plain_http_on_an_https_url_is_a_transient_connection_failure(server: Server) -> None:
+    url = f"https://localhost:{server.port}/ok.png"  # the http server: the handshake fails
+    with pytest.raises(SourceUnavailable, match="could not be reached"):
+        open_source(url_job(url), dev_settings())
