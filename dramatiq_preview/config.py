@@ -7,6 +7,7 @@ Workers and the CLI read the environment.  The Flask extension passes ``app.conf
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -61,15 +62,36 @@ def _parse_url(name: str, raw: str, schemes: set[str]) -> str:
 
 
 def _parse_hosts(name: str, raw: str) -> frozenset[str]:
+    """Host names (lower case, no trailing dot), IPv4 literals, and IPv6 literals with or
+    without brackets (kept in their compressed form, as :func:`canonical_host` spells them)."""
     hosts = set()
     for item in raw.split(","):
         host = item.strip().lower().rstrip(".")
         if not host:
             continue
+        if host.startswith("[") or ":" in host:
+            try:
+                literal = ipaddress.IPv6Address(host.removeprefix("[").removesuffix("]"))
+            except ValueError:
+                raise ConfigError(name, f"not an IPv6 address: {item.strip()!r}") from None
+            hosts.add(literal.compressed)
+            continue
         if not _HOST_RE.fullmatch(host):
             raise ConfigError(name, f"not a host name: {item.strip()!r}")
         hosts.add(host)
     return frozenset(hosts)
+
+
+def canonical_host(host: str) -> str:
+    """``host`` as the allow-list spells it: an IPv6 literal compressed (``2001:db8::1``),
+    anything else lower case without a trailing dot."""
+    text = host.lower().rstrip(".")
+    if ":" in text:
+        try:
+            return ipaddress.IPv6Address(text).compressed
+        except ValueError:
+            return text
+    return text
 
 
 @dataclass(frozen=True)
@@ -105,6 +127,11 @@ class Settings:
     broker_heartbeat_timeout_ms: int = 60000
     broker_maintenance_chance: int = 1000
     progress_interval_ms: int = 500
+
+    def __post_init__(self) -> None:
+        # Settings built directly spell hosts as the parsed ones do (IPv6 compressed).
+        hosts = frozenset(canonical_host(h) for h in self.allowed_url_hosts)
+        object.__setattr__(self, "allowed_url_hosts", hosts)
 
     @property
     def broker_kind(self) -> str:

@@ -41,7 +41,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import certifi
 import httpx
 
-from .config import Settings
+from .config import Settings, canonical_host
 from .errors import SourceForbidden, SourceNotFound, SourceTooLarge, SourceUnavailable
 from .models import JobSpec
 from .rendering.formats import SNIFF_BYTES, sniff
@@ -285,7 +285,7 @@ def resolve_url(url: str, settings: Settings) -> _Target:
         raise SourceForbidden("only http and https URLs are allowed")
     if parts.username is not None or parts.password is not None:
         raise SourceForbidden("URLs with credentials are not allowed")
-    host = (parts.hostname or "").rstrip(".").lower()
+    host = canonical_host(parts.hostname or "")
     if not host:
         raise SourceForbidden("the source URL has no host")
     if host not in settings.allowed_url_hosts:

@@ -37,6 +37,11 @@ def test_broker_url_defaults_to_the_redis_url() -> None:
     assert s.broker_kind == "redis"
 
 
+def test_ip_literals_are_allowed_hosts_ipv6_in_any_spelling() -> None:
+    s = Settings.from_env({"PREVIEW_ALLOWED_URL_HOSTS": "[2001:DB8:0::1], ::1,192.0.2.7"})
+    assert s.allowed_url_hosts == {"2001:db8::1", "::1", "192.0.2.7"}
+
+
 def test_amqp_broker_url_selects_rabbitmq() -> None:
     s = Settings.from_env({"PREVIEW_BROKER_URL": "amqp://guest:guest@mq:5672/%2F"})
     assert s.broker_kind == "rabbitmq"
@@ -84,6 +89,8 @@ def test_mapping_overrides_win_over_the_environment() -> None:
         ("PREVIEW_BROKER_URL", "amqp://", "URL has no host"),
         ("PREVIEW_ALLOW_PRIVATE_NETWORKS", "maybe", "expected true or false"),
         ("PREVIEW_ALLOWED_URL_HOSTS", "ok.example.com,bad host", "not a host name"),
+        ("PREVIEW_ALLOWED_URL_HOSTS", "ok.example.com,a:b", "not an IPv6 address"),
+        ("PREVIEW_ALLOWED_URL_HOSTS", "[img.example]", "not an IPv6 address"),
         ("PREVIEW_NAMESPACE", "has space", "use 1-64 letters"),
         ("PREVIEW_URL_PREFIX", "api/preview", "must be a URL path"),
         ("PREVIEW_LOG_FORMAT", "xml", "must be one of text, json"),

@@ -463,6 +463,43 @@ def test_url_sources_need_an_allow_list() -> None:
         open_source(url_job("http://localhost/x.png"), Settings())
 
 
+def test_an_ipv6_literal_in_the_allow_list_reaches_a_server_on_it(tmp_path: Path) -> None:
+    """Given PREVIEW_ALLOWED_URL_HOSTS=[::1] (private networks on) and a server on ::1, then a
+    URL spelling the address another way downloads, and another IPv6 address is refused."""
+    import socket
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PNG)))
+            self.end_headers()
+            self.wfile.write(PNG)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    class V6Server(ThreadingHTTPServer):
+        address_family = socket.AF_INET6
+
+    try:
+        httpd = V6Server(("::1", 0), Handler)
+    except OSError as exc:
+        pytest.skip(f"this machine has no IPv6 loopback to serve on ({exc})")
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        port = httpd.server_address[1]
+        settings = Settings.from_env(
+            {"PREVIEW_ALLOWED_URL_HOSTS": "[::1]", "PREVIEW_ALLOW_PRIVATE_NETWORKS": "true"}
+        )
+        with open_source(url_job(f"http://[0:0::1]:{port}/ok.png"), settings) as source:
+            assert source.read_bytes() == PNG
+        with pytest.raises(SourceForbidden, match="not in PREVIEW_ALLOWED_URL_HOSTS"):
+            open_source(url_job(f"http://[::2]:{port}/ok.png"), settings)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 # --- https ---------------------------------------------------------------------------------
 
 
