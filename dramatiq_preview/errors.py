@@ -149,7 +149,8 @@ class WorkerLost(PermanentError):
 
 
 class SourceUnavailable(TransientError):
-    """A URL source timed out, answered 5xx, or the connection failed."""
+    """A URL source timed out, answered 5xx, or the connection failed; or a source file
+    changed while it was being rendered."""
 
     type = "source_unavailable"
 

@@ -198,6 +198,11 @@ def _after_app_request(response: Response) -> Response:
     started = g.pop("_preview_started", None)
     if started is None:
         return response
+    if request.method == "OPTIONS" and response.status_code == 200 and not response.get_data():
+        # Flask's automatic OPTIONS answer: the same Allow list, as JSON like every answer.
+        allow = [m.strip() for m in response.headers.get("Allow", "").split(",") if m.strip()]
+        response.set_data(json.dumps({"allow": allow}))
+        response.mimetype = "application/json"
     method = request.method if request.method in _METHODS else "OTHER"
     try:
         _state().metrics.observe(

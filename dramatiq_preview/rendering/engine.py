@@ -51,6 +51,7 @@ from ..errors import (
     PreviewError,
     RenderMemoryExceeded,
     RenderTimeout,
+    SourceUnavailable,
     TooManyPixels,
     UnsupportedFormat,
 )
@@ -139,6 +140,9 @@ def render(
 def _render(
     fd: int, size: int, spec: JobSpec, limits: Limits, deadline: float
 ) -> Iterator[Encoded | None]:
+    # The size limit was checked on the size seen when the source was opened; a file that
+    # grew (or shrank) since is not read, and one that changes during the decode is not used.
+    _check_unchanged(fd, size)
     kind = sniff(os.pread(fd, SNIFF_BYTES, 0))
     if kind is None:
         raise UnsupportedFormat(f"the source is not a supported image ({SUPPORTED_TEXT})")
@@ -156,8 +160,18 @@ def _render(
         with _quiet():
             decoded = _decode(source, coder, page, frames, spec.outputs, columns, rows, transposed)
     with decoded as image:
+        _check_unchanged(fd, size)
         yield None
         yield from _derive(image, spec.outputs)
+
+
+def _check_unchanged(fd: int, size: int) -> None:
+    now = os.fstat(fd).st_size
+    if now != size:
+        # Perhaps an upload still being written: a retry opens it again, and checks its size.
+        raise SourceUnavailable(
+            f"the source changed while it was being read ({size} bytes when opened, {now} now)"
+        )
 
 
 class _Input:

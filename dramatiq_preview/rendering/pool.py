@@ -38,6 +38,7 @@ from ..errors import (
     RenderMemoryExceeded,
     RenderTimeout,
     SourceTooLarge,
+    SourceUnavailable,
     TooManyPixels,
     UnsupportedFormat,
 )
@@ -71,6 +72,7 @@ _CHILD_ERRORS: dict[str, type[PreviewError]] = {
         RenderMemoryExceeded,
         RenderTimeout,
         SourceTooLarge,
+        SourceUnavailable,
         TooManyPixels,
         UnsupportedFormat,
     )

@@ -603,6 +603,9 @@ def test_cors_preflights_are_not_asked_for_a_token(token_client: FlaskClient) ->
     response = token_client.options(f"{PREFIX}/job")
     assert response.status_code == 200
     assert "POST" in response.headers["Allow"]
+    # JSON like every answer under the prefix, naming the same methods.
+    assert response.is_json
+    assert set(response.get_json()["allow"]) == set(response.headers["Allow"].split(", "))
 
 
 # --- URLs: prefix, SCRIPT_NAME, proxies ---------------------------------------------------

@@ -91,6 +91,28 @@ def test_hostile_input_fails_permanently_and_the_pool_goes_on(
     assert close_to(pixel(workspace.out / result.path, 2, 2)[:3], g.RED[:3], 5)
 
 
+def test_a_source_that_grows_after_its_size_check_is_not_read(
+    renderer: Renderer, workspace: Workspace
+) -> None:
+    """Given a file opened (and checked against PREVIEW_MAX_SOURCE_BYTES) as a small PNG, then
+    appended to before the render, then the render refuses it as changed (transient: a retry
+    opens it again and checks the new size), with no output."""
+    from dramatiq_preview.errors import SourceUnavailable
+    from dramatiq_preview.sources import open_source
+    from dramatiq_preview.storage import destinations
+
+    name = workspace.add("hostile/growing.png", g.png(g.quadrants(20, 20)))
+    spec = workspace.job(name, [OutputSpec(20, 20, "png")])
+    with open_source(spec, workspace.settings) as source:
+        with (workspace.root / name).open("ab") as grow:
+            grow.write(b"\0" * 65536)
+        with pytest.raises(SourceUnavailable, match="changed while it was being read"):
+            renderer.render(
+                spec, source, destinations(workspace.out, spec), deadline=time.monotonic() + 20
+            )
+    assert workspace.files(spec) == []
+
+
 def _passwd_markers() -> list[bytes]:
     """Bytes that would betray /etc/passwd in an output: raw or hex-encoded (the CVE's form)."""
     content = Path("/etc/passwd").read_bytes()
