@@ -187,5 +187,7 @@ def _server_of(client: Any) -> tuple[Any, ...]:
         kwargs.get("port"),
         kwargs.get("path"),
         int(kwargs.get("db") or 0),
+        # Other credentials may have other rights (ACLs): then each client writes its keys.
         kwargs.get("username"),
+        kwargs.get("password"),
     )

@@ -179,11 +179,12 @@ def test_submits_fuse_record_and_enqueue_only_for_a_plain_redis_broker_on_the_sa
     same = RedisBroker(url="redis://127.0.0.1:7/0", namespace="ns")  # type: ignore[no-untyped-call]
     other_db = RedisBroker(url="redis://127.0.0.1:7/2")  # type: ignore[no-untyped-call]
     other_port = RedisBroker(url="redis://127.0.0.1:8/0")  # type: ignore[no-untyped-call]
+    other_user = RedisBroker(url="redis://broker:pw@127.0.0.1:7/0")  # type: ignore[no-untyped-call]
 
     class OwnRedisBroker(RedisBroker):
         pass
 
     subclass = OwnRedisBroker(url="redis://127.0.0.1:7/0")  # type: ignore[no-untyped-call]
     assert shared_redis_namespace(same, store) == "ns"
-    for broker in (other_db, other_port, subclass, StubBroker()):
+    for broker in (other_db, other_port, other_user, subclass, StubBroker()):
         assert shared_redis_namespace(broker, store) is None
