@@ -463,26 +463,45 @@ def test_url_sources_need_an_allow_list() -> None:
         open_source(url_job("http://localhost/x.png"), Settings())
 
 
+class PngServer(ThreadingHTTPServer):
+    """A quiet threaded server that notes the Host header of each request."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self.hosts: list[str] = []
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients that refuse a certificate hang up mid-handshake
+
+
+class PngHandler(BaseHTTPRequestHandler):
+    """``/ok.png`` is the PNG, anything else 404."""
+
+    server: PngServer
+
+    def do_GET(self) -> None:
+        self.server.hosts.append(self.headers.get("Host", ""))
+        self.send_response(200 if self.path == "/ok.png" else 404)
+        self.send_header("Content-Length", str(len(PNG)))
+        self.end_headers()
+        self.wfile.write(PNG)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
 def test_an_ipv6_literal_in_the_allow_list_reaches_a_server_on_it(tmp_path: Path) -> None:
     """Given PREVIEW_ALLOWED_URL_HOSTS=[::1] (private networks on) and a server on ::1, then a
     URL spelling the address another way downloads, and another IPv6 address is refused."""
     import socket
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(PNG)))
-            self.end_headers()
-            self.wfile.write(PNG)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    class V6Server(ThreadingHTTPServer):
+    class V6Server(PngServer):
         address_family = socket.AF_INET6
 
     try:
-        httpd = V6Server(("::1", 0), Handler)
+        httpd = V6Server(("::1", 0), PngHandler)
     except OSError as exc:
         pytest.skip(f"this machine has no IPv6 loopback to serve on ({exc})")
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
@@ -523,29 +542,11 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServers]:
     ca = trustme.CA()
     ca_file = tmp_path_factory.mktemp("tls") / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    seen: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen.append(self.headers.get("Host", ""))
-            self.send_response(200 if self.path == "/ok.png" else 404)
-            self.send_header("Content-Length", str(len(PNG)))
-            self.end_headers()
-            self.wfile.write(PNG)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    class QuietServer(ThreadingHTTPServer):
-        def handle_error(self, request: Any, client_address: Any) -> None:
-            pass  # clients that refuse the certificate hang up mid-handshake
-
     servers = []
     for name in ("localhost", "images.example"):
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ca.issue_cert(name).configure_cert(context)
-        httpd = QuietServer(("127.0.0.1", 0), Handler)
-        httpd.daemon_threads = True
+        httpd = PngServer(("127.0.0.1", 0), PngHandler)
         httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         servers.append(httpd)
@@ -553,7 +554,7 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServers]:
         ca_file=ca_file,
         right_port=servers[0].server_address[1],
         wrong_port=servers[1].server_address[1],
-        hosts=seen,
+        hosts=servers[0].hosts,
     )
     for httpd in servers:
         httpd.shutdown()
