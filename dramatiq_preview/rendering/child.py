@@ -125,14 +125,16 @@ def main(argv: list[str]) -> int:
 
     from ..errors import PreviewError, RenderCrashed, RenderMemoryExceeded
     from ..models import JobSpec, OutputSpec
-    from . import engine
+    from . import engine, sandbox
     from .protocol import Channel, ChannelClosed
 
     limits = engine.Limits(max_pixels=max_pixels, memory_mb=memory_mb)
     engine.configure(limits)
     _cap_address_space(memory_mb)
     channel = Channel(socket.socket(fileno=sock_fd))
-    channel.send({"event": "ready", "pid": os.getpid()})
+    # Last step of the start-up: from here on this process can open no socket.
+    unsandboxed = sandbox.restrict()
+    channel.send({"event": "ready", "pid": os.getpid(), "unsandboxed": unsandboxed})
     while True:
         try:
             frame = channel.recv()

@@ -161,6 +161,7 @@ class Renderer:
         self._idle: list[_Child] = []
         self._slots = 0  # children alive or being started
         self._closed = False
+        self._warned_unsandboxed = False
         self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preview-spawn")
 
     @property
@@ -302,6 +303,10 @@ class Renderer:
         if frame is None or frame[0].get("event") != "ready":
             child.kill()
             raise RenderCrashed("a render process could not be started; see the worker's log")
+        unsandboxed = frame[0].get("unsandboxed")
+        if unsandboxed and not self._warned_unsandboxed:
+            self._warned_unsandboxed = True
+            logger.warning("render processes run without their seccomp filter: %s", unsandboxed)
         return child
 
     def _spawn(self) -> _Child:
