@@ -21,7 +21,7 @@ import dramatiq
 
 from .broker import RECORDED, build_broker, queue_for, shared_redis_namespace
 from .config import Settings, get_settings
-from .errors import BrokerUnavailable, JobConflict, JobNotFound
+from .errors import BrokerUnavailable, JobConflict, JobNotFound, PreviewError
 from .events import emit
 from .state import BrokerMessage, JobStore, get_store
 from .validation import normalize, validate
@@ -165,9 +165,19 @@ class PreviewClient:
         # before_enqueue (which may add options), then the encoding.  A duplicate or a
         # conflict is then not enqueued, like an enqueue that failed: no after_enqueue.
         message = message.copy(options={"redis_message_id": str(uuid.uuid4())})
-        broker.emit_before("enqueue", message, None)
+        try:
+            broker.emit_before("enqueue", message, None)
+            data = message.encode()
+        except PreviewError:
+            raise
+        except Exception as exc:
+            # As when broker.enqueue fails on the other path: nothing recorded, nothing sent.
+            logger.warning("enqueue of job %s failed: %s", job_id, exc)
+            raise BrokerUnavailable(
+                f"the broker is unavailable: {type(exc).__name__}; the job was not queued"
+            ) from exc
         pushed = BrokerMessage(
-            namespace, message.queue_name, message.options["redis_message_id"], message.encode()
+            namespace, message.queue_name, message.options["redis_message_id"], data
         )
         outcome, state = self.store.record(normalized, queue=queue, message=pushed)
         if outcome == "conflict":

@@ -86,6 +86,8 @@ def canonical_host(host: str) -> str:
     """``host`` as the allow-list spells it: an IPv6 literal compressed (``2001:db8::1``),
     anything else lower case without a trailing dot."""
     text = host.lower().rstrip(".")
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
     if ":" in text:
         try:
             return ipaddress.IPv6Address(text).compressed

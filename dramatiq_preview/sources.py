@@ -126,8 +126,11 @@ def _pread_all(fd: int, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def _from_fd(fd: int, name: str) -> LocalSource:
-    size = os.fstat(fd).st_size
+def _from_fd(fd: int, name: str, size: int | None = None) -> LocalSource:
+    """``size``: the size that was checked against the limit (the render child refuses the
+    file if it no longer has it); by default the descriptor's current size."""
+    if size is None:
+        size = os.fstat(fd).st_size
     head = os.pread(fd, SNIFF_BYTES, 0)
     return LocalSource(fd=fd, size=size, format=sniff(head), name=name)
 
@@ -213,7 +216,7 @@ def open_path(relative: str, settings: Settings) -> LocalSource:
                 f"{settings.max_source_bytes} are allowed (PREVIEW_MAX_SOURCE_BYTES)"
             )
         os.set_blocking(fd, True)
-        return _from_fd(fd, relative)
+        return _from_fd(fd, relative, info.st_size)
     except BaseException:
         os.close(fd)
         raise

@@ -212,13 +212,14 @@ def validation_issues(payload: Any) -> list[ValidationIssue]:
     for the exact issues.  Both read patterns as ECMA-262.  Text that is not valid Unicode
     (lone surrogates) and absurd nesting are refused first, by a walk without recursion.
     """
-    has_float, suspect = _scan(payload)
+    reference, suspect = _scan(payload)
     if suspect:
-        has_float, structural = _inspect(payload)
+        _, structural = _inspect(payload)
         if structural:
             return structural
+        reference = True  # pragma: no cover - _scan suspects exactly what _inspect reports
     fast = _fast_validator()
-    if fast is not None and not has_float:
+    if fast is not None and not reference:
         try:
             if fast.is_valid(payload):
                 return []
@@ -228,30 +229,37 @@ def validation_issues(payload: Any) -> list[ValidationIssue]:
 
 
 def _scan(payload: Any) -> tuple[bool, bool]:
-    """``(holds a float, may hold text or nesting issues)``: :func:`_inspect` without the
-    paths, for the common payload that has no such issue (it then costs a few microseconds).
+    """``(needs the reference validator, may hold text or nesting issues)``.
+
+    The reference validator is needed for floats (JSON Schema may count ``1.0`` as an
+    integer; we do not) and for values JSON has no type for (a tuple, bytes, a non-string
+    key), which jsonschema-rs may read as JSON values where :mod:`jsonschema` refuses them.
+    The second flag is :func:`_inspect` without the paths, for the common payload that has
+    no such issue (it then costs a few microseconds).
     """
-    has_float = False
+    reference = False
     stack: list[tuple[Any, int]] = [(payload, 0)]
     while stack:
         value, depth = stack.pop()
         if isinstance(value, str):
             if not value.isascii() and not _is_unicode(value):
-                return has_float, True
+                return reference, True
         elif isinstance(value, dict):
             if depth >= MAX_DEPTH:
-                return has_float, True
+                return reference, True
             for key, item in value.items():
-                if isinstance(key, str) and not key.isascii() and not _is_unicode(key):
-                    return has_float, True
+                if not isinstance(key, str):
+                    reference = True
+                elif not key.isascii() and not _is_unicode(key):
+                    return reference, True
                 stack.append((item, depth + 1))
         elif isinstance(value, list):
             if depth >= MAX_DEPTH:
-                return has_float, True
+                return reference, True
             stack.extend((item, depth + 1) for item in value)
-        elif isinstance(value, float):
-            has_float = True
-    return has_float, False
+        elif isinstance(value, float) or not (value is None or isinstance(value, int)):
+            reference = True
+    return reference, False
 
 
 def _inspect(payload: Any) -> tuple[bool, list[ValidationIssue]]:
@@ -340,7 +348,7 @@ def _copy(value: Any) -> Any:
     """A deep copy of JSON-shaped data (dicts, lists, scalars), as plain dicts and lists."""
     if isinstance(value, dict):
         return {key: _copy(item) for key, item in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_copy(item) for item in value]
     return value
 

@@ -40,6 +40,9 @@ def test_broker_url_defaults_to_the_redis_url() -> None:
 def test_ip_literals_are_allowed_hosts_ipv6_in_any_spelling() -> None:
     s = Settings.from_env({"PREVIEW_ALLOWED_URL_HOSTS": "[2001:DB8:0::1], ::1,192.0.2.7"})
     assert s.allowed_url_hosts == {"2001:db8::1", "::1", "192.0.2.7"}
+    # Settings built in code spell them the same way.
+    direct = Settings(allowed_url_hosts=frozenset({"[2001:DB8:0::1]", "Img.Example."}))
+    assert direct.allowed_url_hosts == {"2001:db8::1", "img.example"}
 
 
 def test_amqp_broker_url_selects_rabbitmq() -> None:

@@ -30,6 +30,7 @@ from dramatiq_preview import (
     render_preview,
     submit_preview,
 )
+from dramatiq_preview.errors import BrokerUnavailable
 from dramatiq_preview.testing import RedisServer, WorkerProcess, wait_for_state
 
 TINY = "lifecycle/tiny.png"
@@ -175,6 +176,33 @@ def test_a_submit_records_and_enqueues_in_one_round_trip_with_the_hosts_hooks(
             assert redis_client.llen(queue) == 2 and len(stamp.enqueued) == 2
             assert redis_client.hlen(queue + ".msgs") == 2
             redis_client.close()
+
+
+class QuotaExceeded(dramatiq.middleware.MiddlewareError):
+    pass
+
+
+class Refuse(dramatiq.Middleware):
+    """A host's middleware that refuses to enqueue (a quota, a closed tenant...): Dramatiq
+    lets only a MiddlewareError out of a hook."""
+
+    def before_enqueue(self, broker: Any, message: Any, delay: Any) -> None:
+        raise QuotaExceeded("quota exceeded")
+
+
+def test_a_host_hook_refusing_the_enqueue_leaves_no_job_and_no_message(job_id: str) -> None:
+    with RedisServer() as server:
+        namespace = "no" + uuid.uuid4().hex[:6]
+        with PreviewClient.from_url(server.url, PREVIEW_NAMESPACE=namespace) as client:
+            client.broker.add_middleware(Refuse())
+            payload = {"jobId": job_id, "source": {"path": TINY}, "outputs": OUT}
+            with pytest.raises(BrokerUnavailable, match="QuotaExceeded; the job was not queued"):
+                client.submit(payload)
+            with pytest.raises(JobNotFound):
+                client.status(job_id)
+        redis_client = server.client()
+        assert redis_client.keys(f"{namespace}:*") == []
+        redis_client.close()
 
 
 def test_a_broker_on_another_redis_database_gets_its_message_there(job_id: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -313,6 +314,31 @@ def test_floats_always_take_the_reference_path() -> None:
     # JSON Schema (and jsonschema-rs) call 64.0 an integer; the contract does not
     payload = with_("outputs/0/width", 64.0)
     assert validation_issues(payload) == slow_validation_issues(payload) != []
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("outputs", ({"width": 8, "height": 8, "format": "png"},)),
+        ("metadata", {"k": b"bytes"}),
+        ("outputs/0/width", Decimal(64)),
+    ],
+)
+def test_values_json_has_no_type_for_get_the_reference_verdict(path: str, value: Any) -> None:
+    # jsonschema-rs reads a tuple as an array; the reference validator (and JSON) do not.
+    payload = with_path(VALID, path, value)
+    issues = validation_issues(payload)
+    assert issues == slow_validation_issues(payload) != []
+    assert issues[0].path.startswith(path)
+
+
+def test_normalize_copies_tuples_too() -> None:
+    outputs = ({"width": 1, "height": 2, "format": "png"},)
+    data = normalize({"source": {"path": "a.png"}, "outputs": outputs})
+    assert outputs[0] == {"width": 1, "height": 2, "format": "png"}
+    assert data["outputs"] == [
+        {"width": 1, "height": 2, "format": "png", "fit": "contain", "quality": 82}
+    ]
 
 
 def test_deep_nesting_is_refused_without_recursion() -> None:

@@ -1,4 +1,4 @@
-"""A seccomp filter for render children: no new sockets.
+"""A seccomp filter for render children: no new sockets, no way into the worker.
 
 A decoder exploited by a hostile file runs with the rights of the render child.  The child
 has all it needs open before it takes its first job (its Unix socket to the worker; each
@@ -9,7 +9,14 @@ source arrives as a descriptor over that socket), and neither ImageMagick with o
 * ``socket()`` and ``socketpair()``: no connection to the network, to Redis, to a local
   daemon's Unix socket (Docker's, say), no exfiltration;
 * ``io_uring_setup()``: io_uring can open and connect sockets without those calls;
+* ``ptrace()``, ``process_vm_readv()``/``process_vm_writev()``, ``pidfd_open()`` and
+  ``pidfd_getfd()``: no way into the worker (same user), whose Redis connections it could
+  otherwise borrow;
 * every call of another ABI (x32, i386), where the same calls have other numbers.
+
+Not covered: ``/proc/<worker pid>/mem`` stays writable for a process of the same user unless
+the kernel's Yama ``ptrace_scope`` is 1 or more (it then allows only descendants) or the
+worker runs as another user than its children; see docs/security.md.
 
 It first sets ``no_new_privs`` (the kernel's condition for an unprivileged filter; a setuid
 program run from the child then gains nothing).  Filters are inherited: ``pdftocairo``, run
@@ -22,6 +29,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import os
 import platform
 import sys
 
@@ -49,15 +57,32 @@ class _Arch:
         self.x32 = x32
 
 
+#: The system calls the filter refuses: new sockets, io_uring (which opens sockets by
+#: itself), and the ways into another process of the same user (the worker holds Redis
+#: connections): tracing it, reading or writing its memory, taking its descriptors.
+DENIED_CALLS = (
+    "socket",
+    "socketpair",
+    "io_uring_setup",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "pidfd_open",
+    "pidfd_getfd",
+)
+
 _ARCHES = {
-    "x86_64": _Arch(0xC000003E, {"socket": 41, "socketpair": 53, "io_uring_setup": 425}, x32=True),
+    "x86_64": _Arch(
+        0xC000003E,
+        dict(zip(DENIED_CALLS, (41, 53, 425, 101, 310, 311, 434, 438), strict=True)),
+        x32=True,
+    ),
     "aarch64": _Arch(
-        0xC00000B7, {"socket": 198, "socketpair": 199, "io_uring_setup": 425}, x32=False
+        0xC00000B7,
+        dict(zip(DENIED_CALLS, (198, 199, 425, 117, 270, 271, 434, 438), strict=True)),
+        x32=False,
     ),
 }
-
-#: The system calls the filter refuses (by name, for the documentation and the tests).
-DENIED_CALLS = ("socket", "socketpair", "io_uring_setup")
 
 
 class _SockFilter(ctypes.Structure):
@@ -103,8 +128,14 @@ def restrict() -> str | None:
       that refuses seccomp filters).
     """
     arch = _ARCHES.get(platform.machine()) if sys.platform == "linux" else None
-    if arch is None:
-        return f"no seccomp filter for {sys.platform}/{platform.machine()}"
+    # The machine is the kernel's: a 32-bit interpreter on a 64-bit kernel would have every
+    # one of its own calls refused as "another ABI".
+    if arch is None or sys.maxsize <= 2**32:
+        return f"no seccomp filter for {sys.platform}/{platform.machine()} (64-bit Linux only)"
+    # prctl filters only the calling thread (and what it starts later).
+    threads = len(os.listdir("/proc/self/task"))
+    if threads != 1:
+        return f"the render process has {threads} threads; the filter would cover only one"
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     # prctl(option, arg2, arg3, arg4, arg5): unused arguments must be 0, so pass all five.
     libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4

@@ -27,9 +27,11 @@ if sys.platform != "linux" or platform.machine() not in ("x86_64", "aarch64"):
 # Runs in a fresh interpreter: the filter cannot be taken off the process that installs it.
 _PROBE = textwrap.dedent(
     """
-    import json, socket, subprocess, sys
+    import json, os, socket, subprocess, sys
     from dramatiq_preview.rendering import sandbox
     port = int(sys.argv[1])
+    # Another process of the same user, started before the filter (as the worker is).
+    sleeper = subprocess.Popen(["sleep", "60"])
     report = {"restrict": sandbox.restrict()}
     def attempt(name, call):
         try:
@@ -42,6 +44,13 @@ _PROBE = textwrap.dedent(
     attempt("ipv6", lambda: socket.socket(socket.AF_INET6))
     attempt("unix", lambda: socket.socket(socket.AF_UNIX))
     attempt("socketpair", socket.socketpair)
+    # That process is out of reach: no pidfd, no ptrace.
+    attempt("pidfd_open", lambda: os.pidfd_open(sleeper.pid))
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    attached = libc.ptrace(16, sleeper.pid, None, None)  # PTRACE_ATTACH
+    report["ptrace"] = "refused" if attached == -1 and ctypes.get_errno() == 13 else "allowed"
+    sleeper.kill()
     # A program the child runs inherits the filter, and still runs.
     grandchild = subprocess.run(
         [sys.executable, "-c", "import socket; socket.socket()"], capture_output=True
@@ -79,7 +88,7 @@ def test_the_filter_refuses_every_socket_and_nothing_else(tmp_path: Path) -> Non
             listener.accept()
     report = json.loads(probe.stdout)
     assert report["restrict"] is None
-    for name in ("tcp", "udp", "ipv6", "unix", "socketpair"):
+    for name in ("tcp", "udp", "ipv6", "unix", "socketpair", "pidfd_open", "ptrace"):
         assert report[name] == "refused", name
     assert report["grandchild_refused"] is True
     assert report["pdftocairo_runs"] is True
