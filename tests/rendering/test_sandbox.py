@@ -117,3 +117,84 @@ def test_pool_children_render_under_the_filter(renderer: Renderer, workspace: Wo
         status = _status(pid)
         assert status["Seccomp"] == "2", status.get("Seccomp")  # SECCOMP_MODE_FILTER
         assert status["NoNewPrivs"] == "1"
+
+
+# Runs a render pool in a process that forbids seccomp filters, as some container runtimes
+# and old kernels do: prctl(PR_SET_SECCOMP) and seccomp() fail with EINVAL.
+_NO_FILTERS = textwrap.dedent(
+    """
+    import ctypes, json, logging, platform, sys, time
+    from pathlib import Path
+    prctl_nr, seccomp_nr = {"x86_64": (157, 317), "aarch64": (167, 277)}[platform.machine()]
+    ALLOW, EINVAL = 0x7FFF0000, 0x00050000 | 22
+    program = [
+        (0x20, 0, 0, 0),  # load the call number
+        (0x15, 0, 3, prctl_nr),
+        (0x20, 0, 0, 16),  # prctl: load its first argument
+        (0x15, 3, 0, 22),  # PR_SET_SECCOMP -> refuse
+        (0x06, 0, 0, ALLOW),
+        (0x15, 1, 0, seccomp_nr),  # seccomp() -> refuse
+        (0x06, 0, 0, ALLOW),
+        (0x06, 0, 0, EINVAL),
+    ]
+    class Insn(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte),
+                    ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint32)]
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Insn))]
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+    insns = (Insn * len(program))(*(Insn(*i) for i in program))
+    prog = Prog(len(program), insns)
+    assert libc.prctl(38, 1, 0, 0, 0) == 0
+    assert libc.prctl(22, 2, ctypes.addressof(prog), 0, 0) == 0
+
+    warnings = []
+    class Keep(logging.Handler):
+        def emit(self, record):
+            warnings.append(record.getMessage())
+    logging.getLogger("dramatiq_preview").addHandler(Keep(logging.WARNING))
+
+    from dramatiq_preview.config import Settings
+    from dramatiq_preview.models import JobSpec, OutputSpec
+    from dramatiq_preview.rendering import Renderer
+    from dramatiq_preview.sources import open_source
+    from dramatiq_preview.storage import destinations
+    root, out = Path(sys.argv[1]), Path(sys.argv[2])
+    settings = Settings(source_root=root, output_dir=out)
+    renderer = Renderer(settings, processes=1)
+    spec = JobSpec(job_id="fallback", source_path="a.png", outputs=(OutputSpec(8, 8, "png"),))
+    with open_source(spec, settings) as source:
+        [result] = renderer.render(spec, source, destinations(out, spec),
+                                   deadline=time.monotonic() + 30)
+    renderer.close()
+    print(json.dumps({"size": [result.width, result.height], "warnings": warnings}))
+    """
+)
+
+
+def test_without_seccomp_the_pool_warns_once_and_still_renders(tmp_path: Path) -> None:
+    """Given a kernel (or container) that refuses seccomp filters, then the worker logs why
+    the render processes run without theirs, and renders as before."""
+    import json
+
+    root, out = tmp_path / "src", tmp_path / "out"
+    root.mkdir()
+    out.mkdir()
+    (root / "a.png").write_bytes(g.png(g.quadrants(16, 16)))
+    run = subprocess.run(
+        [sys.executable, "-c", _NO_FILTERS, str(root), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            "PYTHONPATH": str(PACKAGE_PARENT),
+            "PATH": "/usr/bin:/bin",
+            "PREVIEW_REDIS_URL": "redis://127.0.0.1:1/0",
+        },
+    )
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["size"] == [8, 8]
+    [warning] = report["warnings"]
+    assert "without their seccomp filter" in warning and "PR_SET_SECCOMP" in warning
