@@ -75,7 +75,11 @@ local h = redis.call('hmget', job, 'state', 'lease', 'lease_until', 'cancel', 'q
 local state = h[1]
 if not state then return {'missing', ''} end
 if state == 'succeeded' or state == 'failed' then return {'done', state} end
-if state == 'cancelled' then return {'cancelled', state} end
+if state == 'cancelled' then
+  -- A job cancelled while it waited is counted once, by the first delivery to see it.
+  if redis.call('hdel', job, 'uncounted') == 1 then return {'cancelled_waiting', state} end
+  return {'cancelled', state}
+end
 if h[2] and h[2] ~= '' and tonumber(h[3] or 0) > now then return {'busy', h[3]} end
 local waiting = waiting_prefix .. (h[5] or '')
 if h[4] == '1' then
@@ -163,7 +167,7 @@ local state = h[1]
 if not state then return 'missing' end
 if state == 'queued' or state == 'retrying' then
   redis.call('hset', job, 'state', 'cancelled', 'cancel', 1, 'finished_at', now,
-    'next_attempt_at', '')
+    'next_attempt_at', '', 'uncounted', 1)
   redis.call('zrem', waiting_prefix .. (h[2] or ''), job_id)
   redis.call('expire', job, ttl)
   return 'cancelled'
@@ -227,8 +231,9 @@ class Claim:
     """What :meth:`JobStore.claim` decided for one delivery.
 
     ``verdict`` is ``run`` (render it), ``done`` (already succeeded or failed), ``cancelled``
-    (cancelled before), ``cancelled_now`` (its cancellation was requested while a delivery that
-    then died held it, and this claim ended it),
+    (cancelled before), ``cancelled_waiting`` (cancelled while it waited, and this is the
+    first delivery to see it: count it), ``cancelled_now`` (its cancellation was requested
+    while a delivery that then died held it, and this claim ended it),
     ``busy`` (another worker holds a live lease until ``lease_until``), ``lost`` (failed as
     ``worker_lost``) or ``missing`` (no record).
     """

@@ -413,6 +413,11 @@ def test_a_two_process_worker_exports_counters_histograms_and_gauges_that_add_up
     store.client.hset(store.job_key(lost["jobId"]), "deliveries", client.settings.max_deliveries)
     client.broker.enqueue(render_preview.message(lost))
     assert wait_state(client, lost["jobId"], ("failed",))["error"]["type"] == "worker_lost"
+    waiting = normalize(small_job(jobId="waiting-" + ns, source={"path": images["png"]}))
+    store.record(waiting, queue="preview-normal")  # 1 cancelled while it waited: counted
+    assert client.cancel(waiting["jobId"])["state"] == "cancelled"  # once, by the first of
+    for _ in range(2):  # its two deliveries (this process, like the web, counts nothing)
+        client.broker.enqueue(render_preview.message(waiting))
     for _ in range(2):  # 2 waiting (low)
         client.submit(small_job(source={"path": images["png"]}, priority="low"))
 
@@ -420,7 +425,7 @@ def test_a_two_process_worker_exports_counters_histograms_and_gauges_that_add_up
         "succeeded": 5,
         "failed": 3,
         "retried": 3,
-        "cancelled": 1,
+        "cancelled": 2,
         "duplicate_skipped": 1,
         "worker_lost": 1,
     }

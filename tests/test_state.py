@@ -118,6 +118,8 @@ def test_cancel_of_a_waiting_job_is_immediate_and_final(store: JobStore, job_id:
     assert store.cancel(job_id) == "final:cancelled"
     status = store.get(job_id)
     assert status and status["state"] == "cancelled" and status["finishedAt"]
+    # Its first delivery counts it (nobody else does); later copies are plain skips.
+    assert claim(store, job_id).verdict == "cancelled_waiting"
     assert claim(store, job_id).verdict == "cancelled"
 
 

@@ -122,10 +122,12 @@ class Idempotency(dramatiq.Middleware):
             emit("worker_lost", job_id=job_id, attempt=claim.attempts)
             raise SkipMessage(f"job {job_id} failed as worker_lost")
 
-        if claim.verdict == "cancelled_now":
+        if claim.verdict in ("cancelled_now", "cancelled_waiting"):
+            # Ended here, or cancelled while it waited (the web process or the CLI that
+            # cancelled it counts nothing): count it once, now.
             emit("cancelled", job_id=job_id, attempt=claim.attempts)
         elif claim.verdict == "cancelled":
-            # Counted where it was cancelled; this is only its message arriving.
+            # Counted already (by the delivery that saw it first); only a copy arriving.
             emit("skipped", job_id=job_id, state=claim.state)
         else:
             emit("duplicate_skipped", job_id=job_id, state=claim.state)
