@@ -44,7 +44,7 @@ from ..errors import (
 )
 from ..models import JobSpec, RenderedOutput, relative_output_path
 from ..storage import atomic_write
-from .child import magick_environment
+from .child import TEST_HOOKS_ENV, magick_environment
 from .protocol import Channel, ChannelClosed, ProtocolError
 
 if TYPE_CHECKING:
@@ -89,6 +89,24 @@ sys.modules["dramatiq_preview"] = package
 from dramatiq_preview.rendering.child import main
 sys.exit(main(sys.argv[2:]))
 """
+
+
+#: What a render child keeps of the worker's environment: where Python and programs are,
+#: the locale and the temporary directory, ImageMagick's and Wand's own variables, and the
+#: test hooks switch.  Nothing else: the worker's environment carries secrets (Redis and
+#: broker URLs with passwords, API tokens, cloud keys) that a child taken over by a hostile
+#: file could copy into an output.
+_CHILD_ENV_NAMES = frozenset({"PATH", "LANG", "LANGUAGE", "TMPDIR", "TZ", TEST_HOOKS_ENV})
+_CHILD_ENV_PREFIXES = ("LC_", "PYTHON", "MAGICK_", "WAND_", "OMP_")
+
+
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The part of ``environ`` a render child inherits (see ``_CHILD_ENV_NAMES``)."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if name in _CHILD_ENV_NAMES or name.startswith(_CHILD_ENV_PREFIXES)
+    }
 
 
 class _Child:
@@ -306,14 +324,14 @@ class Renderer:
         unsandboxed = frame[0].get("unsandboxed")
         if unsandboxed and not self._warned_unsandboxed:
             self._warned_unsandboxed = True
-            logger.warning("render processes run without their seccomp filter: %s", unsandboxed)
+            logger.warning("render processes run without part of their sandbox: %s", unsandboxed)
         return child
 
     def _spawn(self) -> _Child:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             package_dir = str(Path(__file__).resolve().parent.parent)
-            env = dict(os.environ)
+            env = child_environment(os.environ)
             env.update(self.child_env)
             env.update(magick_environment())
             argv = [

@@ -1,27 +1,35 @@
-"""A seccomp filter for render children: no new sockets, no way into the worker.
+"""The render child's sandbox: it can read only system and Python files, write none, open
+no socket, and not reach into the worker.
 
 A decoder exploited by a hostile file runs with the rights of the render child.  The child
 has all it needs open before it takes its first job (its Unix socket to the worker; each
 source arrives as a descriptor over that socket), and neither ImageMagick with our policy nor
-``pdftocairo`` opens a socket.  So, once started, the child installs a filter that answers
-``EACCES`` to
+``pdftocairo`` opens a socket or writes a file.  So, once started, the child confines itself
+(:func:`restrict`), and ``pdftocairo``, which it runs, inherits both parts:
 
-* ``socket()`` and ``socketpair()``: no connection to the network, to Redis, to a local
-  daemon's Unix socket (Docker's, say), no exfiltration;
-* ``io_uring_setup()``: io_uring can open and connect sockets without those calls;
-* ``ptrace()``, ``process_vm_readv()``/``process_vm_writev()``, ``pidfd_open()`` and
-  ``pidfd_getfd()``: no way into the worker (same user), whose Redis connections it could
-  otherwise borrow;
-* every call of another ABI (x32, i386), where the same calls have other numbers.
+1. **Files** (Landlock, :func:`restrict_files`): read and execute only :func:`readable_paths`
+   (programs, libraries, /etc, font caches, Python and this package, its own /proc entries),
+   write only ``/dev/null``.  Home directories, application directories, /tmp and the
+   source root are out of reach, so a hostile file cannot have the child read a secret and
+   copy it into an output (the CVE-2022-44268 pattern).  Landlock also denies it
+   ``ptrace`` and ``/proc/<pid>/mem``/``environ`` of processes outside its sandbox, the worker
+   included.
+2. **System calls** (seccomp, :func:`restrict_calls`), answered with ``EACCES``:
 
-Not covered: ``/proc/<worker pid>/mem`` stays writable for a process of the same user unless
-the kernel's Yama ``ptrace_scope`` is 1 or more (it then allows only descendants) or the
-worker runs as another user than its children; see docs/security.md.
+   * ``socket()`` and ``socketpair()``: no connection to the network, to Redis, to a local
+     daemon's Unix socket (Docker's, say);
+   * ``io_uring_setup()``: io_uring can open and connect sockets without those calls;
+   * ``ptrace()``, ``process_vm_readv()``/``process_vm_writev()``, ``pidfd_open()`` and
+     ``pidfd_getfd()``: no way into the worker (same user), whose Redis connections it
+     could otherwise borrow, on kernels without Landlock too;
+   * every call of another ABI (x32, i386), where the same calls have other numbers.
 
-It first sets ``no_new_privs`` (the kernel's condition for an unprivileged filter; a setuid
-program run from the child then gains nothing).  Filters are inherited: ``pdftocairo``, run
-by the child, is bound by it too.  Only x86-64 and AArch64 Linux are covered; elsewhere
-:func:`restrict` installs nothing and says so.
+Both set ``no_new_privs`` (the kernel's condition for unprivileged confinement; a setuid
+program run from the child then gains nothing).  Landlock needs Linux 5.13 with Landlock
+enabled; the seccomp filter covers x86-64 and AArch64 with a 64-bit Python.  Where either is
+unavailable, :func:`restrict` applies the other and says what is missing; the pool logs it.
+The child's environment is also stripped of the worker's variables
+(``pool.child_environment``): it holds no secrets to copy.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import ctypes.util
 import errno
 import os
 import platform
+import stat
 import sys
 
 _PR_SET_NO_NEW_PRIVS = 38
@@ -121,7 +130,18 @@ def program(arch: _Arch) -> list[tuple[int, int, int, int]]:
 
 
 def restrict() -> str | None:
-    """Install the filter on this process (and its future children).
+    """Confine this process (and the programs it starts): files first, then system calls.
+
+    Returns:
+      None when both are in force, else what is missing and why (an unsupported platform,
+      or a kernel or container that refuses Landlock or seccomp); the rest still applies.
+    """
+    problems = [p for p in (restrict_files(), restrict_calls()) if p]
+    return "; ".join(problems) or None
+
+
+def restrict_calls() -> str | None:
+    """Install the seccomp filter on this process (and its future children).
 
     Returns:
       None when installed, else why not (an unsupported platform, or a kernel or container
@@ -147,4 +167,126 @@ def restrict() -> str | None:
     fprog = _SockFprog(len(instructions), filters)
     if libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) != 0:
         return f"prctl(PR_SET_SECCOMP) failed: {errno.errorcode.get(ctypes.get_errno())}"
+    return None
+
+
+# --- files: Landlock ---------------------------------------------------------------------
+
+_SYS_LANDLOCK_CREATE_RULESET = 444  # the same numbers on every architecture
+_SYS_LANDLOCK_ADD_RULE = 445
+_SYS_LANDLOCK_RESTRICT_SELF = 446
+_LANDLOCK_CREATE_RULESET_VERSION = 1
+_LANDLOCK_RULE_PATH_BENEATH = 1
+_FS_EXECUTE = 1 << 0
+_FS_WRITE_FILE = 1 << 1
+_FS_READ_FILE = 1 << 2
+_FS_READ_DIR = 1 << 3
+_FS_ABI1 = (1 << 13) - 1  # execute ... make_sym: every right of Landlock ABI 1
+_FS_REFER = 1 << 13  # ABI 2
+_FS_TRUNCATE = 1 << 14  # ABI 3
+_FS_IOCTL_DEV = 1 << 15  # ABI 5
+_FILE_RIGHTS = _FS_EXECUTE | _FS_WRITE_FILE | _FS_READ_FILE | _FS_TRUNCATE | _FS_IOCTL_DEV
+_READ = _FS_EXECUTE | _FS_READ_FILE | _FS_READ_DIR
+
+#: What the system side of a render reads: programs and libraries (ImageMagick's coder
+#: modules, poppler), their configuration (/etc: ImageMagick's policy, fonts, the linker
+#: cache) and font caches, and the process's own /proc entries (not the worker's).  Home
+#: directories, /srv, /var, /opt, /tmp and the source root are not here: sources arrive as
+#: open descriptors.
+SYSTEM_PATHS = (
+    "/usr",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/bin",
+    "/sbin",
+    "/etc",
+    "/proc/self",  # this process's own entries only (resolved when the rules are made)
+    "/var/cache/fontconfig",
+)
+_DEVICES = (("/dev/null", _FS_READ_FILE | _FS_WRITE_FILE), ("/dev/urandom", _FS_READ_FILE))
+
+
+def readable_paths() -> list[str]:
+    """Every path a render child may read after :func:`restrict_files`: the system ones, and
+    Python's own (its prefixes and ``sys.path``, which may lie under /root, /opt or /srv), this
+    package and ImageMagick's configure path."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    magick = [p for p in os.environ.get("MAGICK_CONFIGURE_PATH", "").split(os.pathsep) if p]
+    python = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path]
+    paths = [*SYSTEM_PATHS, *python, package, *magick]
+    return list(dict.fromkeys(os.path.realpath(p) for p in paths if p and os.path.exists(p)))
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64)]
+
+
+class _PathBeneath(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def restrict_files() -> str | None:
+    """Allow this process (and the programs it starts) to read and run only
+    :func:`readable_paths`, and to write nothing but ``/dev/null``; what is already open
+    (the worker's socket, each source descriptor) stays usable.  Landlock also keeps it out
+    of processes outside its sandbox: no ``ptrace``, no ``/proc/<worker pid>/mem``.
+
+    Returns:
+      None when in force, else why not (no Landlock in this kernel, say).
+    """
+    if sys.platform != "linux":
+        return f"no Landlock on {sys.platform}"
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+
+    def call(*args: object) -> int:
+        return int(libc.syscall(*(ctypes.c_long(a) if isinstance(a, int) else a for a in args)))
+
+    abi = call(_SYS_LANDLOCK_CREATE_RULESET, None, 0, _LANDLOCK_CREATE_RULESET_VERSION)
+    if abi < 1:
+        return f"no Landlock in this kernel ({errno.errorcode.get(ctypes.get_errno())})"
+    handled = _FS_ABI1
+    handled |= _FS_REFER if abi >= 2 else 0
+    handled |= _FS_TRUNCATE if abi >= 3 else 0
+    handled |= _FS_IOCTL_DEV if abi >= 5 else 0
+    attr = _RulesetAttr(handled)
+    ruleset = call(_SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.sizeof(attr), 0)
+    if ruleset < 0:
+        return f"landlock_create_ruleset failed: {errno.errorcode.get(ctypes.get_errno())}"
+    try:
+        rules = [(p, _READ) for p in readable_paths()] + list(_DEVICES)
+        for path, access in rules:
+            try:
+                parent = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                if not stat.S_ISDIR(os.fstat(parent).st_mode):
+                    access &= _FILE_RIGHTS
+                rule = _PathBeneath(access & handled, parent)
+                if (
+                    call(
+                        _SYS_LANDLOCK_ADD_RULE,
+                        ruleset,
+                        _LANDLOCK_RULE_PATH_BENEATH,
+                        ctypes.byref(rule),
+                        0,
+                    )
+                    != 0
+                ):
+                    return f"landlock_add_rule({path}) failed: " + str(
+                        errno.errorcode.get(ctypes.get_errno())
+                    )
+            finally:
+                os.close(parent)
+        libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            return f"prctl(PR_SET_NO_NEW_PRIVS) failed: {errno.errorcode.get(ctypes.get_errno())}"
+        if call(_SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0) != 0:
+            return f"landlock_restrict_self failed: {errno.errorcode.get(ctypes.get_errno())}"
+    finally:
+        os.close(ruleset)
     return None

@@ -32,7 +32,7 @@ _PROBE = textwrap.dedent(
     port = int(sys.argv[1])
     # Another process of the same user, started before the filter (as the worker is).
     sleeper = subprocess.Popen(["sleep", "60"])
-    report = {"restrict": sandbox.restrict()}
+    report = {"restrict": sandbox.restrict_calls()}
     def attempt(name, call):
         try:
             call()
@@ -197,4 +197,83 @@ def test_without_seccomp_the_pool_warns_once_and_still_renders(tmp_path: Path) -
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["size"] == [8, 8]
     [warning] = report["warnings"]
-    assert "without their seccomp filter" in warning and "PR_SET_SECCOMP" in warning
+    assert "without part of their sandbox" in warning and "PR_SET_SECCOMP" in warning
+
+
+_FILES_PROBE = textwrap.dedent(
+    """
+    import json, os, subprocess, sys
+    del sys.path[0]  # as the render child's bootstrap does: not the working directory
+    from dramatiq_preview.rendering import sandbox
+    secret, scratch = sys.argv[1], sys.argv[2]
+    sleeper = subprocess.Popen(["sleep", "60"])  # another process of this user
+    held = os.open(secret, os.O_RDONLY)  # opened before, like a source descriptor
+    report = {"restrict": sandbox.restrict_files()}
+    def attempt(name, call):
+        try:
+            report[name] = call()
+        except PermissionError:
+            report[name] = "refused"
+    attempt("secret", lambda: open(secret).read())
+    attempt("write", lambda: open(os.path.join(scratch, "new.txt"), "w").write("x"))
+    attempt("worker_environ", lambda: open(f"/proc/{sleeper.pid}/environ", "rb").read())
+    attempt("held", lambda: os.pread(held, 100, 0).decode())
+    attempt("system", lambda: open("/usr/bin/env", "rb").read(4).hex())
+    attempt("pdftocairo", lambda: subprocess.run(["pdftocairo", "-v"],
+                                                 capture_output=True).returncode)
+    sleeper.kill()
+    print(json.dumps(report))
+    """
+)
+
+
+def test_files_outside_the_system_and_python_are_out_of_reach(tmp_path: Path) -> None:
+    """Given a process that applied the file rules (Landlock), then it cannot read a file
+    outside the system and Python paths, write anywhere, or read another process's
+    environment; a descriptor it held before stays readable, and programs still run."""
+    import json
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the database password")
+    probe = subprocess.run(
+        [sys.executable, "-c", _FILES_PROBE, str(secret), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(PACKAGE_PARENT), "PATH": "/usr/bin:/bin"},
+    )
+    assert probe.returncode == 0, probe.stderr
+    report = json.loads(probe.stdout)
+    if report["restrict"] is not None:
+        pytest.skip(f"this kernel cannot confine files: {report['restrict']}")
+    assert report["secret"] == "refused"
+    assert report["write"] == "refused" and not (tmp_path / "new.txt").exists()
+    assert report["worker_environ"] == "refused"
+    assert report["held"] == "the database password"
+    assert report["system"] == "7f454c46"  # an ELF header
+    assert report["pdftocairo"] == 0
+
+
+def test_pool_children_keep_no_secrets_of_the_worker_environment(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given secrets in the worker's environment, then a render child's environment holds
+    none of them (only PATH, locale, Python's, ImageMagick's), and it starts fully confined:
+    the pool logs no warning."""
+    monkeypatch.setenv("PREVIEW_REDIS_URL", "redis://:hunter2@redis.internal:6379/0")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter3")
+    pool = Renderer(workspace.settings, processes=1)
+    try:
+        with caplog.at_level("WARNING", logger="dramatiq_preview.rendering.pool"):
+            name = workspace.add("sandbox/env.png", g.png(g.quadrants(16, 16)))
+            workspace.render(pool, workspace.job(name, [OutputSpec(8, 8, "png")]))
+        [pid] = pool.child_pids()
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        names = {entry.split(b"=", 1)[0].decode() for entry in environ if entry}
+    finally:
+        pool.close()
+    assert b"hunter" not in b"\0".join(environ)
+    assert "PATH" in names and "MAGICK_CONFIGURE_PATH" in names
+    assert not {"PREVIEW_REDIS_URL", "AWS_SECRET_ACCESS_KEY", "HOME"} & names
+    assert [r for r in caplog.records if "sandbox" in r.getMessage()] == []
