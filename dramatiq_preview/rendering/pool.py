@@ -82,7 +82,8 @@ _CHILD_ERRORS: dict[str, type[PreviewError]] = {
 # (which configures a broker), and without the current directory on sys.path.
 _BOOTSTRAP = """\
 import sys, types
-del sys.path[0]
+if sys.path and sys.path[0] == "":
+    del sys.path[0]  # the working directory (absent under PYTHONSAFEPATH)
 package = types.ModuleType("dramatiq_preview")
 package.__path__ = [sys.argv[1]]
 sys.modules["dramatiq_preview"] = package
@@ -96,7 +97,9 @@ sys.exit(main(sys.argv[2:]))
 #: test hooks switch.  Nothing else: the worker's environment carries secrets (Redis and
 #: broker URLs with passwords, API tokens, cloud keys) that a child taken over by a hostile
 #: file could copy into an output.
-_CHILD_ENV_NAMES = frozenset({"PATH", "LANG", "LANGUAGE", "TMPDIR", "TZ", TEST_HOOKS_ENV})
+_CHILD_ENV_NAMES = frozenset(
+    {"PATH", "LD_LIBRARY_PATH", "LANG", "LANGUAGE", "TMPDIR", "TZ", TEST_HOOKS_ENV}
+)
 _CHILD_ENV_PREFIXES = ("LC_", "PYTHON", "MAGICK_", "WAND_", "OMP_")
 
 
@@ -350,6 +353,7 @@ class Renderer:
                 stdout=subprocess.DEVNULL,
                 pass_fds=[theirs.fileno()],
                 env=env,
+                cwd="/",  # not the worker's directory: nothing there is the child's business
             )
         except BaseException:
             ours.close()

@@ -55,14 +55,18 @@ _RET_ALLOW = 0x7FFF0000
 _RET_ERRNO = 0x00050000
 _OFFSET_NR = 0
 _OFFSET_ARCH = 4
+_OFFSET_ARG1 = 24  # low 32 bits of args[1] (little-endian)
+_TIOCSTI = 0x5412
+_TIOCLINUX = 0x541C
 
 _X32_SYSCALL_BIT = 0x40000000
 
 
 class _Arch:
-    def __init__(self, audit_arch: int, denied: dict[str, int], *, x32: bool) -> None:
+    def __init__(self, audit_arch: int, denied: dict[str, int], *, ioctl: int, x32: bool) -> None:
         self.audit_arch = audit_arch
         self.denied = denied
+        self.ioctl = ioctl
         self.x32 = x32
 
 
@@ -84,11 +88,13 @@ _ARCHES = {
     "x86_64": _Arch(
         0xC000003E,
         dict(zip(DENIED_CALLS, (41, 53, 425, 101, 310, 311, 434, 438), strict=True)),
+        ioctl=16,
         x32=True,
     ),
     "aarch64": _Arch(
         0xC00000B7,
         dict(zip(DENIED_CALLS, (198, 199, 425, 117, 270, 271, 434, 438), strict=True)),
+        ioctl=29,
         x32=False,
     ),
 }
@@ -118,6 +124,14 @@ def program(arch: _Arch) -> list[tuple[int, int, int, int]]:
     if arch.x32:
         body.append((_JGE_K, deny, 0, _X32_SYSCALL_BIT))
     body += [(_JEQ_K, deny, 0, nr) for nr in arch.denied.values()]
+    # ioctl(fd, TIOCSTI or TIOCLINUX): no typing into a terminal the worker's stderr is on.
+    body += [
+        (_JEQ_K, 0, 4, arch.ioctl),
+        (_LD_W_ABS, 0, 0, _OFFSET_ARG1),
+        (_JEQ_K, deny, 0, _TIOCSTI),
+        (_JEQ_K, deny, 0, _TIOCLINUX),
+        (_RET_K, 0, 0, _RET_ALLOW),
+    ]
     body.append((_RET_K, 0, 0, _RET_ALLOW))
     deny_at = len(body)
     body.append((_RET_K, 0, 0, _RET_ERRNO | errno.EACCES))
@@ -136,6 +150,11 @@ def restrict() -> str | None:
       None when both are in force, else what is missing and why (an unsupported platform,
       or a kernel or container that refuses Landlock or seccomp); the rest still applies.
     """
+    # Both prctl(PR_SET_SECCOMP) and landlock_restrict_self confine the calling thread only
+    # (and what it starts later).
+    threads = len(os.listdir("/proc/self/task")) if sys.platform == "linux" else 1
+    if threads != 1:
+        return f"the render process has {threads} threads; confinement would cover only one"
     problems = [p for p in (restrict_files(), restrict_calls()) if p]
     return "; ".join(problems) or None
 
@@ -152,10 +171,6 @@ def restrict_calls() -> str | None:
     # one of its own calls refused as "another ABI".
     if arch is None or sys.maxsize <= 2**32:
         return f"no seccomp filter for {sys.platform}/{platform.machine()} (64-bit Linux only)"
-    # prctl filters only the calling thread (and what it starts later).
-    threads = len(os.listdir("/proc/self/task"))
-    if threads != 1:
-        return f"the render process has {threads} threads; the filter would cover only one"
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     # prctl(option, arg2, arg3, arg4, arg5): unused arguments must be 0, so pass all five.
     libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
@@ -186,13 +201,18 @@ _FS_REFER = 1 << 13  # ABI 2
 _FS_TRUNCATE = 1 << 14  # ABI 3
 _FS_IOCTL_DEV = 1 << 15  # ABI 5
 _FILE_RIGHTS = _FS_EXECUTE | _FS_WRITE_FILE | _FS_READ_FILE | _FS_TRUNCATE | _FS_IOCTL_DEV
+_NET_BIND_TCP = 1 << 0  # ABI 4: handled and never allowed, so no TCP even without seccomp
+_NET_CONNECT_TCP = 1 << 1
+_SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6: no signals to, no abstract sockets of,
+_SCOPE_SIGNAL = 1 << 1  # processes outside the sandbox (the worker, the user's others)
 _READ = _FS_EXECUTE | _FS_READ_FILE | _FS_READ_DIR
 
 #: What the system side of a render reads: programs and libraries (ImageMagick's coder
-#: modules, poppler), their configuration (/etc: ImageMagick's policy, fonts, the linker
-#: cache) and font caches, and the process's own /proc entries (not the worker's).  Home
-#: directories, /srv, /var, /opt, /tmp and the source root are not here: sources arrive as
-#: open descriptors.
+#: modules, poppler), the few files of /etc they use (the linker cache, ImageMagick's
+#: configuration and policy, fonts, time zone, locale aliases, user names), font caches, and
+#: the process's own /proc entries (not the worker's).  Home directories, the rest of /etc
+#: (where services keep secrets), /srv, /var, /opt, /tmp and the source root are not here:
+#: sources arrive as open descriptors.
 SYSTEM_PATHS = (
     "/usr",
     "/lib",
@@ -201,7 +221,20 @@ SYSTEM_PATHS = (
     "/libx32",
     "/bin",
     "/sbin",
-    "/etc",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/alternatives",
+    "/etc/fonts",
+    "/etc/ImageMagick-6",
+    "/etc/ImageMagick-7",
+    "/etc/localtime",
+    "/etc/locale.alias",
+    "/etc/mime.types",
+    "/etc/papersize",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/nsswitch.conf",
     "/proc/self",  # this process's own entries only (resolved when the rules are made)
     "/var/cache/fontconfig",
 )
@@ -209,18 +242,34 @@ _DEVICES = (("/dev/null", _FS_READ_FILE | _FS_WRITE_FILE), ("/dev/urandom", _FS_
 
 
 def readable_paths() -> list[str]:
-    """Every path a render child may read after :func:`restrict_files`: the system ones, and
-    Python's own (its prefixes and ``sys.path``, which may lie under /root, /opt or /srv), this
-    package and ImageMagick's configure path."""
+    """Every path a render child may read after :func:`restrict_files`: the system ones;
+    Python's prefixes, standard library and site-packages (not the rest of ``sys.path``,
+    which may name an application directory); the directories of this package and of Wand;
+    ImageMagick's configure path; and ``LD_LIBRARY_PATH``."""
+    import site
+    import sysconfig
+
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    magick = [p for p in os.environ.get("MAGICK_CONFIGURE_PATH", "").split(os.pathsep) if p]
-    python = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path]
-    paths = [*SYSTEM_PATHS, *python, package, *magick]
+    python = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+    python += [sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")]
+    python += [p for p in site.getsitepackages() if p in sys.path]
+    modules = []
+    wand = sys.modules.get("wand")
+    if wand is not None and wand.__file__:
+        modules.append(os.path.dirname(os.path.abspath(wand.__file__)))
+    split = os.pathsep
+    env = [os.environ.get("MAGICK_CONFIGURE_PATH", ""), os.environ.get("LD_LIBRARY_PATH", "")]
+    extra = [p for value in env for p in value.split(split) if os.path.isabs(p)]
+    paths = [*SYSTEM_PATHS, *python, package, *modules, *extra]
     return list(dict.fromkeys(os.path.realpath(p) for p in paths if p and os.path.exists(p)))
 
 
 class _RulesetAttr(ctypes.Structure):
-    _fields_ = [("handled_access_fs", ctypes.c_uint64)]
+    _fields_ = [
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),  # ABI 4
+        ("scoped", ctypes.c_uint64),  # ABI 6
+    ]
 
 
 class _PathBeneath(ctypes.Structure):
@@ -232,7 +281,8 @@ def restrict_files() -> str | None:
     """Allow this process (and the programs it starts) to read and run only
     :func:`readable_paths`, and to write nothing but ``/dev/null``; what is already open
     (the worker's socket, each source descriptor) stays usable.  Landlock also keeps it out
-    of processes outside its sandbox: no ``ptrace``, no ``/proc/<worker pid>/mem``.
+    of processes outside its sandbox: no ``ptrace``, no ``/proc/<worker pid>/mem``; from
+    ABI 4 no TCP, and from ABI 6 no signals to them and no abstract Unix sockets of theirs.
 
     Returns:
       None when in force, else why not (no Landlock in this kernel, say).
@@ -253,7 +303,14 @@ def restrict_files() -> str | None:
     handled |= _FS_TRUNCATE if abi >= 3 else 0
     handled |= _FS_IOCTL_DEV if abi >= 5 else 0
     attr = _RulesetAttr(handled)
-    ruleset = call(_SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.sizeof(attr), 0)
+    size = 8  # the struct as the kernel's ABI knows it
+    if abi >= 4:
+        attr.handled_access_net = _NET_BIND_TCP | _NET_CONNECT_TCP
+        size = 16
+    if abi >= 6:
+        attr.scoped = _SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL
+        size = 24
+    ruleset = call(_SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), size, 0)
     if ruleset < 0:
         return f"landlock_create_ruleset failed: {errno.errorcode.get(ctypes.get_errno())}"
     try:
@@ -267,19 +324,14 @@ def restrict_files() -> str | None:
                 if not stat.S_ISDIR(os.fstat(parent).st_mode):
                     access &= _FILE_RIGHTS
                 rule = _PathBeneath(access & handled, parent)
-                if (
-                    call(
-                        _SYS_LANDLOCK_ADD_RULE,
-                        ruleset,
-                        _LANDLOCK_RULE_PATH_BENEATH,
-                        ctypes.byref(rule),
-                        0,
-                    )
-                    != 0
-                ):
-                    return f"landlock_add_rule({path}) failed: " + str(
-                        errno.errorcode.get(ctypes.get_errno())
-                    )
+                # A rule that fails only leaves its path out: stricter, never looser.
+                call(
+                    _SYS_LANDLOCK_ADD_RULE,
+                    ruleset,
+                    _LANDLOCK_RULE_PATH_BENEATH,
+                    ctypes.byref(rule),
+                    0,
+                )
             finally:
                 os.close(parent)
         libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4

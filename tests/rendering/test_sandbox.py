@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -206,9 +209,13 @@ _FILES_PROBE = textwrap.dedent(
     del sys.path[0]  # as the render child's bootstrap does: not the working directory
     from dramatiq_preview.rendering import sandbox
     secret, scratch = sys.argv[1], sys.argv[2]
-    sleeper = subprocess.Popen(["sleep", "60"])  # another process of this user
+    # Another process of this user, as the worker is (it must not hold our output pipe).
+    sleeper = subprocess.Popen(["sleep", "20"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     held = os.open(secret, os.O_RDONLY)  # opened before, like a source descriptor
-    report = {"restrict": sandbox.restrict_files()}
+    import ctypes
+    abi = ctypes.CDLL(None).syscall(ctypes.c_long(444), None, ctypes.c_long(0), ctypes.c_long(1))
+    report = {"restrict": sandbox.restrict_files(), "abi": abi, "sleeper": sleeper.pid}
     def attempt(name, call):
         try:
             report[name] = call()
@@ -221,7 +228,10 @@ _FILES_PROBE = textwrap.dedent(
     attempt("system", lambda: open("/usr/bin/env", "rb").read(4).hex())
     attempt("pdftocairo", lambda: subprocess.run(["pdftocairo", "-v"],
                                                  capture_output=True).returncode)
-    sleeper.kill()
+    attempt("etc", lambda: open("/etc/hostname").read())  # /etc is not all readable
+    attempt("grandchild", lambda: subprocess.run(["cat", secret],
+                                                 capture_output=True).returncode)
+    attempt("signal", lambda: os.kill(sleeper.pid, 9))  # Landlock ABI 6: scoped
     print(json.dumps(report))
     """
 )
@@ -253,6 +263,12 @@ def test_files_outside_the_system_and_python_are_out_of_reach(tmp_path: Path) ->
     assert report["held"] == "the database password"
     assert report["system"] == "7f454c46"  # an ELF header
     assert report["pdftocairo"] == 0
+    assert report["etc"] == "refused"
+    assert report["grandchild"] != 0  # cat cannot read it either
+    if report["abi"] >= 6:
+        assert report["signal"] == "refused"
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(report["sleeper"], signal.SIGKILL)  # the probe could not
 
 
 def test_pool_children_keep_no_secrets_of_the_worker_environment(
