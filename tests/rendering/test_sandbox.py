@@ -35,6 +35,7 @@ _PROBE = textwrap.dedent(
     port = int(sys.argv[1])
     # Another process of the same user, started before the filter (as the worker is).
     sleeper = subprocess.Popen(["sleep", "60"])
+    terminal, tty = os.openpty()  # a terminal, as the worker's stderr may be
     report = {"restrict": sandbox.restrict_calls()}
     def attempt(name, call):
         try:
@@ -53,6 +54,12 @@ _PROBE = textwrap.dedent(
     libc = ctypes.CDLL(None, use_errno=True)
     attached = libc.ptrace(16, sleeper.pid, None, None)  # PTRACE_ATTACH
     report["ptrace"] = "refused" if attached == -1 and ctypes.get_errno() == 13 else "allowed"
+    import fcntl, termios
+    try:
+        fcntl.ioctl(tty, termios.TIOCSTI, b"x")
+        report["tiocsti"] = "allowed"
+    except OSError as exc:  # EACCES is the filter's answer; the kernel's own are EPERM/EIO
+        report["tiocsti"] = "refused" if exc.errno == 13 else f"errno {exc.errno}"
     sleeper.kill()
     # A program the child runs inherits the filter, and still runs.
     grandchild = subprocess.run(
@@ -91,7 +98,7 @@ def test_the_filter_refuses_every_socket_and_nothing_else(tmp_path: Path) -> Non
             listener.accept()
     report = json.loads(probe.stdout)
     assert report["restrict"] is None
-    for name in ("tcp", "udp", "ipv6", "unix", "socketpair", "pidfd_open", "ptrace"):
+    for name in ("tcp", "udp", "ipv6", "unix", "socketpair", "pidfd_open", "ptrace", "tiocsti"):
         assert report[name] == "refused", name
     assert report["grandchild_refused"] is True
     assert report["pdftocairo_runs"] is True
