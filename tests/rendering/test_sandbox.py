@@ -286,6 +286,7 @@ def test_pool_children_keep_no_secrets_of_the_worker_environment(
     the pool logs no warning."""
     monkeypatch.setenv("PREVIEW_REDIS_URL", "redis://:hunter2@redis.internal:6379/0")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter3")
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/usr/lib")  # kept: a Python built elsewhere needs it
     pool = Renderer(workspace.settings, processes=1)
     try:
         with caplog.at_level("WARNING", logger="dramatiq_preview.rendering.pool"):
@@ -297,6 +298,31 @@ def test_pool_children_keep_no_secrets_of_the_worker_environment(
     finally:
         pool.close()
     assert b"hunter" not in b"\0".join(environ)
-    assert "PATH" in names and "MAGICK_CONFIGURE_PATH" in names
+    assert {"PATH", "LD_LIBRARY_PATH", "MAGICK_CONFIGURE_PATH"} <= names
     assert not {"PREVIEW_REDIS_URL", "AWS_SECRET_ACCESS_KEY", "HOME"} & names
     assert [r for r in caplog.records if "sandbox" in r.getMessage()] == []
+
+
+def test_a_process_with_threads_is_not_half_confined() -> None:
+    """Landlock and seccomp confine the calling thread only: a process that already runs
+    another thread gets nothing installed, and says why."""
+    code = textwrap.dedent(
+        """
+        import threading, time
+        from dramatiq_preview.rendering import sandbox
+        threading.Thread(target=time.sleep, args=(5,), daemon=True).start()
+        print(sandbox.restrict())
+        print(open("/proc/self/status").read().split("Seccomp:")[1].split()[0])
+        """
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(PACKAGE_PARENT), "PATH": "/usr/bin:/bin"},
+    )
+    assert run.returncode == 0, run.stderr
+    reason, seccomp_mode = run.stdout.split("\n")[:2]
+    assert "2 threads" in reason
+    assert seccomp_mode == "0"
