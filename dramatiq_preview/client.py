@@ -27,6 +27,7 @@ from .state import BrokerMessage, JobStore, get_store
 from .validation import normalize, validate
 
 logger = logging.getLogger("dramatiq_preview.client")
+_UNKNOWN = object()
 
 assert RECORDED == "preview_recorded"  # spelled out as a keyword in submit()
 
@@ -60,8 +61,7 @@ class PreviewClient:
         self._broker = broker
         self._own_broker: dramatiq.Broker | None = None
         self._store: JobStore | None = None
-        self._fused: str | None = None
-        self._fused_known = False
+        self._fused: object = _UNKNOWN  # the broker's namespace, or None: _fused_namespace
 
     @classmethod
     def from_url(cls, redis_url: str, **overrides: Any) -> PreviewClient:
@@ -94,7 +94,7 @@ class PreviewClient:
             return
         if self._broker is broker:
             self._broker = None
-            self._fused_known = False
+            self._fused = _UNKNOWN
         broker.close()
         client = getattr(broker, "client", None)
         if client is not None:
@@ -124,69 +124,50 @@ class PreviewClient:
         job_id = normalized["jobId"]
         queue = queue_for(normalized["priority"])
         message = render_preview.message_with_options(args=(normalized,), preview_recorded=True)
+        # With a Redis broker on the state store's server, the record and the message are
+        # written by one script; otherwise the record comes first, then broker.enqueue.
         namespace = self._fused_namespace()
-        if namespace is not None:
-            return self._record_and_enqueue(normalized, queue, message, namespace)
-        outcome, state = self.store.record(normalized, queue=queue)
+        pushed = None if namespace is None else self._encode_for(message, namespace, job_id)
+        outcome, state = self.store.record(
+            normalized, queue=queue, message=None if pushed is None else pushed[1]
+        )
         if outcome == "conflict":
             raise JobConflict(f"jobId {job_id!r} was already used with a different payload")
         if outcome == "duplicate":
             emit("duplicate", job_id=job_id)
             return Submission(job_id, state, duplicate=True)
+        if pushed is not None:
+            self.broker.emit_after("enqueue", pushed[0], None)
+            return Submission(job_id, "queued", duplicate=False)
         try:
             self.broker.enqueue(message)
         except Exception as exc:
-            logger.warning("enqueue of job %s failed: %s", job_id, exc)
             self.store.delete(job_id, queue)
-            raise BrokerUnavailable(
-                f"the broker is unavailable: {type(exc).__name__}; the job was not queued"
-            ) from exc
+            raise _unavailable(job_id, exc) from exc
         return Submission(job_id, "queued", duplicate=False)
 
     def _fused_namespace(self) -> str | None:
         """The broker's namespace when the broker is Redis on the state store's server."""
-        if not self._fused_known:
+        if self._fused is _UNKNOWN:
             self._fused = shared_redis_namespace(self.broker, self.store.client)
-            self._fused_known = True
-        return self._fused
+        return self._fused  # type: ignore[return-value]
 
-    def _record_and_enqueue(
-        self,
-        normalized: dict[str, Any],
-        queue: str,
-        message: dramatiq.Message[Any],
-        namespace: str,
-    ) -> Submission:
-        """Record the job and push its message in one script (what RedisBroker.enqueue
-        would push), with the broker's enqueue hooks around it."""
-        job_id = normalized["jobId"]
-        broker = self.broker
-        # As RedisBroker.enqueue does: a fresh id per enqueue, then the middleware's
-        # before_enqueue (which may add options), then the encoding.  A duplicate or a
-        # conflict is then not enqueued, like an enqueue that failed: no after_enqueue.
+    def _encode_for(
+        self, message: dramatiq.Message[Any], namespace: str, job_id: str
+    ) -> tuple[dramatiq.Message[Any], BrokerMessage]:
+        """The message as ``RedisBroker.enqueue`` would push it: a fresh id, the broker's
+        ``before_enqueue`` hooks (which may add options), then the encoding.  A duplicate or
+        a conflict is then not enqueued, like an enqueue that failed: no ``after_enqueue``."""
         message = message.copy(options={"redis_message_id": str(uuid.uuid4())})
         try:
-            broker.emit_before("enqueue", message, None)
+            self.broker.emit_before("enqueue", message, None)
             data = message.encode()
         except PreviewError:
             raise
         except Exception as exc:
-            # As when broker.enqueue fails on the other path: nothing recorded, nothing sent.
-            logger.warning("enqueue of job %s failed: %s", job_id, exc)
-            raise BrokerUnavailable(
-                f"the broker is unavailable: {type(exc).__name__}; the job was not queued"
-            ) from exc
-        pushed = BrokerMessage(
-            namespace, message.queue_name, message.options["redis_message_id"], data
-        )
-        outcome, state = self.store.record(normalized, queue=queue, message=pushed)
-        if outcome == "conflict":
-            raise JobConflict(f"jobId {job_id!r} was already used with a different payload")
-        if outcome == "duplicate":
-            emit("duplicate", job_id=job_id)
-            return Submission(job_id, state, duplicate=True)
-        broker.emit_after("enqueue", message, None)
-        return Submission(job_id, "queued", duplicate=False)
+            raise _unavailable(job_id, exc) from exc
+        message_id = message.options["redis_message_id"]
+        return message, BrokerMessage(namespace, message.queue_name, message_id, data)
 
     def status(self, job_id: str) -> dict[str, Any]:
         """The job's status object (contract §5).
@@ -216,6 +197,14 @@ class PreviewClient:
             state = outcome.removeprefix("final:")
             raise JobConflict(f"job {job_id!r} already {state}; it cannot be cancelled")
         return {"jobId": job_id, "state": outcome}
+
+
+def _unavailable(job_id: str, exc: Exception) -> BrokerUnavailable:
+    """What a refused enqueue becomes (nothing of the job is left behind by then)."""
+    logger.warning("enqueue of job %s failed: %s", job_id, exc)
+    return BrokerUnavailable(
+        f"the broker is unavailable: {type(exc).__name__}; the job was not queued"
+    )
 
 
 _default: PreviewClient | None = None
