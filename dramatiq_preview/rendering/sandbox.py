@@ -37,6 +37,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import functools
 import os
 import platform
 import stat
@@ -126,11 +127,10 @@ def program(arch: _Arch) -> list[tuple[int, int, int, int]]:
     body += [(_JEQ_K, deny, 0, nr) for nr in arch.denied.values()]
     # ioctl(fd, TIOCSTI or TIOCLINUX): no typing into a terminal the worker's stderr is on.
     body += [
-        (_JEQ_K, 0, 4, arch.ioctl),
+        (_JEQ_K, 0, 3, arch.ioctl),  # not ioctl: on to "allow"
         (_LD_W_ABS, 0, 0, _OFFSET_ARG1),
         (_JEQ_K, deny, 0, _TIOCSTI),
         (_JEQ_K, deny, 0, _TIOCLINUX),
-        (_RET_K, 0, 0, _RET_ALLOW),
     ]
     body.append((_RET_K, 0, 0, _RET_ALLOW))
     deny_at = len(body)
@@ -171,17 +171,36 @@ def restrict_calls() -> str | None:
     # one of its own calls refused as "another ABI".
     if arch is None or sys.maxsize <= 2**32:
         return f"no seccomp filter for {sys.platform}/{platform.machine()} (64-bit Linux only)"
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    # prctl(option, arg2, arg3, arg4, arg5): unused arguments must be 0, so pass all five.
-    libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
-    libc.prctl.restype = ctypes.c_int
-    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        return f"prctl(PR_SET_NO_NEW_PRIVS) failed: {errno.errorcode.get(ctypes.get_errno())}"
+    libc = _libc()
+    problem = _no_new_privs(libc)
+    if problem:
+        return problem
     instructions = program(arch)
     filters = (_SockFilter * len(instructions))(*(_SockFilter(*i) for i in instructions))
     fprog = _SockFprog(len(instructions), filters)
     if libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) != 0:
-        return f"prctl(PR_SET_SECCOMP) failed: {errno.errorcode.get(ctypes.get_errno())}"
+        return f"prctl(PR_SET_SECCOMP) failed: {_last_error()}"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    # prctl(option, arg2, arg3, arg4, arg5): unused arguments must be 0, so pass all five.
+    libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+    libc.prctl.restype = ctypes.c_int
+    libc.syscall.restype = ctypes.c_long
+    return libc
+
+
+def _last_error() -> str:
+    return str(errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno()))
+
+
+def _no_new_privs(libc: ctypes.CDLL) -> str | None:
+    """Set ``no_new_privs``, the kernel's condition for both kinds of confinement."""
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        return f"prctl(PR_SET_NO_NEW_PRIVS) failed: {_last_error()}"
     return None
 
 
@@ -289,15 +308,14 @@ def restrict_files() -> str | None:
     """
     if sys.platform != "linux":
         return f"no Landlock on {sys.platform}"
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.syscall.restype = ctypes.c_long
+    libc = _libc()
 
     def call(*args: object) -> int:
         return int(libc.syscall(*(ctypes.c_long(a) if isinstance(a, int) else a for a in args)))
 
     abi = call(_SYS_LANDLOCK_CREATE_RULESET, None, 0, _LANDLOCK_CREATE_RULESET_VERSION)
     if abi < 1:
-        return f"no Landlock in this kernel ({errno.errorcode.get(ctypes.get_errno())})"
+        return f"no Landlock in this kernel ({_last_error()})"
     handled = _FS_ABI1
     handled |= _FS_REFER if abi >= 2 else 0
     handled |= _FS_TRUNCATE if abi >= 3 else 0
@@ -312,7 +330,7 @@ def restrict_files() -> str | None:
         size = 24
     ruleset = call(_SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), size, 0)
     if ruleset < 0:
-        return f"landlock_create_ruleset failed: {errno.errorcode.get(ctypes.get_errno())}"
+        return f"landlock_create_ruleset failed: {_last_error()}"
     try:
         rules = [(p, _READ) for p in readable_paths()] + list(_DEVICES)
         for path, access in rules:
@@ -334,11 +352,11 @@ def restrict_files() -> str | None:
                 )
             finally:
                 os.close(parent)
-        libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
-        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-            return f"prctl(PR_SET_NO_NEW_PRIVS) failed: {errno.errorcode.get(ctypes.get_errno())}"
+        problem = _no_new_privs(libc)
+        if problem:
+            return problem
         if call(_SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0) != 0:
-            return f"landlock_restrict_self failed: {errno.errorcode.get(ctypes.get_errno())}"
+            return f"landlock_restrict_self failed: {_last_error()}"
     finally:
         os.close(ruleset)
     return None
