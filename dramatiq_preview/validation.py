@@ -214,7 +214,7 @@ def validation_issues(payload: Any) -> list[ValidationIssue]:
     """
     reference, suspect = _scan(payload)
     if suspect:
-        _, structural = _inspect(payload)
+        structural = _inspect(payload)
         if structural:
             return structural
         reference = True  # pragma: no cover - _scan suspects exactly what _inspect reports
@@ -262,16 +262,13 @@ def _scan(payload: Any) -> tuple[bool, bool]:
     return reference, False
 
 
-def _inspect(payload: Any) -> tuple[bool, list[ValidationIssue]]:
-    """``(holds a float, issues of text and nesting)``, walking ``payload`` iteratively."""
-    has_float = False
+def _inspect(payload: Any) -> list[ValidationIssue]:
+    """The issues of text and nesting in ``payload``, with paths, walking it iteratively."""
     issues: list[ValidationIssue] = []
     stack: list[tuple[Any, str, int]] = [(payload, "", 0)]
     while stack:
         value, where, depth = stack.pop()
-        if isinstance(value, float):
-            has_float = True
-        elif isinstance(value, str):
+        if isinstance(value, str):
             if not _is_unicode(value):
                 issues.append(ValidationIssue(where, "must be valid Unicode text"))
         elif isinstance(value, (dict, list)):
@@ -285,7 +282,7 @@ def _inspect(payload: Any) -> tuple[bool, list[ValidationIssue]]:
                     issues.append(ValidationIssue(where, "property names must be valid Unicode"))
                     name = "?"
                 stack.append((item, _join(where, name[:64]), depth + 1))
-    return has_float, sorted(issues, key=lambda i: (i.path, i.message))
+    return sorted(issues, key=lambda i: (i.path, i.message))
 
 
 def _is_unicode(text: str) -> bool:
