@@ -62,21 +62,19 @@ def _parse_url(name: str, raw: str, schemes: set[str]) -> str:
 
 
 def _parse_hosts(name: str, raw: str) -> frozenset[str]:
-    """Host names (lower case, no trailing dot), IPv4 literals, and IPv6 literals with or
-    without brackets (kept in their compressed form, as :func:`canonical_host` spells them)."""
+    """Host names, IPv4 literals and IPv6 literals (with or without brackets), each spelt
+    by :func:`canonical_host`."""
     hosts = set()
     for item in raw.split(","):
-        host = item.strip().lower().rstrip(".")
+        host = canonical_host(item.strip())
         if not host:
             continue
-        if host.startswith("[") or ":" in host:
+        if item.strip().startswith("[") or ":" in host:
             try:
-                literal = ipaddress.IPv6Address(host.removeprefix("[").removesuffix("]"))
+                ipaddress.IPv6Address(host)
             except ValueError:
                 raise ConfigError(name, f"not an IPv6 address: {item.strip()!r}") from None
-            hosts.add(literal.compressed)
-            continue
-        if not _HOST_RE.fullmatch(host):
+        elif not _HOST_RE.fullmatch(host):
             raise ConfigError(name, f"not a host name: {item.strip()!r}")
         hosts.add(host)
     return frozenset(hosts)
