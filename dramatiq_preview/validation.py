@@ -214,10 +214,10 @@ def validation_issues(payload: Any) -> list[ValidationIssue]:
     """
     reference, suspect = _scan(payload)
     if suspect:
-        structural = _inspect(payload)
+        structural = text_and_nesting_issues(payload)
         if structural:
             return structural
-        reference = True  # pragma: no cover - _scan suspects exactly what _inspect reports
+        reference = True  # pragma: no cover - _scan suspects exactly what it reports
     fast = _fast_validator()
     if fast is not None and not reference:
         try:
@@ -234,8 +234,8 @@ def _scan(payload: Any) -> tuple[bool, bool]:
     The reference validator is needed for floats (JSON Schema may count ``1.0`` as an
     integer; we do not) and for values JSON has no type for (a tuple, bytes, a non-string
     key), which jsonschema-rs may read as JSON values where :mod:`jsonschema` refuses them.
-    The second flag is :func:`_inspect` without the paths, for the common payload that has
-    no such issue (it then costs a few microseconds).
+    The second flag is :func:`text_and_nesting_issues` without the paths, for the common
+    payload that has no such issue (it then costs a few microseconds).
     """
     reference = False
     stack: list[tuple[Any, int]] = [(payload, 0)]
@@ -262,8 +262,10 @@ def _scan(payload: Any) -> tuple[bool, bool]:
     return reference, False
 
 
-def _inspect(payload: Any) -> list[ValidationIssue]:
-    """The issues of text and nesting in ``payload``, with paths, walking it iteratively."""
+def text_and_nesting_issues(payload: Any) -> list[ValidationIssue]:
+    """The issues of text and nesting in ``payload``, with paths, walking it iteratively:
+    text that is not valid Unicode (lone surrogates) and nesting beyond :data:`MAX_DEPTH`.
+    JSON Schema says nothing of either; both validators of a payload check them first."""
     issues: list[ValidationIssue] = []
     stack: list[tuple[Any, str, int]] = [(payload, "", 0)]
     while stack:

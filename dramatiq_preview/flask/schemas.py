@@ -19,10 +19,10 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate
+from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, pre_load, validate
 
 from ..state import STATES
-from ..validation import ecma_regex, load_schema
+from ..validation import ecma_regex, load_schema, text_and_nesting_issues
 
 _SCHEMA = load_schema()
 _PROPS = _SCHEMA["properties"]
@@ -162,6 +162,18 @@ class OutputRequestSchema(StrictSchema):
 
 class JobRequestSchema(StrictSchema):
     """The body of ``POST /job``: the job payload of ``schemas/preview-job.schema.json``."""
+
+    @pre_load
+    def _refuse_bad_text_and_nesting(self, data: Any, **kwargs: Any) -> Any:
+        # What the JSON Schema path checks first (lone surrogates, absurd nesting), so that
+        # both validators give one verdict.
+        issues = text_and_nesting_issues(data)
+        if issues:
+            messages: dict[str, list[str]] = {}
+            for issue in issues:
+                messages.setdefault(issue.path or "_schema", []).append(issue.message)
+            raise ValidationError(messages)
+        return data
 
     jobId = _string(_PROPS["jobId"], metadata={"description": _PROPS["jobId"]["description"]})
     source = OneOfNested(

@@ -256,3 +256,19 @@ def test_the_edge_cases_cover_both_verdicts() -> None:
     assert verdicts["minimal"] and verdicts["everything"] and verdicts["path 1024"]
     assert not verdicts["width as float"] and not verdicts["width as string"]
     assert sum(verdicts.values()) >= 8 and sum(not v for v in verdicts.values()) >= 40
+
+
+@pytest.mark.parametrize("where", ["source/url", "jobId", "metadata/k"])
+def test_both_validators_refuse_text_that_is_not_unicode(where: str) -> None:
+    # Found by the generated run above: a lone surrogate ("\ud800" in JSON) in a URL.
+    payload: dict[str, Any] = {
+        "jobId": "job-1",
+        "source": {"url": "http://img.example/a.png"},
+        "outputs": [{"width": 1, "height": 1, "format": "webp"}],
+        "metadata": {"k": "v"},
+    }
+    parent, _, key = where.rpartition("/")
+    node = payload[parent] if parent else payload
+    node[key] = "http://\ud800" if key == "url" else "a\ud800"
+    assert_agree(payload)
+    assert request_issues(payload) == [{"path": where, "message": "must be valid Unicode text"}]
