@@ -12,6 +12,7 @@ import imagegen
 import pytest
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
+from sourceserver import wait_until
 from support import BASE_ENV, PYTHON, image_info, python_env
 
 from dramatiq_preview import (
@@ -123,7 +124,7 @@ def test_a_missing_source_fails_at_once_and_is_dead_lettered(job_id: str, wait_f
     assert status["error"]["retryable"] is False
     assert "does-not-exist.jpg" in status["error"]["message"]
     assert str(Path(BASE_ENV["PREVIEW_SOURCE_ROOT"])) not in status["error"]["message"]
-    assert job_id in dead_job_ids()
+    assert wait_until(lambda: job_id in dead_job_ids(), timeout=10)
 
 
 def test_an_unsupported_file_fails_at_once(source_root: Path, job_id: str, wait_for: Any) -> None:
@@ -163,7 +164,7 @@ def test_a_transient_error_is_retried_with_backoff_then_dead_lettered(
     assert final["error"]["type"] == "source_unavailable"
     assert final["error"]["retryable"] is True
     assert source_server.hits("/down.png") == 3
-    assert job_id in dead_job_ids()
+    assert wait_until(lambda: job_id in dead_job_ids(), timeout=10)
 
 
 def test_a_transient_error_that_clears_succeeds_on_retry(
@@ -205,7 +206,7 @@ def test_a_message_that_bypassed_validation_fails_permanently_in_the_worker(
     assert status["attempts"] == 0, "an invalid payload never starts rendering"
     assert status["error"]["type"] == "invalid_payload"
     assert {d["path"] for d in status["error"]["details"]} == {"outputs", "source/path"}
-    assert job_id in dead_job_ids()
+    assert wait_until(lambda: job_id in dead_job_ids(), timeout=10)
 
 
 def test_redis_down_gives_a_clear_error_and_leaves_nothing_behind(photo: dict[str, str]) -> None:
@@ -236,6 +237,8 @@ def test_the_job_api_answers_unknown_ids_with_not_found() -> None:
 # --- helpers ------------------------------------------------------------------------------
 
 
+# The job's state is written before the worker moves its message to the dead letters, so
+# the tests wait for the move.
 def dead_job_ids() -> set[str]:
     from dramatiq_preview.config import get_settings
     from dramatiq_preview.dlq import dead_letters
@@ -293,7 +296,6 @@ def test_a_state_store_outage_in_the_worker_is_retried_until_redis_is_back(
         )
     )
     # When the worker has failed to reach it at least once, and Redis comes back
-    from sourceserver import wait_until
 
     wait_until(lambda: "Retrying message" in worker.log)
     state.start()
