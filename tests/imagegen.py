@@ -63,8 +63,14 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def png(pixels: Pixels, *, alpha: bool = True, text: dict[str, str] | None = None) -> bytes:
-    """An 8-bit RGB(A) PNG, optionally with ``tEXt`` chunks."""
+def png(
+    pixels: Pixels,
+    *,
+    alpha: bool = True,
+    text: dict[str, str] | None = None,
+    icc: bytes | None = None,
+) -> bytes:
+    """An 8-bit RGB(A) PNG, optionally with ``tEXt`` chunks and an ``iCCP`` colour profile."""
     height, width = len(pixels), len(pixels[0])
     channels = 4 if alpha else 3
     raw = bytearray()
@@ -74,6 +80,8 @@ def png(pixels: Pixels, *, alpha: bool = True, text: dict[str, str] | None = Non
             raw.extend(px[:channels])
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 6 if alpha else 2, 0, 0, 0)
     chunks = [_chunk(b"IHDR", ihdr)]
+    if icc is not None:
+        chunks.append(_chunk(b"iCCP", b"profile\0\0" + zlib.compress(icc)))
     for key, value in (text or {}).items():
         chunks.append(_chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1")))
     chunks.append(_chunk(b"IDAT", zlib.compress(bytes(raw), 6)))
@@ -288,6 +296,13 @@ def jpeg(pixels: Pixels, *, orientation: int | None = None, quality: int = 95) -
     exif = b"Exif\x00\x00" + tiff_part
     app1 = b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif
     return data[:2] + app1 + data[2:]
+
+
+def with_icc(jpeg_data: bytes, profile: bytes) -> bytes:
+    """``jpeg_data`` with ``profile`` in an APP2 ``ICC_PROFILE`` segment (one chunk)."""
+    payload = b"ICC_PROFILE\0" + bytes([1, 1]) + profile
+    app2 = b"\xff\xe2" + struct.pack(">H", len(payload) + 2) + payload
+    return jpeg_data[:2] + app2 + jpeg_data[2:]
 
 
 def webp(pixels: Pixels) -> bytes:

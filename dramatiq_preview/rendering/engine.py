@@ -15,6 +15,8 @@ Decoding, per job:
    scaling shrinks them on load to the smallest size the largest output still needs.
 4. Outputs are derived from largest to smallest, each from the previous uniform resize, so
    the big decode is resampled once.
+5. A source tagged with an RGB colour profile other than sRGB (:mod:`.icc`) is converted
+   to sRGB right after its first resize, on the fewest pixels that still serve every output.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from ..errors import (
     UnsupportedFormat,
 )
 from ..models import JobSpec, OutputSpec
-from . import pdf
+from . import icc, pdf
 from .formats import (
     INPUT_CODERS,
     SNIFF_BYTES,
@@ -76,6 +78,14 @@ _MAX_OUTPUT_AREA = 4096 * 4096
 #: (docs/performance.md).
 WEBP_METHOD = "2"
 _ORIENTATIONS_TRANSPOSED = {"left_top", "right_top", "right_bottom", "left_bottom"}
+
+library.MagickProfileImage.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_char_p,
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+]
+library.MagickProfileImage.restype = ctypes.c_bool
 
 
 @dataclass(frozen=True)
@@ -162,7 +172,7 @@ def _render(
     with decoded as image:
         _check_unchanged(fd, size)
         yield None
-        yield from _derive(image, spec.outputs)
+        yield from _derive(image, spec.outputs, to_srgb=_needs_srgb(image))
 
 
 def _check_unchanged(fd: int, size: int) -> None:
@@ -354,7 +364,35 @@ def _decode(
         raise
 
 
-def _derive(image: Image, outputs: tuple[OutputSpec, ...]) -> Iterator[Encoded]:
+def _needs_srgb(image: Image) -> bool:
+    """Whether ``image`` carries an RGB profile whose colours sRGB viewers would misread."""
+    if image.colorspace not in ("srgb", "rgb"):
+        return False
+    profile = image.profiles["icc"] or image.profiles["icm"]
+    return profile is not None and icc.needs_conversion(profile)
+
+
+def _to_srgb(image: Image) -> None:
+    """Convert ``image`` from its embedded profile to sRGB.
+
+    A profile lcms cannot use is dropped and the pixels are kept as they are, which is what
+    browsers show for such a file; any other failure (memory) propagates.
+    """
+    target = icc.srgb()
+    if library.MagickProfileImage(image.wand, b"icc", target, len(target)):
+        return
+    try:
+        image.raise_exception()
+    except WandException as exc:
+        text = str(exc).lower()
+        if "profile" not in text and "color transform" not in text:
+            raise
+    image.strip()
+
+
+def _derive(
+    image: Image, outputs: tuple[OutputSpec, ...], *, to_srgb: bool = False
+) -> Iterator[Encoded]:
     columns, rows = image.size
     has_alpha = bool(image.alpha_channel)
     base = image
@@ -366,6 +404,10 @@ def _derive(image: Image, outputs: tuple[OutputSpec, ...]) -> Iterator[Encoded]:
             try:
                 if resized.size != step.resize:
                     _resize(resized, *step.resize)
+                if to_srgb and base is image:
+                    # Later outputs derive from this converted copy, or convert their own.
+                    with _quiet():
+                        _to_srgb(resized)
                 if step.crop is not None:
                     left, top, width, height = step.crop
                     final = resized.clone()

@@ -1,0 +1,178 @@
+"""Colour profiles: sources tagged with a wide-gamut RGB profile come out in sRGB."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import imagegen as g
+import pytest
+from render_helpers import Workspace, close_to, pixel
+
+from dramatiq_preview.models import OutputSpec
+from dramatiq_preview.rendering import Renderer, icc
+
+DISPLAY_P3 = ((0.680, 0.320), (0.265, 0.690), (0.150, 0.060))
+#: Linear Display P3 to linear sRGB, both D65 (the published matrix, not derived by icc.py).
+P3_TO_SRGB = (
+    (1.2249, -0.2247, 0.0),
+    (-0.0420, 1.0419, 0.0),
+    (-0.0197, -0.0786, 1.0979),
+)
+ORANGE = (200, 100, 50, 255)
+
+
+def _encode(linear: float) -> float:
+    linear = min(1.0, max(0.0, linear))
+    return 12.92 * linear if linear <= 0.0031308 else 1.055 * linear ** (1 / 2.4) - 0.055
+
+
+def p3_in_srgb(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
+    """What a Display P3 colour is in sRGB, by hand."""
+    linear = [icc.srgb_curve(v / 255) for v in rgb]  # P3 uses sRGB's tone curve
+    converted = [sum(row[k] * linear[k] for k in range(3)) for row in P3_TO_SRGB]
+    r, gr, b = (round(_encode(v) * 255) for v in converted)
+    return r, gr, b
+
+
+@pytest.fixture(scope="module")
+def p3_profile() -> bytes:
+    return icc.matrix_profile("Display P3", DISPLAY_P3)
+
+
+def test_the_reference_conversion_moves_the_colour() -> None:
+    """Given the test's own orange, its sRGB value is visibly different (the test can fail)."""
+    assert p3_in_srgb(ORANGE[:3]) == (215, 93, 31)
+
+
+@pytest.mark.parametrize("output_format", ["webp", "jpeg", "png"])
+@pytest.mark.parametrize("input_format", ["jpeg", "png"])
+def test_display_p3_sources_are_converted_to_srgb(
+    renderer: Renderer,
+    workspace: Workspace,
+    p3_profile: bytes,
+    input_format: str,
+    output_format: str,
+) -> None:
+    """Given an orange image tagged Display P3, when rendered (outputs carry no profile),
+    then its pixels are the sRGB colour of that orange, not the raw P3 numbers."""
+    pixels = g.solid(48, 32, ORANGE)
+    data = (
+        g.with_icc(g.jpeg(pixels), p3_profile)
+        if input_format == "jpeg"
+        else g.png(pixels, alpha=False, icc=p3_profile)
+    )
+    name = workspace.add(f"colour/p3.{input_format}", data)
+    spec = workspace.job(name, [OutputSpec(24, 24, output_format)])
+
+    [result] = workspace.render(renderer, spec)
+
+    got = pixel(workspace.out / result.path, 12, 8)[:3]
+    assert close_to(got, p3_in_srgb(ORANGE[:3]), tolerance=3), got
+    assert not close_to(got, ORANGE[:3], tolerance=6), got
+    data = (workspace.out / result.path).read_bytes()
+    assert not any(tag in data for tag in (b"ICC_PROFILE", b"iCCP", b"ICCP")), "profile kept"
+
+
+def test_every_output_of_a_job_is_converted(
+    renderer: Renderer, workspace: Workspace, p3_profile: bytes
+) -> None:
+    """Given a P3 photo and outputs that derive from each other (contain, cover) and one that
+    cannot (fill, other aspect), then all of them are converted, and exactly once."""
+    name = workspace.add(
+        "colour/p3-many.jpg", g.with_icc(g.jpeg(g.solid(64, 48, ORANGE)), p3_profile)
+    )
+    outputs = [
+        OutputSpec(40, 40, "png"),
+        OutputSpec(20, 20, "png", fit="cover"),
+        OutputSpec(30, 10, "png", fit="fill"),
+        OutputSpec(8, 8, "png"),
+    ]
+    results = workspace.render(renderer, workspace.job(name, outputs))
+
+    expected = p3_in_srgb(ORANGE[:3])
+    for result in results:
+        got = pixel(workspace.out / result.path, result.width // 2, result.height // 2)[:3]
+        assert close_to(got, expected, tolerance=3), (result, got)
+
+
+def test_srgb_tagged_sources_keep_their_pixels(renderer: Renderer, workspace: Workspace) -> None:
+    """Given an image tagged with an sRGB profile, its colours are rendered unchanged."""
+    name = workspace.add(
+        "colour/srgb.png", g.png(g.solid(32, 32, ORANGE), alpha=False, icc=icc.srgb())
+    )
+    [result] = workspace.render(renderer, workspace.job(name, [OutputSpec(16, 16, "png")]))
+
+    assert pixel(workspace.out / result.path, 8, 8)[:3] == ORANGE[:3]
+
+
+def test_a_profile_lcms_refuses_is_ignored(
+    renderer: Renderer, workspace: Workspace, p3_profile: bytes
+) -> None:
+    """Given a P3 profile whose tone curves are of an unknown type, when rendered, then the
+    job still succeeds with the pixels as stored (what browsers show for such a file)."""
+    broken = p3_profile.replace(b"curv\0\0\0\0", b"junk\0\0\0\0")
+    assert icc.needs_conversion(broken)  # so the render does try, and is refused
+    name = workspace.add("colour/broken.jpg", g.with_icc(g.jpeg(g.solid(32, 32, ORANGE)), broken))
+    [result] = workspace.render(renderer, workspace.job(name, [OutputSpec(16, 16, "png")]))
+
+    assert close_to(pixel(workspace.out / result.path, 8, 8)[:3], ORANGE[:3], tolerance=3)
+
+
+# --- which profiles need converting (pure) -------------------------------------------------
+
+
+SRGB_PARAMETRIC = (2.4, 1 / 1.055, 0.055 / 1.055, 1 / 12.92, 0.04045)
+
+
+def test_srgb_and_its_look_alikes_need_no_conversion() -> None:
+    """sRGB as tabulated or parametric curves (v4 profiles use the latter), and with a plain
+    gamma of 2.2, converts to the same pixels: no conversion."""
+    gamma_22 = icc.matrix_profile("sRGB, gamma 2.2", icc.SRGB_PRIMARIES, tone=lambda x: x**2.2)
+    para = icc.matrix_profile("sRGB para", icc.SRGB_PRIMARIES, parametric=SRGB_PARAMETRIC)
+    assert not icc.needs_conversion(icc.srgb())
+    assert not icc.needs_conversion(gamma_22)
+    assert not icc.needs_conversion(para)
+
+
+def test_other_rgb_spaces_need_conversion(p3_profile: bytes) -> None:
+    """Other primaries, or sRGB's primaries with another tone curve, need conversion."""
+    linear = icc.matrix_profile("linear sRGB", icc.SRGB_PRIMARIES, tone=lambda x: x)
+    gamma_18 = icc.matrix_profile(
+        "sRGB, gamma 1.8", icc.SRGB_PRIMARIES, parametric=(1.8, 1, 0, 0, 0)
+    )
+    p3_para = icc.matrix_profile("P3 para", DISPLAY_P3, parametric=SRGB_PARAMETRIC)
+    for profile in (p3_profile, linear, gamma_18, p3_para):
+        assert icc.needs_conversion(profile)
+
+
+def test_parametric_curves_convert_like_tabulated_ones(
+    renderer: Renderer, workspace: Workspace
+) -> None:
+    """Given a P3 image whose profile has parametric curves, the colours are converted."""
+    profile = icc.matrix_profile("P3 para", DISPLAY_P3, parametric=SRGB_PARAMETRIC)
+    name = workspace.add(
+        "colour/p3-para.png", g.png(g.solid(32, 32, ORANGE), alpha=False, icc=profile)
+    )
+    [result] = workspace.render(renderer, workspace.job(name, [OutputSpec(16, 16, "png")]))
+
+    got = pixel(workspace.out / result.path, 8, 8)[:3]
+    assert close_to(got, p3_in_srgb(ORANGE[:3]), tolerance=3), got
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda p: p[:300], id="truncated"),
+        pytest.param(lambda p: p[:36] + b"xxxx" + p[40:], id="no-acsp-signature"),
+        pytest.param(lambda p: p[:16] + b"GRAY" + p[20:], id="grey"),
+        pytest.param(lambda p: p[:16] + b"CMYK" + p[20:], id="cmyk"),
+        pytest.param(lambda p: p[:128] + b"\xff\xff\xff\xff" + p[132:], id="tag-count"),
+        pytest.param(lambda p: b"", id="empty"),
+    ],
+)
+def test_damaged_grey_and_cmyk_profiles_are_not_converted(
+    p3_profile: bytes, damage: Callable[[bytes], bytes]
+) -> None:
+    """Damaged profiles are ignored (as browsers do); grey ones share sRGB's white and CMYK
+    sources are converted when decoded."""
+    assert not icc.needs_conversion(damage(p3_profile))
