@@ -232,8 +232,8 @@ def _scan(payload: Any) -> tuple[bool, bool]:
     """``(needs the reference validator, may hold text or nesting issues)``.
 
     The reference validator is needed for floats (JSON Schema may count ``1.0`` as an
-    integer; we do not) and for values JSON has no type for (a tuple, bytes, a non-string
-    key), which jsonschema-rs may read as JSON values where :mod:`jsonschema` refuses them.
+    integer; we do not) and for values JSON has no type for (a tuple, bytes), which
+    jsonschema-rs may read as JSON values where :mod:`jsonschema` refuses them.
     The second flag is :func:`text_and_nesting_issues` without the paths, for the common
     payload that has no such issue (it then costs a few microseconds).
     """
@@ -249,8 +249,8 @@ def _scan(payload: Any) -> tuple[bool, bool]:
                 return reference, True
             for key, item in value.items():
                 if not isinstance(key, str):
-                    reference = True
-                elif not key.isascii() and not _is_unicode(key):
+                    return reference, True
+                if not key.isascii() and not _is_unicode(key):
                     return reference, True
                 stack.append((item, depth + 1))
         elif isinstance(value, list):
@@ -264,8 +264,10 @@ def _scan(payload: Any) -> tuple[bool, bool]:
 
 def text_and_nesting_issues(payload: Any) -> list[ValidationIssue]:
     """The issues of text and nesting in ``payload``, with paths, walking it iteratively:
-    text that is not valid Unicode (lone surrogates) and nesting beyond :data:`MAX_DEPTH`.
-    JSON Schema says nothing of either; both validators of a payload check them first."""
+    text that is not valid Unicode (lone surrogates), property names that are not text
+    (JSON would silently turn ``{1: "x"}`` into ``{"1": "x"}``) and nesting beyond
+    :data:`MAX_DEPTH`.  JSON Schema says nothing of these; both validators of a payload
+    check them first."""
     issues: list[ValidationIssue] = []
     stack: list[tuple[Any, str, int]] = [(payload, "", 0)]
     while stack:
@@ -280,7 +282,14 @@ def text_and_nesting_issues(payload: Any) -> list[ValidationIssue]:
             items = value.items() if isinstance(value, dict) else enumerate(value)
             for key, item in items:
                 name = str(key)
-                if isinstance(key, str) and not _is_unicode(key):
+                if not isinstance(key, str) and isinstance(value, dict):
+                    issues.append(
+                        ValidationIssue(
+                            where, f"property names must be strings, not {type(key).__name__}"
+                        )
+                    )
+                    name = "?"
+                elif isinstance(key, str) and not _is_unicode(key):
                     issues.append(ValidationIssue(where, "property names must be valid Unicode"))
                     name = "?"
                 stack.append((item, _join(where, name[:64]), depth + 1))

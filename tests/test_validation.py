@@ -353,6 +353,26 @@ def test_deep_nesting_is_refused_without_recursion() -> None:
         validate(payload)
 
 
+@pytest.mark.parametrize(
+    ("where", "key", "kind"),
+    [("metadata", 1, "int"), ("", ("jobId",), "tuple"), ("outputs/0", b"width", "bytes")],
+)
+def test_property_names_that_are_not_text_are_refused(where: str, key: Any, kind: str) -> None:
+    """Given a Python payload with a non-string key (JSON would turn {1: "x"} into
+    {"1": "x"} behind the caller's back), then it is refused with the object's path."""
+    payload = copy.deepcopy(VALID)
+    node: Any = payload
+    for part in filter(None, where.split("/")):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    node[key] = "x"
+
+    assert (where, f"property names must be strings, not {kind}") in [
+        (i.path, i.message) for i in validation_issues(payload)
+    ]
+    with pytest.raises(InvalidPayload):
+        validate(payload)
+
+
 @pytest.mark.parametrize("where", ["jobId", "source/path", "metadata/k", "outputs/0/format"])
 def test_text_that_is_not_unicode_is_refused(where: str) -> None:
     payload = with_path(VALID, where, "a\ud800b") if where != "jobId" else with_("jobId", "a\ud800")
