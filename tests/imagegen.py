@@ -310,6 +310,23 @@ def webp(pixels: Pixels) -> bytes:
     return _via_wand(png(pixels, alpha=True), "webp")
 
 
+def animated_webp(frames: Sequence[tuple[Pixels, tuple[int, int]]]) -> bytes:
+    """A lossless animated WebP: each frame a pixel grid at an (x, y) offset on the canvas
+    the first frame sets, so later frames can be deltas, as animation encoders make them."""
+    from wand.image import Image
+
+    canvas_h, canvas_w = len(frames[0][0]), len(frames[0][0][0])
+    with Image() as animation:
+        for pixels, (x, y) in frames:
+            with Image(blob=png(pixels, alpha=True), format="png") as frame:
+                frame.page = (canvas_w, canvas_h, x, y)
+                frame.dispose = "none"
+                animation.sequence.append(frame)
+        animation.format = "webp"
+        animation.options["webp:lossless"] = "true"
+        return bytes(animation.make_blob())
+
+
 def jpeg_header_only(width: int, height: int) -> bytes:
     """A small real JPEG whose SOF segment is patched to declare ``width`` x ``height``."""
     data = bytearray(jpeg(solid(16, 16, RED)))

@@ -339,8 +339,9 @@ def _decode(
                 hint_w = max(1, math.ceil(columns * scale))
                 hint_h = max(1, math.ceil(rows * scale))
                 owner.options["jpeg:size"] = f"{hint_w}x{hint_h}"
-        # GIF frames may only be deltas of earlier ones: read up to the page and coalesce.
-        if coder == "gif" and page > 0:
+        # GIF and animated WebP frames may only be deltas of earlier ones (a rectangle at
+        # an offset): read up to the page and coalesce.
+        if coder in ("gif", "webp") and page > 0:
             selector = f"[0-{page}]"
         elif frames > 1:
             selector = f"[{page}]"

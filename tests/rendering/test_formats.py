@@ -177,6 +177,40 @@ def test_gif_frames_are_composited_over_earlier_ones(
 
 
 @pytest.mark.parametrize("page", [0, 1, 2])
+def test_animated_webp_frames_are_pages_composited_like_gif(
+    renderer: Renderer, workspace: Workspace, page: int
+) -> None:
+    """Given an animated WebP: a red 40x20 frame, then a blue 10x10 delta at (30, 10), then a
+    green 10x10 delta at (0, 0), when page N is asked, then the output is the whole 40x20
+    canvas as a browser shows frame N, earlier frames showing around the delta."""
+    data = g.animated_webp(
+        [
+            (g.solid(40, 20, g.RED), (0, 0)),
+            (g.solid(10, 10, g.BLUE), (30, 10)),
+            (g.solid(10, 10, g.GREEN), (0, 0)),
+        ]
+    )
+    name = workspace.add("frames/animated.webp", data)
+    spec = workspace.job(name, [OutputSpec(40, 40, "png")], page=page)
+    [result] = workspace.render(renderer, spec)
+    path = workspace.out / result.path
+
+    assert (result.width, result.height) == (40, 20)
+    assert close_to(pixel(path, 20, 5)[:3], g.RED[:3], 5)
+    assert close_to(pixel(path, 35, 15)[:3], (g.BLUE if page >= 1 else g.RED)[:3], 5)
+    assert close_to(pixel(path, 5, 5)[:3], (g.GREEN if page == 2 else g.RED)[:3], 5)
+
+
+def test_animated_webp_page_beyond_the_last_says_how_many_frames(
+    renderer: Renderer, workspace: Workspace
+) -> None:
+    data = g.animated_webp([(g.solid(8, 8, g.RED), (0, 0)), (g.solid(8, 8, g.BLUE), (0, 0))])
+    name = workspace.add("frames/two.webp", data)
+    with pytest.raises(PageOutOfRange, match="the source has 2 frames"):
+        workspace.render(renderer, workspace.job(name, [OutputSpec(8, 8, "png")], page=2))
+
+
+@pytest.mark.parametrize("page", [0, 1, 2])
 def test_the_requested_pdf_page_is_rendered(
     renderer: Renderer, workspace: Workspace, page: int
 ) -> None:
