@@ -28,7 +28,11 @@ import sys
 import time
 import traceback
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..errors import PreviewError
+    from .protocol import Channel
 
 POLICY_DIR_ENV = "MAGICK_CONFIGURE_PATH"
 TEST_HOOKS_ENV = "DRAMATIQ_PREVIEW_TEST_HOOKS"
@@ -109,10 +113,19 @@ def _run_hook(job_id: str) -> None:
         time.sleep(3600)
     elif hook.startswith("crash"):
         os.kill(os.getpid(), signal.SIGSEGV)
+    elif hook.startswith("raise"):
+        raise RuntimeError("a test hook standing in for a bug in the renderer")
     elif hook.startswith("oom"):
         hog = []
         while True:  # until RLIMIT_AS says no
             hog.append(bytearray(64 << 20))
+
+
+def _report(channel: Channel, error: PreviewError, *, exiting: bool) -> None:
+    """Send a job's error; ``exiting`` tells the pool this process stops after it."""
+    channel.send(
+        {"event": "error", "type": error.type, "message": error.message, "exiting": exiting}
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -178,17 +191,17 @@ def main(argv: list[str]) -> int:
             return 0
         except PreviewError as exc:
             fatal = isinstance(exc, RenderMemoryExceeded)
-            channel.send({"event": "error", "type": exc.type, "message": exc.message})
+            _report(channel, exc, exiting=fatal)
         except MemoryError:
             fatal = True
-            memory = RenderMemoryExceeded(engine.memory_message(limits))
-            channel.send({"event": "error", "type": memory.type, "message": memory.message})
+            _report(channel, RenderMemoryExceeded(engine.memory_message(limits)), exiting=True)
         except Exception:
-            # A bug, not a property of the file: log it for operators, tell the job little.
+            # A bug, not a property of the file: log it for operators, tell the job little,
+            # and leave: whatever state the bug left behind must not meet the next job.
             traceback.print_exc()
             fatal = True
             crash = RenderCrashed("the renderer failed unexpectedly on this source")
-            channel.send({"event": "error", "type": crash.type, "message": crash.message})
+            _report(channel, crash, exiting=True)
         finally:
             os.close(fd)
         if fatal:

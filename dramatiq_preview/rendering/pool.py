@@ -451,9 +451,10 @@ class Renderer:
             elif event == "error":
                 kind = _CHILD_ERRORS.get(str(message.get("type")), RenderCrashed)
                 text = str(message.get("message") or "the render failed")[:500]
-                # The child exits by itself after a memory error; any other report
-                # leaves it ready for the next job.
-                raise _ReportedError(kind(text), healthy=kind is not RenderMemoryExceeded)
+                # The child says whether it exits after this report (memory errors and
+                # its own bugs); otherwise it is ready for the next job.
+                exiting = message.get("exiting", kind in (RenderMemoryExceeded, RenderCrashed))
+                raise _ReportedError(kind(text), healthy=not exiting)
             else:
                 raise _ReportedError(
                     RenderCrashed("the render process sent an unknown event"), healthy=False

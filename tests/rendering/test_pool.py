@@ -95,6 +95,24 @@ def test_the_address_space_cap_fails_the_job_permanently(workspace: Workspace, s
         pool.close()
 
 
+def test_a_bug_in_the_renderer_fails_only_its_job(workspace: Workspace, source: str) -> None:
+    """Given a one-child pool and a job on which the child's code raises (test hook standing
+    in for a bug), then that job fails with RenderCrashed (permanent), the child, which
+    exits after such a report, is replaced, and the next job renders."""
+    pool = Renderer(workspace.settings, processes=1, child_env={TEST_HOOKS_ENV: "1"})
+    try:
+        pool.warm()
+        [first] = pool.child_pids()
+        spec = workspace.job(source, [OutputSpec(20, 20, "png")], job_id="test-hook-raise-1")
+        with pytest.raises(RenderCrashed, match="failed unexpectedly") as caught:
+            workspace.render(pool, spec)
+        assert not caught.value.retryable
+        _good(workspace, pool)
+        assert pool.child_pids() != [first]
+    finally:
+        pool.close()
+
+
 def test_cancellation_at_a_checkpoint_kills_and_cleans_up(
     renderer: Renderer, workspace: Workspace
 ) -> None:
