@@ -16,7 +16,8 @@ Decoding, per job:
 4. Outputs are derived from largest to smallest, each from the previous uniform resize, so
    the big decode is resampled once.
 5. A source tagged with an RGB colour profile other than sRGB (:mod:`.icc`) is converted
-   to sRGB right after its first resize, on the fewest pixels that still serve every output.
+   to sRGB once, on whichever has fewer pixels: the decoded image, or the outputs made
+   straight from it (up to the first uniform resize, from which the rest derive).
 """
 
 from __future__ import annotations
@@ -373,6 +374,25 @@ def _needs_srgb(image: Image) -> bool:
     return profile is not None and icc.needs_conversion(profile)
 
 
+#: ImageMagick's reasons for refusing a profile (lcms could not read or use it).
+_PROFILE_REFUSALS = (
+    "corruptimageprofile",
+    "unabletocreatecolortransform",
+    "colorspacecolorprofilemismatch",
+)
+
+
+def is_profile_refusal(exc: BaseException) -> bool:
+    """Whether ImageMagick's ``exc`` says the profile is unusable (not memory or the like).
+
+    The reason is matched before the `` @ file/function/line`` suffix: every failure of the
+    conversion names ``profile.c/ProfileImage`` there, and lcms' refusals come as
+    ``ResourceLimitError`` like real memory failures.
+    """
+    reason = str(exc).split(" @ ")[0].lower().replace(" ", "")
+    return any(refusal in reason for refusal in _PROFILE_REFUSALS)
+
+
 def _to_srgb(image: Image) -> None:
     """Convert ``image`` from its embedded profile to sRGB.
 
@@ -385,10 +405,22 @@ def _to_srgb(image: Image) -> None:
     try:
         image.raise_exception()
     except WandException as exc:
-        text = str(exc).lower()
-        if "profile" not in text and "color transform" not in text:
+        if not is_profile_refusal(exc):
             raise
     image.strip()
+
+
+def _convert_first(columns: int, rows: int, outputs: tuple[OutputSpec, ...]) -> bool:
+    """Whether converting the decoded image costs no more pixels than converting the copies
+    :func:`_derive` makes from it: every output up to the first uniform resize, from which
+    the rest derive.  True when outputs enlarge the source."""
+    copies = 0
+    for index in render_order(columns, rows, outputs):
+        step = plan(columns, rows, outputs[index])
+        copies += step.resize[0] * step.resize[1]
+        if step.uniform:
+            break
+    return copies >= columns * rows
 
 
 def _derive(
@@ -396,6 +428,10 @@ def _derive(
 ) -> Iterator[Encoded]:
     columns, rows = image.size
     has_alpha = bool(image.alpha_channel)
+    if to_srgb and _convert_first(columns, rows, outputs):
+        with _quiet():
+            _to_srgb(image)
+        to_srgb = False
     base = image
     try:
         for index in render_order(columns, rows, outputs):
@@ -406,7 +442,8 @@ def _derive(
                 if resized.size != step.resize:
                     _resize(resized, *step.resize)
                 if to_srgb and base is image:
-                    # Later outputs derive from this converted copy, or convert their own.
+                    # Later outputs derive from this converted copy, or convert their own
+                    # (_convert_first chose this because the copies are smaller).
                     with _quiet():
                         _to_srgb(resized)
                 if step.crop is not None:

@@ -14,6 +14,7 @@ No ImageMagick here: pure bytes.
 from __future__ import annotations
 
 import functools
+import math
 import struct
 from collections.abc import Callable, Sequence
 
@@ -29,10 +30,9 @@ _BRADFORD: Matrix = [
     [-0.7502, 1.7135, 0.0367],
     [0.0389, -0.0685, 1.0296],
 ]
-#: How far a colorant (XYZ, D50) or the tone curve's value at 0.5 may be from sRGB's for
-#: a profile to count as sRGB.  Gamma 2.2 (0.218 at 0.5) counts; linear light (0.5) does not.
+#: How far a colorant (XYZ, D50) or a tone curve's linear-light value may be from sRGB's
+#: for a profile to count as sRGB.  Gamma 2.2 (at most 0.009 off) counts; linear light does not.
 _TOLERANCE = 0.01
-_SRGB_AT_HALF = ((0.5 + 0.055) / 1.055) ** 2.4
 
 
 def srgb_curve(x: float) -> float:
@@ -156,9 +156,18 @@ def srgb() -> bytes:
     return matrix_profile("sRGB", SRGB_PRIMARIES)
 
 
-def _tags(profile: bytes) -> dict[bytes, bytes] | None:
-    if len(profile) < 132:
-        return None
+#: Profiles larger than this are treated as damaged (and ignored): matrix profiles are a few
+#: KiB and printer profiles with tables a few MiB.  Reading stays cheap on hostile input.
+MAX_PROFILE_BYTES = 4 * 1024 * 1024
+_WANTED = (b"rXYZ", b"gXYZ", b"bXYZ", b"rTRC", b"gTRC", b"bTRC")
+#: Where tone curves are compared with sRGB's (encoded values).
+_SAMPLES = (0.25, 0.5, 0.75)
+#: Parameters of each ICC parametric curve type.
+_PARA_PARAMS = {0: 1, 1: 3, 2: 4, 3: 5, 4: 7}
+
+
+def _tags(profile: memoryview) -> dict[bytes, memoryview] | None:
+    """The tags this module reads, as views (no copies); None if the tag table is broken."""
     count = struct.unpack_from(">I", profile, 128)[0]
     if count > 200 or 132 + 12 * count > len(profile):
         return None
@@ -167,53 +176,85 @@ def _tags(profile: bytes) -> dict[bytes, bytes] | None:
         signature, offset, size = struct.unpack_from(">4sII", profile, 132 + 12 * index)
         if offset + size > len(profile) or size < 8:
             return None
-        tags[signature] = profile[offset : offset + size]
+        if signature in _WANTED:
+            tags[signature] = profile[offset : offset + size]
     return tags
 
 
-def _colorant(tag: bytes | None) -> tuple[float, ...] | None:
-    if tag is None or len(tag) < 20 or tag[:4] != b"XYZ ":
+def _colorant(tag: memoryview | None) -> tuple[float, ...] | None:
+    if tag is None or len(tag) < 20 or bytes(tag[:4]) != b"XYZ ":
         return None
     return tuple(v / 65536 for v in struct.unpack_from(">3i", tag, 8))
 
 
-def _curve_at_half(tag: bytes | None) -> float | None:
-    """The tone curve's linear-light value for an encoded 0.5, if it is a kind we read."""
-    if tag is None:
+def _curve(tag: memoryview | None, x: float) -> float | None:
+    """The tone curve's linear-light value for the encoded value ``x``, for the curve kinds
+    sRGB-like profiles use; None for any other kind or a value that is not a number."""
+    if tag is None or len(tag) < 12:
         return None
-    if tag[:4] == b"curv" and len(tag) >= 12:
-        points = struct.unpack_from(">I", tag, 8)[0]
-        if points == 0:
-            return 0.5
-        if len(tag) < 12 + 2 * points:
+    value: float | complex
+    try:
+        kind = bytes(tag[:4])
+        if kind == b"curv":
+            points = struct.unpack_from(">I", tag, 8)[0]
+            if points == 0:
+                value = x
+            elif len(tag) < 12 + 2 * points:
+                return None
+            elif points == 1:
+                value = x ** (struct.unpack_from(">H", tag, 12)[0] / 256)
+            else:
+                position = x * (points - 1)
+                low = int(position)
+                high = min(low + 1, points - 1)
+                below, above = (
+                    struct.unpack_from(">H", tag, 12 + 2 * low)[0],
+                    struct.unpack_from(">H", tag, 12 + 2 * high)[0],
+                )
+                value = (below + (above - below) * (position - low)) / 65535
+        elif kind == b"para":
+            function = struct.unpack_from(">H", tag, 8)[0]
+            wanted = _PARA_PARAMS.get(function, 0)
+            if function not in (0, 3) or len(tag) < 12 + 4 * wanted:
+                return None
+            params = [v / 65536 for v in struct.unpack_from(f">{wanted}i", tag, 12)]
+            if function == 0:
+                value = x ** params[0]
+            else:
+                g, a, b, c, d = params
+                base = a * x + b
+                if x < d:
+                    value = c * x
+                elif base < 0:
+                    return None
+                else:
+                    value = base**g
+        else:
             return None
-        if points == 1:
-            return float(0.5 ** (struct.unpack_from(">H", tag, 12)[0] / 256))
-        return float(struct.unpack_from(">H", tag, 12 + 2 * round((points - 1) / 2))[0] / 65535)
-    if tag[:4] == b"para" and len(tag) >= 12:
-        function = struct.unpack_from(">H", tag, 8)[0]
-        params = [v / 65536 for v in struct.unpack_from(f">{(len(tag) - 12) // 4}i", tag, 12)]
-        if function == 0 and len(params) >= 1:
-            return float(0.5 ** params[0])
-        if function == 3 and len(params) >= 5:
-            g, a, b, c, d = params[:5]
-            return float((a * 0.5 + b) ** g if d <= 0.5 else c * 0.5)
-    return None
+    except ArithmeticError:  # an absurd exponent: not sRGB's curve, whatever it is
+        return None
+    if not isinstance(value, float | int) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def needs_conversion(profile: bytes) -> bool:
     """Whether pixels tagged with ``profile`` must be converted to sRGB.
 
     True for a well-formed RGB profile that is not sRGB.  False for sRGB and look-alikes
-    (sRGB's colorants and a tone curve within :data:`_TOLERANCE` of its value at 0.5), for
-    grey and CMYK profiles (grey shares sRGB's white; CMYK sources are converted when
-    decoded), and for damaged profiles, which are ignored as browsers ignore them.
+    (sRGB's colorants, and tone curves within :data:`_TOLERANCE` of sRGB's at 1/4, 1/2 and
+    3/4), for grey and CMYK profiles (see docs/rendering.md), and for damaged profiles or
+    ones over :data:`MAX_PROFILE_BYTES`, which are ignored as browsers ignore them.  Never
+    raises: the bytes come from an untrusted file.
     """
-    if len(profile) < 132 or profile[36:40] != b"acsp" or profile[16:20] != b"RGB ":
+    if not 132 <= len(profile) <= MAX_PROFILE_BYTES:
         return False
-    if struct.unpack_from(">I", profile, 0)[0] > len(profile):
+    view = memoryview(profile)
+    if bytes(view[36:40]) != b"acsp" or bytes(view[16:20]) != b"RGB ":
         return False
-    tags = _tags(profile)
+    if struct.unpack_from(">I", view, 0)[0] > len(view):
+        return False
+    tags = _tags(view)
     if tags is None:
         return False
     reference = colorants(SRGB_PRIMARIES)
@@ -224,7 +265,8 @@ def needs_conversion(profile: bytes) -> bool:
         if any(abs(xyz[i] - reference[i][column]) > _TOLERANCE for i in range(3)):
             return True
     for signature in (b"rTRC", b"gTRC", b"bTRC"):
-        value = _curve_at_half(tags.get(signature))
-        if value is None or abs(value - _SRGB_AT_HALF) > _TOLERANCE:
-            return True
+        for x in _SAMPLES:
+            value = _curve(tags.get(signature), x)
+            if value is None or abs(value - srgb_curve(x)) > _TOLERANCE:
+                return True
     return False

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import imagegen as g
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from render_helpers import Workspace, close_to, pixel
 
 from dramatiq_preview.models import OutputSpec
@@ -95,6 +97,38 @@ def test_every_output_of_a_job_is_converted(
         assert close_to(got, expected, tolerance=3), (result, got)
 
 
+def test_enlarged_outputs_are_converted_too(
+    renderer: Renderer, workspace: Workspace, p3_profile: bytes
+) -> None:
+    """Given a small P3 image and outputs larger than it (then the decoded image is converted
+    once, before enlarging), then every output has the sRGB colour."""
+    name = workspace.add(
+        "colour/p3-small.png", g.png(g.solid(16, 12, ORANGE), alpha=False, icc=p3_profile)
+    )
+    outputs = [
+        OutputSpec(64, 64, "png", fit="fill"),
+        OutputSpec(48, 48, "png"),
+        OutputSpec(8, 8, "png"),
+    ]
+    results = workspace.render(renderer, workspace.job(name, outputs))
+
+    for result in results:
+        got = pixel(workspace.out / result.path, result.width // 2, result.height // 2)[:3]
+        assert close_to(got, p3_in_srgb(ORANGE[:3]), tolerance=3), (result, got)
+
+
+def test_a_profile_with_an_absurd_tone_curve_does_not_fail_the_render(
+    renderer: Renderer, workspace: Workspace
+) -> None:
+    """Given sRGB primaries with a parametric curve of negative slope (no real profile has
+    one), then the render still succeeds: lcms decides, or the profile is ignored."""
+    odd = icc.matrix_profile("odd", icc.SRGB_PRIMARIES, parametric=(2.4, -1, 0, 0, 0))
+    name = workspace.add("colour/odd.png", g.png(g.solid(16, 16, ORANGE), alpha=False, icc=odd))
+    [result] = workspace.render(renderer, workspace.job(name, [OutputSpec(8, 8, "png")]))
+
+    assert (result.width, result.height) == (8, 8)
+
+
 def test_srgb_tagged_sources_keep_their_pixels(renderer: Renderer, workspace: Workspace) -> None:
     """Given an image tagged with an sRGB profile, its colours are rendered unchanged."""
     name = workspace.add(
@@ -176,3 +210,65 @@ def test_damaged_grey_and_cmyk_profiles_are_not_converted(
     """Damaged profiles are ignored (as browsers do); grey ones share sRGB's white and CMYK
     sources are converted when decoded."""
     assert not icc.needs_conversion(damage(p3_profile))
+
+
+@pytest.mark.parametrize(
+    "parametric",
+    [
+        (-2000.0,),  # function 0, 0.5 ** -2000 overflows
+        (2.4, -1, 0, 0, 0),  # negative base to a fractional power
+        (-1, 0, 0, 0, 0),  # 0 ** -1
+        (100, 30000, 0, 0, 0),  # overflows
+    ],
+)
+def test_absurd_tone_curves_never_raise(parametric: tuple[float, ...]) -> None:
+    """Profiles come from untrusted files: any curve gives an answer, never an exception."""
+    if len(parametric) == 1:  # a type-0 curve: patch the type-3 tag the builder writes
+        profile = bytearray(icc.matrix_profile("x", icc.SRGB_PRIMARIES, parametric=SRGB_PARAMETRIC))
+        at = profile.index(b"para") + 8
+        profile[at : at + 2] = b"\0\0"
+        profile[at + 4 : at + 8] = round(parametric[0] * 65536).to_bytes(4, "big", signed=True)
+        data = bytes(profile)
+    else:
+        data = icc.matrix_profile("x", icc.SRGB_PRIMARIES, parametric=parametric)
+    assert icc.needs_conversion(data) in (True, False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    base=st.sampled_from(["tabulated", "parametric"]),
+    edits=st.lists(st.tuples(st.integers(0, 2600), st.integers(0, 255)), min_size=1, max_size=8),
+)
+def test_mutated_profiles_never_raise(base: str, edits: list[tuple[int, int]]) -> None:
+    profile = bytearray(
+        icc.matrix_profile("x", DISPLAY_P3)
+        if base == "tabulated"
+        else icc.matrix_profile("x", icc.SRGB_PRIMARIES, parametric=SRGB_PARAMETRIC)
+    )
+    for position, value in edits:
+        if position < len(profile):
+            profile[position] = value
+    assert icc.needs_conversion(bytes(profile)) in (True, False)
+
+
+def test_oversized_profiles_are_ignored(p3_profile: bytes) -> None:
+    """A profile over 4 MiB is treated as damaged (real ones are smaller), without parsing."""
+    padded = bytearray(p3_profile + bytes(icc.MAX_PROFILE_BYTES))
+    padded[0:4] = len(padded).to_bytes(4, "big")
+    assert icc.needs_conversion(p3_profile)
+    assert not icc.needs_conversion(bytes(padded))
+
+
+def test_profile_refusals_are_told_from_memory_failures() -> None:
+    """ImageMagick reports lcms refusing a profile and running out of memory with the same
+    exception class and the same "profile.c/ProfileImage" location: only the reason differs."""
+    from wand.exceptions import ImageError, ResourceLimitError
+
+    from dramatiq_preview.rendering.engine import is_profile_refusal
+
+    where = " @ error/profile.c/ProfileImage/1066"
+    assert is_profile_refusal(ResourceLimitError("ColorspaceColorProfileMismatch `icc'" + where))
+    assert is_profile_refusal(ImageError("unable to create color transform `icc'" + where))
+    assert is_profile_refusal(ImageError("CorruptImageProfile `icc'" + where))
+    assert not is_profile_refusal(ResourceLimitError("MemoryAllocationFailed `icc'" + where))
+    assert not is_profile_refusal(ResourceLimitError("cache resources exhausted `icc'" + where))
