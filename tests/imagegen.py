@@ -305,6 +305,25 @@ def with_icc(jpeg_data: bytes, profile: bytes) -> bytes:
     return jpeg_data[:2] + app2 + jpeg_data[2:]
 
 
+def cmyk_jpeg(
+    width: int, height: int, ink: tuple[int, int, int, int], profile: bytes | None = None
+) -> bytes:
+    """A solid CMYK JPEG (``ink`` as 0-255 cyan, magenta, yellow, black), optionally tagged
+    with an ICC profile saying what those inks look like."""
+    from wand.color import Color
+    from wand.image import Image
+
+    with Image(
+        width=width, height=height, background=Color("cmyk({},{},{},{})".format(*ink))
+    ) as image:
+        assert image.colorspace == "cmyk"
+        if profile is not None:
+            image.profiles["icc"] = profile  # attached, not applied
+        image.format = "jpeg"
+        image.compression_quality = 100
+        return bytes(image.make_blob())
+
+
 def webp(pixels: Pixels) -> bytes:
     """A lossless WebP (keeps alpha and exact colours)."""
     return _via_wand(png(pixels, alpha=True), "webp")

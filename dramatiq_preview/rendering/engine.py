@@ -15,9 +15,10 @@ Decoding, per job:
    scaling shrinks them on load to the smallest size the largest output still needs.
 4. Outputs are derived from largest to smallest, each from the previous uniform resize, so
    the big decode is resampled once.
-5. A source tagged with an RGB colour profile other than sRGB (:mod:`.icc`) is converted
-   to sRGB once, on whichever has fewer pixels: the decoded image, or the outputs made
-   straight from it (up to the first uniform resize, from which the rest derive).
+5. A source tagged with an RGB colour profile other than sRGB, or a CMYK one
+   (:mod:`.icc`), is converted to sRGB once, on whichever has fewer pixels: the decoded
+   image, or the outputs made straight from it (up to the first uniform resize, from which
+   the rest derive).
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ def _render(
     with decoded as image:
         _check_unchanged(fd, size)
         yield None
-        yield from _derive(image, spec.outputs, to_srgb=_needs_srgb(image))
+        yield from _derive(image, spec.outputs, to_srgb=decoded.to_srgb)
 
 
 def _check_unchanged(fd: int, size: int) -> None:
@@ -307,9 +308,11 @@ def _quiet() -> Iterator[None]:
 class _Decoded:
     """Context manager holding the decoded, oriented, flattened frame."""
 
-    def __init__(self, image: Image, owner: Image) -> None:
+    def __init__(self, image: Image, owner: Image, to_srgb: bool) -> None:
         self.image = image
         self.owner = owner
+        #: The image's profile must be applied (:func:`_to_srgb`) before encoding.
+        self.to_srgb = to_srgb
 
     def __enter__(self) -> Image:
         return self.image
@@ -358,20 +361,25 @@ def _decode(
             image = Image(image=owner.sequence[len(owner.sequence) - 1])
         image.auto_orient()
         image.reset_coords()
-        if image.colorspace not in ("srgb", "gray", "rgb"):
+        to_srgb = _needs_srgb(image)
+        if image.colorspace not in ("srgb", "gray", "rgb") and not to_srgb:
             image.transform_colorspace("srgb")
-        return _Decoded(image, owner)
+        return _Decoded(image, owner, to_srgb)
     except BaseException:
         owner.close()
         raise
 
 
 def _needs_srgb(image: Image) -> bool:
-    """Whether ``image`` carries an RGB profile whose colours sRGB viewers would misread."""
-    if image.colorspace not in ("srgb", "rgb"):
+    """Whether ``image`` carries a profile that describes its pixels and that sRGB viewers
+    would misread: RGB other than sRGB, or CMYK (whose profile says what its inks look like)."""
+    space = image.colorspace
+    if space not in ("srgb", "rgb", "cmyk"):
         return False
     profile = image.profiles["icc"] or image.profiles["icm"]
-    return profile is not None and icc.needs_conversion(profile)
+    if profile is None or (icc.colour_space(profile) == "CMYK") != (space == "cmyk"):
+        return False
+    return icc.needs_conversion(profile)
 
 
 #: ImageMagick's reasons for refusing a profile (lcms could not read or use it).
@@ -396,8 +404,9 @@ def is_profile_refusal(exc: BaseException) -> bool:
 def _to_srgb(image: Image) -> None:
     """Convert ``image`` from its embedded profile to sRGB.
 
-    A profile lcms cannot use is dropped and the pixels are kept as they are, which is what
-    browsers show for such a file; any other failure (memory) propagates.
+    A profile lcms cannot use is dropped and the pixels are kept as they are (CMYK ones get
+    ImageMagick's plain conversion), which is what browsers show for such a file; any other
+    failure (memory) propagates.
     """
     target = icc.srgb()
     if library.MagickProfileImage(image.wand, b"icc", target, len(target)):
@@ -408,6 +417,8 @@ def _to_srgb(image: Image) -> None:
         if not is_profile_refusal(exc):
             raise
     image.strip()
+    if image.colorspace not in ("srgb", "gray", "rgb"):
+        image.transform_colorspace("srgb")  # CMYK without a usable profile: the plain way
 
 
 def _convert_first(columns: int, rows: int, outputs: tuple[OutputSpec, ...]) -> bool:

@@ -2,7 +2,8 @@
 
 Outputs are stripped of metadata, so a viewer shows their pixels as sRGB.  A source tagged
 with another RGB profile (Display P3 from phones, Adobe RGB from cameras) must therefore
-be converted, or its preview looks washed out or off-colour.  ImageMagick converts with
+be converted, or its preview looks washed out or off-colour; so must a CMYK source whose
+profile says what its inks look like on paper.  ImageMagick converts with
 lcms; this module supplies the target profile and decides, from the profile's own tags,
 whether a conversion is needed at all: a profile with sRGB's colorants and tone curve
 converts to (almost) the same pixels, and ImageMagick 6 converts in double precision,
@@ -238,25 +239,34 @@ def _curve(tag: memoryview | None, x: float) -> float | None:
     return float(value)
 
 
+def colour_space(profile: bytes) -> str | None:
+    """The colour space of a well-formed profile (``"RGB"``, ``"CMYK"``, ``"GRAY"``...);
+    None for damaged profiles and ones over :data:`MAX_PROFILE_BYTES`.  Never raises."""
+    if not 132 <= len(profile) <= MAX_PROFILE_BYTES or profile[36:40] != b"acsp":
+        return None
+    if struct.unpack_from(">I", profile, 0)[0] > len(profile):
+        return None
+    if _tags(memoryview(profile)) is None:
+        return None
+    return profile[16:20].decode("latin-1").strip()
+
+
 def needs_conversion(profile: bytes) -> bool:
     """Whether pixels tagged with ``profile`` must be converted to sRGB.
 
-    True for a well-formed RGB profile that is not sRGB.  False for sRGB and look-alikes
-    (sRGB's colorants, and tone curves within :data:`_TOLERANCE` of sRGB's at 1/4, 1/2 and
-    3/4), for grey and CMYK profiles (see docs/rendering.md), and for damaged profiles or
+    True for a well-formed RGB or CMYK profile, except sRGB and look-alikes (sRGB's
+    colorants, and tone curves within :data:`_TOLERANCE` of sRGB's at 1/4, 1/2 and 3/4).
+    False for those, for grey profiles (see docs/rendering.md), and for damaged profiles or
     ones over :data:`MAX_PROFILE_BYTES`, which are ignored as browsers ignore them.  Never
     raises: the bytes come from an untrusted file.
     """
-    if not 132 <= len(profile) <= MAX_PROFILE_BYTES:
+    space = colour_space(profile)
+    if space == "CMYK":
+        return True
+    if space != "RGB":
         return False
-    view = memoryview(profile)
-    if bytes(view[36:40]) != b"acsp" or bytes(view[16:20]) != b"RGB ":
-        return False
-    if struct.unpack_from(">I", view, 0)[0] > len(view):
-        return False
-    tags = _tags(view)
-    if tags is None:
-        return False
+    tags = _tags(memoryview(profile))
+    assert tags is not None  # colour_space checked the table
     reference = colorants(SRGB_PRIMARIES)
     for column, signature in enumerate((b"rXYZ", b"gXYZ", b"bXYZ")):
         xyz = _colorant(tags.get(signature))

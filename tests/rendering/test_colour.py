@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import imagegen as g
 import pytest
@@ -152,6 +153,89 @@ def test_a_profile_lcms_refuses_is_ignored(
     assert close_to(pixel(workspace.out / result.path, 8, 8)[:3], ORANGE[:3], tolerance=3)
 
 
+GHOSTSCRIPT_ICC = Path("/usr/share/color/icc/ghostscript")  # from ghostscript, a dependency
+#: Linear Adobe RGB (1998) to linear sRGB, both D65 (published; Adobe RGB's gamma is 563/256).
+ADOBE_TO_SRGB = ((1.3983, -0.3983, 0.0), (0.0, 1.0, 0.0), (0.0, -0.0429, 1.0429))
+
+
+def test_a_real_adobe_rgb_profile_is_converted(renderer: Renderer, workspace: Workspace) -> None:
+    """Given an orange JPEG tagged with Ghostscript's Adobe RGB (1998) profile (a real
+    profile, not one this project builds), then the preview has that orange's sRGB value."""
+    profile = (GHOSTSCRIPT_ICC / "a98.icc").read_bytes()
+    linear = [(v / 255) ** (563 / 256) for v in ORANGE[:3]]
+    expected = tuple(
+        round(_encode(sum(row[k] * linear[k] for k in range(3))) * 255) for row in ADOBE_TO_SRGB
+    )
+    assert not close_to(expected, ORANGE[:3], tolerance=6)
+    name = workspace.add("colour/adobe.jpg", g.with_icc(g.jpeg(g.solid(32, 32, ORANGE)), profile))
+    [result] = workspace.render(renderer, workspace.job(name, [OutputSpec(16, 16, "png")]))
+
+    got = pixel(workspace.out / result.path, 8, 8)[:3]
+    assert close_to(got, expected, tolerance=3), (got, expected)
+
+
+CYAN_INK = (255, 0, 0, 0)
+
+
+def _cmyk_through_profile(ink: tuple[int, int, int, int], profile: bytes) -> tuple[int, ...]:
+    """What lcms makes of ``ink`` with ``profile``: one pixel, converted by ImageMagick."""
+    import ctypes
+
+    from wand.api import library
+    from wand.color import Color
+    from wand.image import Image
+
+    library.MagickProfileImage.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_char_p,
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+    ]
+    with Image(width=1, height=1, background=Color("cmyk({},{},{},{})".format(*ink))) as one:
+        one.profiles["icc"] = profile
+        assert library.MagickProfileImage(one.wand, b"icc", icc.srgb(), len(icc.srgb()))
+        colour = one[0, 0]
+        return (colour.red_int8, colour.green_int8, colour.blue_int8)
+
+
+def test_cmyk_sources_are_converted_with_their_profile(
+    renderer: Renderer, workspace: Workspace
+) -> None:
+    """Given a cyan-ink CMYK JPEG tagged with a press profile, then the preview shows the
+    press's cyan (about 0,176,240), not the plain formula's (0,255,255)."""
+    profile = (GHOSTSCRIPT_ICC / "default_cmyk.icc").read_bytes()
+    expected = _cmyk_through_profile(CYAN_INK, profile)
+    assert not close_to(expected, (0, 255, 255), tolerance=20)
+    name = workspace.add("colour/cyan.jpg", g.cmyk_jpeg(32, 32, CYAN_INK, profile))
+    outputs = [
+        OutputSpec(16, 16, "png"),
+        OutputSpec(8, 8, "jpeg"),
+        OutputSpec(12, 6, "webp", fit="fill"),
+    ]
+    results = workspace.render(renderer, workspace.job(name, outputs))
+
+    for result in results:
+        got = pixel(workspace.out / result.path, 4, 3)[:3]
+        assert close_to(got, expected, tolerance=4), (result, got, expected)
+
+
+@pytest.mark.parametrize("profile", ["none", "refused"])
+def test_cmyk_sources_without_a_usable_profile_get_the_plain_conversion(
+    renderer: Renderer, workspace: Workspace, profile: str
+) -> None:
+    """Given a cyan-ink CMYK JPEG with no profile, or one whose tables lcms cannot read,
+    then the preview is the plain formula's cyan, in RGB (never a CMYK output file)."""
+    tagged = None
+    if profile == "refused":
+        real = (GHOSTSCRIPT_ICC / "default_cmyk.icc").read_bytes()
+        tagged = real.replace(b"mft2", b"junk").replace(b"mft1", b"junk")
+        assert icc.needs_conversion(tagged)  # so the render tries, and is refused
+    name = workspace.add(f"colour/cyan-{profile}.jpg", g.cmyk_jpeg(32, 32, CYAN_INK, tagged))
+    [result] = workspace.render(renderer, workspace.job(name, [OutputSpec(16, 16, "jpeg")]))
+
+    assert close_to(pixel(workspace.out / result.path, 8, 8)[:3], (0, 255, 255), tolerance=6)
+
+
 # --- which profiles need converting (pure) -------------------------------------------------
 
 
@@ -199,7 +283,6 @@ def test_parametric_curves_convert_like_tabulated_ones(
         pytest.param(lambda p: p[:300], id="truncated"),
         pytest.param(lambda p: p[:36] + b"xxxx" + p[40:], id="no-acsp-signature"),
         pytest.param(lambda p: p[:16] + b"GRAY" + p[20:], id="grey"),
-        pytest.param(lambda p: p[:16] + b"CMYK" + p[20:], id="cmyk"),
         pytest.param(lambda p: p[:128] + b"\xff\xff\xff\xff" + p[132:], id="tag-count"),
         pytest.param(lambda p: b"", id="empty"),
     ],
@@ -207,8 +290,7 @@ def test_parametric_curves_convert_like_tabulated_ones(
 def test_damaged_grey_and_cmyk_profiles_are_not_converted(
     p3_profile: bytes, damage: Callable[[bytes], bytes]
 ) -> None:
-    """Damaged profiles are ignored (as browsers do); grey ones share sRGB's white and CMYK
-    sources are converted when decoded."""
+    """Damaged profiles are ignored (as browsers do); grey ones are not applied."""
     assert not icc.needs_conversion(damage(p3_profile))
 
 
