@@ -364,17 +364,21 @@ def jpeg_header_only(width: int, height: int) -> bytes:
 
 
 def pdf(
-    colours: Sequence[RGBA | tuple[RGBA, RGBA, RGBA, RGBA]], size: tuple[float, float] = (200, 100)
+    colours: Sequence[RGBA | tuple[RGBA, RGBA, RGBA, RGBA]],
+    size: tuple[float, float] = (200, 100),
+    crop_box: tuple[float, float, float, float] | None = None,
 ) -> bytes:
     """A PDF with one page per entry, ``size`` in points.
 
     An entry is one colour (the page is filled with it) or four (quadrants: top-left,
-    top-right, bottom-left, bottom-right).
+    top-right, bottom-left, bottom-right).  ``crop_box`` (x0, y0, x1, y1 in points) sets
+    every page's CropBox: the part viewers show.
     """
     objects: list[bytes] = [b"<< /Type /Catalog /Pages 2 0 R >>"]
     kids = " ".join(f"{3 + 2 * i} 0 R" for i in range(len(colours)))
     objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {len(colours)} >>".encode())
     w, h = size
+    crop = "/CropBox [{} {} {} {}] ".format(*crop_box) if crop_box else ""
     for i, entry in enumerate(colours):
         if isinstance(entry[0], int):
             r, g, b, _ = entry  # type: ignore[misc]
@@ -389,7 +393,7 @@ def pdf(
                 )
             content = "\n".join(parts).encode()
         objects.append(
-            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {w} {h}] "
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {w} {h}] {crop}"
             f"/Contents {4 + 2 * i} 0 R >>".encode()
         )
         objects.append(b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream")
@@ -428,6 +432,69 @@ POSTSCRIPT = (
     b"%!PS-Adobe-3.0\n/Courier findfont 12 scalefont setfont\n"
     b"72 720 moveto (/etc/passwd) (r) file 100 string readstring pop show\nshowpage\n"
 )
+
+
+def _riff_chunk(fourcc: bytes, data: bytes) -> bytes:
+    return fourcc + struct.pack("<I", len(data)) + data + b"\0" * (len(data) & 1)
+
+
+def _webp_file(chunks: Sequence[bytes]) -> bytes:
+    body = b"WEBP" + b"".join(chunks)
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def _vp8x(width: int, height: int, flags: int) -> bytes:
+    size = (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    return _riff_chunk(b"VP8X", bytes([flags, 0, 0, 0]) + size)
+
+
+def _vp8l_chunk(width: int, height: int) -> bytes:
+    """The VP8L chunk of a real lossless WebP."""
+    data = webp(solid(width, height, RED))
+    assert data[12:16] == b"VP8L", data[12:16]
+    return data[12:]
+
+
+def webp_animation_without_frames() -> bytes:
+    """A VP8X header announcing an animation, then a still image and no frame: ImageMagick 6
+    returns pixels it never wrote (heap leftovers) for it."""
+    return _webp_file([_vp8x(64, 48, 0x02), _vp8l_chunk(64, 48)])
+
+
+def webp_without_image_data() -> bytes:
+    """A VP8X header followed by an ICC chunk only."""
+    return _webp_file([_vp8x(64, 48, 0x20), _riff_chunk(b"ICCP", b"\0" * 128)])
+
+
+def webp_many_frames(count: int) -> bytes:
+    """An animated WebP of ``count`` 8x8 frames (one encoded frame, repeated)."""
+    frame_header = bytes(6) + (7).to_bytes(3, "little") * 2 + (100).to_bytes(3, "little") + b"\0"
+    frame = _riff_chunk(b"ANMF", frame_header + _vp8l_chunk(8, 8))
+    anim = _riff_chunk(b"ANIM", bytes(4) + struct.pack("<H", 0))
+    return _webp_file([_vp8x(8, 8, 0x02), anim] + [frame] * count)
+
+
+def gif_oversized_frame(width: int, height: int) -> bytes:
+    """A 4x4-screen GIF whose one frame descriptor declares ``width`` x ``height``."""
+    data = bytearray(gif([solid(4, 4, RED)]))
+    at = data.index(b"\x2c\x00\x00\x00\x00")  # the image descriptor, at (0, 0)
+    data[at + 5 : at + 9] = struct.pack("<HH", width, height)
+    return bytes(data)
+
+
+def jpeg_overfull_huffman_table() -> bytes:
+    """A JPEG whose AC Huffman table declares one code too many: ImageMagick's ``ping``
+    returns a 0x0 image for it (and Wand aborted the process cloning that image)."""
+    data = bytearray(jpeg(quadrants(33, 17), quality=95))
+    pos, tables = 2, 0
+    while True:
+        marker, length = data[pos + 1], int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker == 0xC4:
+            tables += 1
+            if data[pos + 4] >> 4 == 1:  # class 1: an AC table
+                data[pos + 4 + 1 + 15] += 1  # BITS[16]: one more 16-bit code
+                return bytes(data)
+        pos += 2 + length
 
 
 def png_with_profile_text(path: str = "/etc/passwd") -> bytes:

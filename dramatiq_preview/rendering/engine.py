@@ -39,12 +39,12 @@ from wand.api import library
 from wand.color import Color
 from wand.exceptions import (
     BaseError,
+    BaseWarning,
     BlobError,
     CacheError,
     PolicyError,
     ResourceLimitError,
     WandException,
-    WandWarning,
 )
 from wand.image import Image
 
@@ -65,14 +65,17 @@ from .formats import (
     INPUT_CODERS,
     SNIFF_BYTES,
     SUPPORTED_TEXT,
+    check_webp_structure,
     declared_size,
-    gif_frame_count,
+    gif_frames,
     sniff,
 )
 from .geometry import plan, render_order, required_scale
 
 #: Frames (GIF, TIFF pages) a source may have; the policy's ``list-length`` says the same.
 MAX_FRAMES = 1000
+#: Longest side of a source or frame; the policy's ``width`` and ``height`` (64KP) say the same.
+MAX_SIDE = 64000
 #: Largest output side the schema allows; enlargements never need more.
 _MAX_OUTPUT_AREA = 4096 * 4096
 #: libwebp's speed/size trade-off (0 fastest .. 6 smallest).  2 encodes a 1024 px preview
@@ -254,14 +257,32 @@ def _check_header(data: bytes | mmap.mmap, kind: str, limits: Limits) -> None:
             f"the source is {size[0]}x{size[1]} pixels; at most {limits.max_pixels} pixels "
             "are allowed (PREVIEW_MAX_PIXELS)"
         )
+    if size is not None and max(size) > MAX_SIDE:
+        raise TooManyPixels(
+            f"the source is {size[0]}x{size[1]} pixels; at most {MAX_SIDE} pixels a side "
+            "are allowed"
+        )
     if kind == "gif":
-        frames = gif_frame_count(data, MAX_FRAMES)
+        frames, largest, longest = gif_frames(data, MAX_FRAMES)
         if frames > MAX_FRAMES:
             raise TooManyPixels(
                 f"the GIF has more than {MAX_FRAMES} frames; at most {MAX_FRAMES} are supported"
             )
+        # A frame may be larger than the GIF's screen; ImageMagick allocates all of it, and
+        # reports a side over the policy's limit as a failed memory allocation.
+        if largest > limits.max_pixels:
+            raise TooManyPixels(
+                f"a frame of the GIF has {largest} pixels; at most {limits.max_pixels} pixels "
+                "are allowed (PREVIEW_MAX_PIXELS)"
+            )
+        if longest > MAX_SIDE:
+            raise TooManyPixels(
+                f"a frame of the GIF is {longest} pixels long; at most {MAX_SIDE} are allowed"
+            )
     if kind == "jpeg":
         _check_jpeg_complete(data)
+    if kind == "webp":
+        check_webp_structure(data, MAX_FRAMES)
 
 
 def _ping(source: _Input, coder: str, page: int, limits: Limits) -> tuple[int, int, bool, int]:
@@ -281,15 +302,22 @@ def _ping(source: _Input, coder: str, page: int, limits: Limits) -> tuple[int, i
             raise PageOutOfRange(
                 f"page {page} does not exist: the source has {frames} {noun} (pages count from 0)"
             )
-        columns, rows = probe.sequence[page].size
-        canvas_w, canvas_h = probe.page[0] or columns, probe.page[1] or rows
-        largest = max(columns * rows, canvas_w * canvas_h)
-        if largest > limits.max_pixels or columns <= 0 or rows <= 0:
-            raise TooManyPixels(
-                f"the source is {max(columns, canvas_w)}x{max(rows, canvas_h)} pixels; "
-                f"at most {limits.max_pixels} pixels are allowed (PREVIEW_MAX_PIXELS)"
-            )
-        orientation = probe.sequence[page].orientation
+        # Frames are looked at through the wand's iterator: Wand's ``sequence[i]`` clones
+        # the frame, and cloning a 0x0 frame (a damaged header) aborts ImageMagick.
+        # GIF and WebP frames up to the page are all decoded (see _decode): check each.
+        first = 0 if coder in ("gif", "webp") else page
+        for index in range(first, page + 1):
+            library.MagickSetIteratorIndex(probe.wand, index)
+            columns, rows = probe.width, probe.height
+            if columns <= 0 or rows <= 0:
+                raise CorruptSource(f"the {coder.upper()} source is damaged (an empty image)")
+            canvas_w, canvas_h = probe.page[0] or columns, probe.page[1] or rows
+            if max(columns * rows, canvas_w * canvas_h) > limits.max_pixels:
+                raise TooManyPixels(
+                    f"the source is {max(columns, canvas_w)}x{max(rows, canvas_h)} pixels; "
+                    f"at most {limits.max_pixels} pixels are allowed (PREVIEW_MAX_PIXELS)"
+                )
+        orientation = probe.orientation
     transposed = orientation in _ORIENTATIONS_TRANSPOSED
     return columns, rows, transposed, frames
 
@@ -301,7 +329,7 @@ def _quiet() -> Iterator[None]:
     Never held across a ``yield`` of :func:`render`: the filter is process-wide.
     """
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", WandWarning)
+        warnings.simplefilter("ignore", BaseWarning)  # CoderWarning and friends too
         yield
 
 
@@ -450,6 +478,10 @@ def _derive(
             step = plan(base.width, base.height, output)
             resized = base.clone()
             try:
+                if step.source_crop is not None:
+                    left, top, width, height = step.source_crop
+                    resized.crop(left, top, width=width, height=height)
+                    resized.reset_coords()
                 if resized.size != step.resize:
                     _resize(resized, *step.resize)
                 if to_srgb and base is image:
@@ -497,6 +529,9 @@ def _resize(image: Image, width: int, height: int) -> None:
         image.scale(width, height)
     else:
         image.resize(width, height, filter="mitchell")
+    if image.size != (width, height):
+        # ImageMagick failed without saying why (seen on images it never decoded).
+        raise CorruptSource("the source image is damaged and cannot be resized")
 
 
 def _encode(image: Image, index: int, output: OutputSpec, has_alpha: bool) -> Encoded:
@@ -563,6 +598,8 @@ def memory_message(limits: Limits) -> str:
 def translate(exc: BaseException, limits: Limits) -> PermanentError | RenderTimeout:
     """A permanent error for an ImageMagick failure, without file names or contents."""
     text = str(exc).lower()
+    if "width or height exceeds" in text:  # raised as ImageError by some coders
+        return TooManyPixels("the source's dimensions exceed the allowed maximum")
     if isinstance(exc, ResourceLimitError | CacheError):
         if "width or height" in text or "too large" in text:
             return TooManyPixels("the source's dimensions exceed the allowed maximum")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import mmap
 import struct
 
+from ..errors import CorruptSource, TooManyPixels
+
 #: File contents: bytes, or a read-only map of the file.
 Data = bytes | mmap.mmap
 
@@ -129,16 +131,17 @@ def _webp_size(data: Data) -> tuple[int, int] | None:
     return None
 
 
-def gif_frame_count(data: Data, stop_after: int) -> int:
-    """How many images a GIF holds, counting no further than ``stop_after`` + 1.
+def gif_frames(data: Data, stop_after: int) -> tuple[int, int, int]:
+    """How many images a GIF holds (counting no further than ``stop_after`` + 1), the
+    largest width x height and the longest side a frame descriptor declares among them.
 
     Walks the block structure only (no LZW decoding).  A damaged structure ends the count;
     the decoder reports the damage.
     """
+    frames = largest = longest = 0
     try:
         flags = data[10]
         pos = 13 + (3 * (2 << (flags & 7)) if flags & 0x80 else 0)
-        frames = 0
         while pos < len(data):
             block = data[pos]
             if block == 0x3B:  # trailer
@@ -149,14 +152,17 @@ def gif_frame_count(data: Data, stop_after: int) -> int:
                 frames += 1
                 if frames > stop_after:
                     break
+                width, height = struct.unpack_from("<HH", data, pos + 5)
+                largest = max(largest, width * height)
+                longest = max(longest, width, height)
                 local = data[pos + 9]
                 pos += 10 + (3 * (2 << (local & 7)) if local & 0x80 else 0)
                 pos = _skip_sub_blocks(data, pos + 1)  # after the LZW minimum code size
             else:
                 break
-        return frames
-    except IndexError:
-        return 0
+    except (IndexError, struct.error):
+        pass
+    return frames, largest, longest
 
 
 def _skip_sub_blocks(data: Data, pos: int) -> int:
@@ -165,3 +171,54 @@ def _skip_sub_blocks(data: Data, pos: int) -> int:
         pos += 1 + size
         if size == 0:
             return pos
+
+
+def check_webp_structure(data: Data, max_frames: int) -> None:
+    """Refuse a WebP whose chunk structure is broken; walks chunk headers only.
+
+    ImageMagick 6 decodes a file whose VP8X header announces an animation but holds no
+    frame into an image whose pixels were never written (heap leftovers): such files, and
+    ones with no image data at all or chunks running past the end, are refused here.
+
+    Raises:
+      CorruptSource: the structure is broken.
+      TooManyPixels: more than ``max_frames`` animation frames.
+    """
+    end = len(data)
+    if end < 20:
+        raise CorruptSource("the WebP source is truncated")
+    (riff_size,) = struct.unpack_from("<I", data, 4)
+    end = min(end, 8 + riff_size)
+    pos = 12
+    first = True
+    animated = False
+    frames = images = 0
+    while pos + 8 <= end:
+        fourcc = bytes(data[pos : pos + 4])
+        (size,) = struct.unpack_from("<I", data, pos + 4)
+        if pos + 8 + size > end:
+            raise CorruptSource("the WebP source is truncated")
+        if first:
+            if fourcc not in (b"VP8 ", b"VP8L", b"VP8X"):
+                raise CorruptSource("the WebP source is damaged (no image header)")
+            if fourcc == b"VP8X":
+                if size < 10:
+                    raise CorruptSource("the WebP source is damaged (bad VP8X header)")
+                animated = bool(data[pos + 8] & 0x02)
+            first = False
+        if fourcc == b"ANMF":
+            frames += 1
+            if frames > max_frames:
+                raise TooManyPixels(
+                    f"the WebP has more than {max_frames} frames; at most {max_frames} are "
+                    "supported"
+                )
+        elif fourcc in (b"VP8 ", b"VP8L"):
+            images += 1
+        pos += 8 + size + (size & 1)
+    if first:
+        raise CorruptSource("the WebP source is truncated")
+    if animated and frames == 0:
+        raise CorruptSource("the WebP source is damaged (an animation without frames)")
+    if not animated and images == 0:
+        raise CorruptSource("the WebP source is damaged (no image data)")

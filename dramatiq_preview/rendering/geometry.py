@@ -5,28 +5,40 @@
   and never larger than the box on either axis; it is not padded.  Small sources are
   enlarged so the box is honoured.
 - ``cover``: scale, keeping the aspect ratio, so the image covers the box, then crop the
-  centre: exactly ``width`` x ``height``.
+  centre: exactly ``width`` x ``height``.  When the scaled image would be more than
+  :data:`PRE_CROP_RATIO` times the box (a panorama or a 1-pixel-wide strip in a square
+  box), the centre is cut from the source first, with a margin for the filter, and only
+  that is scaled: a tiny file cannot make a huge intermediate image.
 - ``fill``: stretch to exactly ``width`` x ``height``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..models import OutputSpec
+
+#: Above this many times the box's area, ``cover`` crops the source before scaling it.
+PRE_CROP_RATIO = 4
+#: Source pixels kept around a pre-crop, so the resampling filter sees the neighbours.
+PRE_CROP_MARGIN = 2
 
 
 @dataclass(frozen=True)
 class Plan:
     """How one output is made from a ``columns`` x ``rows`` image.
 
-    Resize to ``resize`` (width, height), then, when ``crop`` is set, keep the
-    ``(left, top, width, height)`` rectangle.  ``size`` is the final size.
+    When ``source_crop`` is set, first keep that ``(left, top, width, height)`` rectangle
+    of the image.  Resize to ``resize`` (width, height), then, when ``crop`` is set, keep
+    the ``(left, top, width, height)`` rectangle.  ``size`` is the final size.  ``uniform``:
+    the resize shows the whole image at one scale, so later outputs may derive from it.
     """
 
     resize: tuple[int, int]
     crop: tuple[int, int, int, int] | None
     uniform: bool
+    source_crop: tuple[int, int, int, int] | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -53,6 +65,8 @@ def plan(columns: int, rows: int, output: OutputSpec) -> Plan:
         scale = max(box_w / columns, box_h / rows)
         width = max(box_w, round(columns * scale))
         height = max(box_h, round(rows * scale))
+        if width * height > PRE_CROP_RATIO * box_w * box_h:
+            return _cover_from_the_centre(columns, rows, box_w, box_h, scale)
         left = (width - box_w) // 2
         top = (height - box_h) // 2
         return Plan(resize=(width, height), crop=(left, top, box_w, box_h), uniform=True)
@@ -60,6 +74,29 @@ def plan(columns: int, rows: int, output: OutputSpec) -> Plan:
     width = min(box_w, max(1, round(columns * scale)))
     height = min(box_h, max(1, round(rows * scale)))
     return Plan(resize=(width, height), crop=None, uniform=True)
+
+
+def _cover_from_the_centre(columns: int, rows: int, box_w: int, box_h: int, scale: float) -> Plan:
+    # A margin costs 2 * PRE_CROP_MARGIN * scale pixels a side: none for huge enlargements.
+    margin = PRE_CROP_MARGIN if 4 * PRE_CROP_MARGIN * scale <= max(box_w, box_h) else 0
+
+    def span(length: int, box: int) -> tuple[int, int, int, int]:
+        """Source start and length, scaled length and offset in it, along one axis."""
+        start = (length - box / scale) / 2  # where the box begins, in source pixels
+        low = max(0, math.floor(start) - margin)
+        high = min(length, math.ceil(start + box / scale) + margin)
+        scaled = max(box, round((high - low) * scale))
+        offset = min(max(0, round((start - low) * scale)), scaled - box)
+        return low, high - low, scaled, offset
+
+    x, w, scaled_w, left = span(columns, box_w)
+    y, h, scaled_h, top = span(rows, box_h)
+    return Plan(
+        resize=(scaled_w, scaled_h),
+        crop=(left, top, box_w, box_h),
+        uniform=False,
+        source_crop=(x, y, w, h),
+    )
 
 
 def render_order(columns: int, rows: int, outputs: tuple[OutputSpec, ...]) -> list[int]:

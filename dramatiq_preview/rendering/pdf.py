@@ -121,19 +121,23 @@ def rasterise(
         raise TooManyPixels(
             f"page {page} would need {columns}x{rows} pixels; at most {max_pixels} are allowed"
         )
-    dpi = 72 * scale
     number = str(page + 1)
+    # The crop box is what viewers show and what pdfinfo measured; the size in pixels is
+    # given outright, so no box the document declares can make the raster larger.
     done = _run(
         [
             "pdftocairo",
             "-png",
             "-singlefile",
+            "-cropbox",
             "-f",
             number,
             "-l",
             number,
-            "-r",
-            f"{dpi:.4f}",
+            "-scale-to-x",
+            str(columns),
+            "-scale-to-y",
+            str(rows),
             "fd://0",
             "-",
         ],

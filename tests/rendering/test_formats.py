@@ -95,6 +95,35 @@ def test_cover_crops_the_centre(renderer: Renderer, workspace: Workspace, stripe
     assert close_to(pixel(path, 34, 20)[:3], g.BLUE[:3], 10)
 
 
+def test_cover_of_a_panorama_shows_its_centre(renderer: Renderer, workspace: Workspace) -> None:
+    """Given a 400x20 panorama of five 80 px stripes, when covered into 16x16 (the source
+    is cut first: scaling it whole would make 20x the box), then the preview is the middle
+    stripe, edge to edge."""
+    colours = (g.RED, g.GREEN, g.BLUE, g.YELLOW, g.WHITE)
+    name = workspace.add("fit/panorama.png", g.png(g.stripes(400, 20, colours)))
+    spec = workspace.job(name, [OutputSpec(16, 16, "png", fit="cover")])
+    [result] = workspace.render(renderer, spec)
+    path = workspace.out / result.path
+
+    assert (result.width, result.height) == (16, 16)
+    for x, y in [(0, 0), (15, 0), (8, 8), (0, 15), (15, 15)]:
+        assert close_to(pixel(path, x, y)[:3], g.BLUE[:3], 5), (x, y)
+
+
+def test_cover_of_a_one_pixel_strip_enlarges_only_what_shows(
+    renderer: Renderer, workspace: Workspace
+) -> None:
+    """Given a 1x11 strip whose middle row is blue, when covered into 2048x2048 (found by
+    fuzzing: scaling it whole needs a 2048x22528 image), then the preview is that row."""
+    rows = [[g.RED]] * 5 + [[g.BLUE]] + [[g.RED]] * 5
+    name = workspace.add("fit/strip.png", g.png(rows))
+    spec = workspace.job(name, [OutputSpec(2048, 2048, "png", fit="cover")])
+    [result] = workspace.render(renderer, spec)
+
+    assert (result.width, result.height) == (2048, 2048)
+    assert close_to(pixel(workspace.out / result.path, 1024, 1024)[:3], g.BLUE[:3], 5)
+
+
 def test_fill_stretches_to_the_box(renderer: Renderer, workspace: Workspace, striped: str) -> None:
     """Given 80x40 stripes, when filling 40x40, then all four stripes are squeezed in."""
     spec = workspace.job(striped, [OutputSpec(40, 40, "png", fit="fill")])
@@ -223,6 +252,44 @@ def test_the_requested_pdf_page_is_rendered(
     assert size_of(path) == (400, 200)
     expected = (g.RED, g.GREEN, g.BLUE)[page]
     assert close_to(pixel(path, 200, 100)[:3], expected[:3], 5)
+
+
+def test_a_pdf_page_shows_its_crop_box(renderer: Renderer, workspace: Workspace) -> None:
+    """Given a 200x100 pt page of four quadrants whose CropBox is the top-left quadrant,
+    then the preview is that quadrant alone (what viewers show), at the box's size."""
+    data = g.pdf([QUAD], size=(200, 100), crop_box=(0, 50, 100, 100))
+    name = workspace.add("pdf/cropped.pdf", data)
+    [result] = workspace.render(renderer, workspace.job(name, [OutputSpec(64, 64, "png")]))
+    path = workspace.out / result.path
+
+    assert (result.width, result.height) == (64, 32)
+    for x, y in [(2, 2), (61, 2), (2, 29), (61, 29), (32, 16)]:
+        assert close_to(pixel(path, x, y)[:3], g.RED[:3], 5), (x, y)
+
+
+def test_a_tiny_crop_box_on_a_big_page_renders_small(
+    renderer: Renderer, workspace: Workspace
+) -> None:
+    """Given a 220x220 pt page with a 1x1 pt CropBox (found by fuzzing: the whole page was
+    rasterised at the crop box's scale, 22000x22000 px), then a 100x100 preview renders."""
+    name = workspace.add("pdf/pinhole.pdf", g.pdf([g.BLUE], size=(220, 220), crop_box=(0, 0, 1, 1)))
+    [result] = workspace.render(renderer, workspace.job(name, [OutputSpec(100, 100, "png")]))
+
+    assert (result.width, result.height) == (100, 100)
+    assert close_to(pixel(workspace.out / result.path, 50, 50)[:3], g.BLUE[:3], 5)
+
+
+def test_a_rotated_pdf_page_is_rendered_upright(renderer: Renderer, workspace: Workspace) -> None:
+    """Given a 200x100 pt page of four quadrants with /Rotate 90 (clockwise), then the
+    preview is 100 wide and 200 high, the top-left quadrant (red) now at the top right."""
+    data = g.pdf([QUAD], size=(200, 100)).replace(b"/Type /Page ", b"/Rotate 90 /Type /Page ")
+    name = workspace.add("pdf/rotated.pdf", data)
+    [result] = workspace.render(renderer, workspace.job(name, [OutputSpec(200, 200, "png")]))
+    path = workspace.out / result.path
+
+    assert (result.width, result.height) == (100, 200)
+    assert close_to(pixel(path, 75, 50)[:3], g.RED[:3], 5)
+    assert close_to(pixel(path, 25, 150)[:3], g.YELLOW[:3], 5)
 
 
 def test_pdf_page_beyond_the_last_says_how_many_pages(

@@ -60,6 +60,22 @@ CASES: dict[str, tuple[str, Callable[[], bytes], type[PermanentError]]] = {
     ),
     "truncated-bmp": ("cut.bmp", lambda: g.truncated(g.bmp(g.quadrants(64, 64))), CorruptSource),
     "truncated-pdf": ("cut.pdf", lambda: g.truncated(g.pdf([g.RED])), CorruptSource),
+    # Found by fuzzing: ImageMagick returned never-written pixels (heap leftovers) for it.
+    "webp-animation-without-frames": (
+        "noframes.webp",
+        g.webp_animation_without_frames,
+        CorruptSource,
+    ),
+    "webp-without-image-data": ("nodata.webp", g.webp_without_image_data, CorruptSource),
+    "webp-thousands-of-frames": ("frames.webp", lambda: g.webp_many_frames(1001), TooManyPixels),
+    # Found by fuzzing: ping gave a 0x0 image, and cloning it aborted the render process.
+    "jpeg-overfull-huffman-table": ("empty.jpg", g.jpeg_overfull_huffman_table, CorruptSource),
+    "gif-frame-flood": ("bigframe.gif", lambda: g.gif_oversized_frame(65000, 65000), TooManyPixels),
+    "gif-frame-beyond-the-side-limit": (
+        "longframe.gif",
+        lambda: g.gif_oversized_frame(40, 65535),
+        TooManyPixels,
+    ),
 }
 
 
@@ -204,3 +220,18 @@ def test_policy_denies_what_we_do_not_use() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ""
+
+
+def test_a_resize_imagemagick_fails_silently_is_an_error_not_garbage() -> None:
+    """Given an image ImageMagick decoded without writing its pixels (the WebP structure
+    check refuses the file first; here it is decoded directly), when outputs are derived,
+    then CorruptSource, not an output made of uninitialised memory."""
+    from wand.image import Image
+
+    from dramatiq_preview.rendering import engine
+
+    with (
+        Image(blob=g.webp_animation_without_frames(), format="webp") as image,
+        pytest.raises(CorruptSource, match="cannot be resized"),
+    ):
+        list(engine._derive(image, (OutputSpec(400, 400, "png"),)))
