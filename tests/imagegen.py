@@ -482,6 +482,23 @@ def gif_oversized_frame(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+def gif_oversized_frame_behind_junk(width: int, height: int) -> bytes:
+    """:func:`gif_oversized_frame` with a stray byte before the descriptor, which
+    ImageMagick's reader skips (as must any check that means to see the frame)."""
+    data = gif_oversized_frame(width, height)
+    at = data.index(b"\x2c\x00\x00\x00\x00")
+    return data[:at] + b"\x01" + data[at:]
+
+
+def webp_with_cut_metadata() -> bytes:
+    """A still WebP whose last chunk (XMP) declares a byte more than the file holds, a
+    flaw decoders forgive."""
+    image = webp(solid(16, 8, RED))[12:]
+    xmp = b"XMP " + struct.pack("<I", 8) + b"<x:xmp/"  # 7 of the 8 bytes
+    body = b"WEBP" + _vp8x(16, 8, 0x04) + image + xmp
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
 def jpeg_overfull_huffman_table() -> bytes:
     """A JPEG whose AC Huffman table declares one code too many: ImageMagick's ``ping``
     returns a 0x0 image for it (and Wand aborted the process cloning that image)."""

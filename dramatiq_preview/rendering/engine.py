@@ -70,7 +70,7 @@ from .formats import (
     gif_frames,
     sniff,
 )
-from .geometry import plan, render_order, required_scale
+from .geometry import Plan, plan, render_order, required_scale
 
 #: Frames (GIF, TIFF pages) a source may have; the policy's ``list-length`` says the same.
 MAX_FRAMES = 1000
@@ -476,26 +476,12 @@ def _derive(
         for index in render_order(columns, rows, outputs):
             output = outputs[index]
             step = plan(base.width, base.height, output)
-            resized = base.clone()
+            # ImageMagick hands decoding warnings to whichever call comes next: all quiet.
+            with _quiet():
+                resized = base.clone()
             try:
-                if step.source_crop is not None:
-                    left, top, width, height = step.source_crop
-                    resized.crop(left, top, width=width, height=height)
-                    resized.reset_coords()
-                if resized.size != step.resize:
-                    _resize(resized, *step.resize)
-                if to_srgb and base is image:
-                    # Later outputs derive from this converted copy, or convert their own
-                    # (_convert_first chose this because the copies are smaller).
-                    with _quiet():
-                        _to_srgb(resized)
-                if step.crop is not None:
-                    left, top, width, height = step.crop
-                    final = resized.clone()
-                    final.crop(left, top, width=width, height=height)
-                    final.reset_coords()
-                else:
-                    final = resized
+                with _quiet():
+                    final = _make(resized, step, convert=to_srgb and base is image)
                 try:
                     with _quiet():
                         encoded = _encode(final, index, output, has_alpha)
@@ -518,16 +504,49 @@ def _derive(
             base.close()
 
 
+def _make(resized: Image, step: Plan, *, convert: bool) -> Image:
+    """Turn ``resized`` (a copy of the image) into the output ``step`` plans, in place as
+    far as it goes; the crop, when there is one, is a new image (``resized`` may become
+    the source of later outputs)."""
+    if step.source_crop is not None:
+        left, top, width, height = step.source_crop
+        resized.crop(left, top, width=width, height=height)
+        resized.reset_coords()
+    if resized.size != step.resize:
+        _resize(resized, *step.resize)
+    if convert:
+        # Later outputs derive from this converted copy, or convert their own
+        # (_convert_first chose this because the copies are smaller).
+        _to_srgb(resized)
+    if step.crop is None:
+        return resized
+    left, top, width, height = step.crop
+    final = resized.clone()
+    try:
+        final.crop(left, top, width=width, height=height)
+        final.reset_coords()
+    except BaseException:
+        final.close()
+        raise
+    return final
+
+
 def _resize(image: Image, width: int, height: int) -> None:
     """Resample ``image`` to ``width`` x ``height``.
 
     Reductions use area averaging (ImageMagick's ``scale``): about five times faster than
     a Lanczos ``resize`` at Q16, and within 0.5 dB PSNR of it on photographs (measured in
-    docs/performance.md).  Enlargements need an interpolating filter.
+    docs/performance.md).  Enlargements need an interpolating filter (Mitchell).
     """
     if width <= image.width and height <= image.height:
         image.scale(width, height)
     else:
+        # An axis that shrinks is averaged down first: a Mitchell filter shrinking 64000
+        # rows to 1 while the other axis grows would span every row, slowly, in a huge copy.
+        if width < image.width:
+            image.scale(width, image.height)
+        elif height < image.height:
+            image.scale(image.width, height)
         image.resize(width, height, filter="mitchell")
     if image.size != (width, height):
         # ImageMagick failed without saying why (seen on images it never decoded).

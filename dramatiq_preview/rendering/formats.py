@@ -6,6 +6,7 @@ This module is import-safe in processes without ImageMagick.
 from __future__ import annotations
 
 import mmap
+import re
 import struct
 
 from ..errors import CorruptSource, TooManyPixels
@@ -31,6 +32,10 @@ INPUT_CODERS = {
 SUPPORTED_TEXT = "JPEG, PNG, WebP, GIF, TIFF, BMP or PDF"
 
 _BMP_HEADER_SIZES = {12, 16, 40, 52, 56, 64, 108, 124}
+#: WebP chunks that carry pixels or their layout: one cut short is a truncated file.
+_WEBP_IMAGE_CHUNKS = {b"VP8 ", b"VP8L", b"VP8X", b"ALPH", b"ANIM", b"ANMF"}
+#: The bytes that start a GIF block: extension, image descriptor, trailer.
+_GIF_BLOCK = re.compile(rb"[!,;]")
 
 
 def sniff(head: bytes) -> str | None:
@@ -135,8 +140,8 @@ def gif_frames(data: Data, stop_after: int) -> tuple[int, int, int]:
     """How many images a GIF holds (counting no further than ``stop_after`` + 1), the
     largest width x height and the longest side a frame descriptor declares among them.
 
-    Walks the block structure only (no LZW decoding).  A damaged structure ends the count;
-    the decoder reports the damage.
+    Walks the block structure only (no LZW decoding), skipping stray bytes as ImageMagick's
+    reader does.  A damaged structure ends the count; the decoder reports the damage.
     """
     frames = largest = longest = 0
     try:
@@ -159,7 +164,12 @@ def gif_frames(data: Data, stop_after: int) -> tuple[int, int, int]:
                 pos += 10 + (3 * (2 << (local & 7)) if local & 0x80 else 0)
                 pos = _skip_sub_blocks(data, pos + 1)  # after the LZW minimum code size
             else:
-                break
+                # ImageMagick skips any other byte and reads on: so must this walk, or junk
+                # before a descriptor would hide its size from the checks.
+                found = _GIF_BLOCK.search(data, pos + 1)
+                if found is None:
+                    break
+                pos = found.start()
     except (IndexError, struct.error):
         pass
     return frames, largest, longest
@@ -197,7 +207,9 @@ def check_webp_structure(data: Data, max_frames: int) -> None:
         fourcc = bytes(data[pos : pos + 4])
         (size,) = struct.unpack_from("<I", data, pos + 4)
         if pos + 8 + size > end:
-            raise CorruptSource("the WebP source is truncated")
+            if fourcc in _WEBP_IMAGE_CHUNKS or first:
+                raise CorruptSource("the WebP source is truncated")
+            break  # cut metadata (EXIF, XMP...) at the end: the decoder ignores it too
         if first:
             if fourcc not in (b"VP8 ", b"VP8L", b"VP8X"):
                 raise CorruptSource("the WebP source is damaged (no image header)")

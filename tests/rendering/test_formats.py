@@ -124,6 +124,31 @@ def test_cover_of_a_one_pixel_strip_enlarges_only_what_shows(
     assert close_to(pixel(workspace.out / result.path, 1024, 1024)[:3], g.BLUE[:3], 5)
 
 
+def test_fill_that_grows_one_axis_and_shrinks_the_other(
+    renderer: Renderer, workspace: Workspace
+) -> None:
+    """Given a 16x64000 image, when filled into 4096x2 (found by fuzzing: one Mitchell
+    resize of both axes ran out of memory), then the 4096x2 output renders."""
+    name = workspace.add("fit/tall.png", g.png_solid_fast(16, 64000))
+    spec = workspace.job(name, [OutputSpec(4096, 2, "png", fit="fill")])
+    [result] = workspace.render(renderer, spec)
+
+    assert (result.width, result.height) == (4096, 2)
+    assert pixel(workspace.out / result.path, 2048, 1)[:3] == (0, 0, 0)
+
+
+def test_a_webp_with_cut_trailing_metadata_renders(
+    renderer: Renderer, workspace: Workspace
+) -> None:
+    """Given a WebP whose trailing XMP chunk is a byte short, then it renders like its
+    image (decoders forgive this; only cut image chunks are refused)."""
+    name = workspace.add("formats/cut-xmp.webp", g.webp_with_cut_metadata())
+    [result] = workspace.render(renderer, workspace.job(name, [OutputSpec(16, 16, "png")]))
+
+    assert (result.width, result.height) == (16, 8)
+    assert close_to(pixel(workspace.out / result.path, 8, 4)[:3], g.RED[:3], 5)
+
+
 def test_fill_stretches_to_the_box(renderer: Renderer, workspace: Workspace, striped: str) -> None:
     """Given 80x40 stripes, when filling 40x40, then all four stripes are squeezed in."""
     spec = workspace.job(striped, [OutputSpec(40, 40, "png", fit="fill")])

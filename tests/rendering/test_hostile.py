@@ -71,6 +71,11 @@ CASES: dict[str, tuple[str, Callable[[], bytes], type[PermanentError]]] = {
     # Found by fuzzing: ping gave a 0x0 image, and cloning it aborted the render process.
     "jpeg-overfull-huffman-table": ("empty.jpg", g.jpeg_overfull_huffman_table, CorruptSource),
     "gif-frame-flood": ("bigframe.gif", lambda: g.gif_oversized_frame(65000, 65000), TooManyPixels),
+    "gif-frame-behind-junk": (
+        "junkframe.gif",
+        lambda: g.gif_oversized_frame_behind_junk(40, 65535),
+        TooManyPixels,
+    ),
     "gif-frame-beyond-the-side-limit": (
         "longframe.gif",
         lambda: g.gif_oversized_frame(40, 65535),
