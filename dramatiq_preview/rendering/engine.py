@@ -384,9 +384,19 @@ def _decode(
             owner.raise_exception()
             raise CorruptSource(f"the {coder.upper()} source cannot be decoded")
         image: Image = owner
-        if len(owner.sequence) > 1:
+        # A GIF or WebP frame may be a rectangle at an offset on a larger canvas: what a
+        # browser shows is the canvas, transparent where the first frame does not cover it,
+        # so it is composited even when it is the only frame.
+        library.MagickSetIteratorIndex(owner.wand, 0)
+        canvas_w, canvas_h, x, y = owner.page
+        placed = coder in ("gif", "webp") and (
+            (x, y) != (0, 0) or (canvas_w, canvas_h) not in ((0, 0), owner.size)
+        )
+        if len(owner.sequence) > 1 or placed:
             owner.coalesce()
             image = Image(image=owner.sequence[len(owner.sequence) - 1])
+            if placed:
+                image.alpha_channel = "activate"  # coalescing left the uncovered part clear
         image.auto_orient()
         image.reset_coords()
         to_srgb = _needs_srgb(image)

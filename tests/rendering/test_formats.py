@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 
 import imagegen as g
@@ -228,6 +229,24 @@ def test_gif_frames_are_composited_over_earlier_ones(
     path = workspace.out / result.path
     assert close_to(pixel(path, 3, 5)[:3], g.RED[:3], 5)
     assert close_to(pixel(path, 16, 5)[:3], g.BLUE[:3], 5)
+
+
+def test_a_gif_frame_smaller_than_its_screen_is_shown_on_the_screen(
+    renderer: Renderer, workspace: Workspace
+) -> None:
+    """Given a one-frame GIF whose 10x10 blue frame sits at (30, 10) on a 40x20 screen,
+    then the preview is the 40x20 screen as a browser shows it: blue at the frame's place,
+    transparent elsewhere (not the 10x10 frame alone)."""
+    data = bytearray(g.gif([g.solid(10, 10, g.BLUE)], screen=(40, 20)))
+    at = data.index(b"\x2c\x00\x00\x00\x00")
+    data[at + 1 : at + 5] = struct.pack("<HH", 30, 10)
+    name = workspace.add("frames/placed.gif", bytes(data))
+    [result] = workspace.render(renderer, workspace.job(name, [OutputSpec(40, 40, "png")]))
+    path = workspace.out / result.path
+
+    assert (result.width, result.height) == (40, 20)
+    assert close_to(pixel(path, 35, 15), g.BLUE, 5)
+    assert pixel(path, 5, 5)[3] == 0, pixel(path, 5, 5)
 
 
 @pytest.mark.parametrize("page", [0, 1, 2])
