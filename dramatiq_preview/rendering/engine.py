@@ -362,6 +362,7 @@ def _decode(
     transposed: bool,
 ) -> _Decoded:
     owner = Image()
+    image: Image = owner  # the frame to render: owner, or a composited copy
     try:
         if coder == "jpeg":
             # Displayed size after EXIF orientation; the hint is in stored orientation.
@@ -383,14 +384,18 @@ def _decode(
         if not source.read_into(owner.wand, ping=False):
             owner.raise_exception()
             raise CorruptSource(f"the {coder.upper()} source cannot be decoded")
-        image: Image = owner
         # A GIF or WebP frame may be a rectangle at an offset on a larger canvas: what a
         # browser shows is the canvas, transparent where the first frame does not cover it,
         # so it is composited even when it is the only frame.
         library.MagickSetIteratorIndex(owner.wand, 0)
         canvas_w, canvas_h, x, y = owner.page
+        width, height = owner.size
+        if canvas_w < width or canvas_h < height:
+            # A screen smaller than the first frame (or none): browsers make it the
+            # frame's size, the frame at (0, 0); coalescing would crop the frame instead.
+            owner.page = canvas_w, canvas_h, x, y = width, height, 0, 0
         placed = coder in ("gif", "webp") and (
-            (x, y) != (0, 0) or (canvas_w, canvas_h) not in ((0, 0), owner.size)
+            (x, y) != (0, 0) or (canvas_w, canvas_h) != (width, height)
         )
         if len(owner.sequence) > 1 or placed:
             owner.coalesce()
@@ -404,6 +409,8 @@ def _decode(
             image.transform_colorspace("srgb")
         return _Decoded(image, owner, to_srgb)
     except BaseException:
+        if image is not owner:
+            image.close()
         owner.close()
         raise
 

@@ -249,6 +249,23 @@ def test_a_gif_frame_smaller_than_its_screen_is_shown_on_the_screen(
     assert pixel(path, 5, 5)[3] == 0, pixel(path, 5, 5)
 
 
+def test_a_gif_frame_larger_than_its_screen_is_shown_whole(
+    renderer: Renderer, workspace: Workspace
+) -> None:
+    """Given a one-frame GIF whose 40x20 frame (red left, blue right) is larger than its
+    10x10 screen, then the preview is the whole frame, as browsers show it (they make the
+    screen the frame's size), not the screen's corner of it."""
+    name = workspace.add(
+        "frames/oversized.gif", g.gif([g.stripes(40, 20, (g.RED, g.BLUE))], screen=(10, 10))
+    )
+    [result] = workspace.render(renderer, workspace.job(name, [OutputSpec(80, 80, "png")]))
+    path = workspace.out / result.path
+
+    assert (result.width, result.height) == (80, 40)
+    assert close_to(pixel(path, 10, 20)[:3], g.RED[:3], 5)
+    assert close_to(pixel(path, 70, 20)[:3], g.BLUE[:3], 5)
+
+
 @pytest.mark.parametrize("page", [0, 1, 2])
 def test_animated_webp_frames_are_pages_composited_like_gif(
     renderer: Renderer, workspace: Workspace, page: int
