@@ -86,3 +86,12 @@ def size_of(path: Path) -> tuple[int, int]:
 
 def close_to(actual: tuple[int, ...], expected: tuple[int, ...], tolerance: int = 40) -> bool:
     return all(abs(a - e) <= tolerance for a, e in zip(actual, expected, strict=False))
+
+
+def assert_colour_at(
+    path: Path, points: Sequence[tuple[int, int]], colour: tuple[int, ...], tolerance: int = 5
+) -> None:
+    """Every one of ``points`` of the output at ``path`` has ``colour`` (RGB)."""
+    for x, y in points:
+        got = pixel(path, x, y)[:3]
+        assert close_to(got, colour[:3], tolerance), (x, y, got)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import imagegen as g
 import pytest
-from render_helpers import Workspace, close_to, pixel, size_of
+from render_helpers import Workspace, assert_colour_at, close_to, pixel, size_of
 
 from dramatiq_preview.errors import PageOutOfRange
 from dramatiq_preview.models import OutputSpec
@@ -107,8 +107,7 @@ def test_cover_of_a_panorama_shows_its_centre(renderer: Renderer, workspace: Wor
     path = workspace.out / result.path
 
     assert (result.width, result.height) == (16, 16)
-    for x, y in [(0, 0), (15, 0), (8, 8), (0, 15), (15, 15)]:
-        assert close_to(pixel(path, x, y)[:3], g.BLUE[:3], 5), (x, y)
+    assert_colour_at(path, [(0, 0), (15, 0), (8, 8), (0, 15), (15, 15)], g.BLUE)
 
 
 def test_cover_of_a_one_pixel_strip_enlarges_only_what_shows(
@@ -324,8 +323,7 @@ def test_a_pdf_page_shows_its_crop_box(renderer: Renderer, workspace: Workspace)
     path = workspace.out / result.path
 
     assert (result.width, result.height) == (64, 32)
-    for x, y in [(2, 2), (61, 2), (2, 29), (61, 29), (32, 16)]:
-        assert close_to(pixel(path, x, y)[:3], g.RED[:3], 5), (x, y)
+    assert_colour_at(path, [(2, 2), (61, 2), (2, 29), (61, 29), (32, 16)], g.RED)
 
 
 def test_a_tiny_crop_box_on_a_big_page_renders_small(
