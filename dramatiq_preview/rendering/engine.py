@@ -634,11 +634,11 @@ def memory_message(limits: Limits) -> str:
 def translate(exc: BaseException, limits: Limits) -> PermanentError | RenderTimeout:
     """A permanent error for an ImageMagick failure, without file names or contents."""
     text = str(exc).lower()
-    if "width or height exceeds" in text:  # raised as ImageError by some coders
+    # "width or height exceeds limit" comes as ImageError from some coders.
+    too_large = isinstance(exc, ResourceLimitError | CacheError) and "too large" in text
+    if "width or height" in text or too_large:
         return TooManyPixels("the source's dimensions exceed the allowed maximum")
     if isinstance(exc, ResourceLimitError | CacheError):
-        if "width or height" in text or "too large" in text:
-            return TooManyPixels("the source's dimensions exceed the allowed maximum")
         if "list length" in text or "listlength" in text:
             return TooManyPixels(f"the source has more than {MAX_FRAMES} frames")
         if "time limit" in text:

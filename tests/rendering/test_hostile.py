@@ -240,3 +240,18 @@ def test_a_resize_imagemagick_fails_silently_is_an_error_not_garbage() -> None:
         pytest.raises(CorruptSource, match="cannot be resized"),
     ):
         list(engine._derive(image, (OutputSpec(400, 400, "png"),)))
+
+
+def test_imagemagick_size_refusals_are_too_many_pixels_whatever_their_class() -> None:
+    """ImageMagick says "width or height exceeds limit" as a ResourceLimitError from some
+    coders and as an ImageError from others: both are too_many_pixels, not corrupt_source."""
+    from wand.exceptions import ImageError, ResourceLimitError
+
+    from dramatiq_preview.rendering.engine import Limits, translate
+
+    limits = Limits(max_pixels=100, memory_mb=64)
+    for error in (ImageError, ResourceLimitError):
+        raised = error("width or height exceeds limit `x' @ error/cache.c/OpenPixelCache/3911")
+        assert isinstance(translate(raised, limits), TooManyPixels)
+    memory = ResourceLimitError("memory allocation failed `x' @ error/gif.c/ReadGIFImage/1307")
+    assert not isinstance(translate(memory, limits), TooManyPixels)
