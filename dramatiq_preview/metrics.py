@@ -329,7 +329,12 @@ class WebMetrics:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             registry.register(self.queues)
-        encoder, content_type = exposition.choose_encoder(accept or "")
+        try:
+            encoder, content_type = exposition.choose_encoder(accept or "")
+        except (TypeError, ValueError):
+            # prometheus_client trips over a malformed version parameter
+            # ("version=abc"): a scraper that sends one gets the plain text format.
+            encoder, content_type = exposition.generate_latest, exposition.CONTENT_TYPE_LATEST
         return encoder(registry), content_type
 
 

@@ -161,11 +161,21 @@ OPERATIONS: dict[str, tuple[str, list[dict[str, Any]], dict[str, Any]]] = {
                         for ct in CONTENT_TYPES.values()
                     },
                 },
+                "206": {
+                    "description": "The requested byte range of the file (`Range`).",
+                    "headers": {"Content-Range": {"schema": {"type": "string"}}},
+                    "content": {
+                        ct: {"schema": {"type": "string", "contentMediaType": ct}}
+                        for ct in CONTENT_TYPES.values()
+                    },
+                },
                 "304": {"description": "Not modified (`If-None-Match` matched the ETag)."},
                 "404": _error(
                     "No such job, the job has not succeeded, or no output at this index "
                     "(`not_found`)."
                 ),
+                "412": _error("`If-Match` does not match the ETag (`precondition_failed`)."),
+                "416": _error("The `Range` cannot be served (`requested_range_not_satisfiable`)."),
                 "503": _UNAVAILABLE,
             },
         },

@@ -298,6 +298,7 @@ class ErrorSchema(Schema):
     error = fields.String(required=True)
     message = fields.String(required=True)
     details = fields.List(fields.Nested(IssueSchema))
+    limit = fields.Integer(metadata={"description": "The byte limit a 413 refers to."})
 
 
 class ValidationErrorSchema(ErrorSchema):

@@ -19,7 +19,7 @@ from typing import Any, NoReturn, cast
 
 from flask import Blueprint, Flask, Response, current_app, g, request, send_file, url_for
 from flask.blueprints import BlueprintSetupState
-from werkzeug.exceptions import HTTPException, default_exceptions
+from werkzeug.exceptions import ClientDisconnected, HTTPException, default_exceptions
 from werkzeug.routing import RequestRedirect
 
 from ..errors import (
@@ -295,7 +295,10 @@ def _read_body(limit: int) -> bytes:
     chunks: list[bytes] = []
     total = 0
     while True:
-        chunk = stream.read(min(65536, limit + 1 - total))
+        try:
+            chunk = stream.read(min(65536, limit + 1 - total))
+        except (OSError, ClientDisconnected):  # a malformed chunked body, a client gone
+            raise ApiError(400, "invalid_json", "the request body could not be read") from None
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
@@ -393,6 +396,12 @@ def job_output(job_id: str, index: int) -> Response:
         raise ApiError(404, "not_found", f"output {index} of job {_short(job_id)} is missing")
     mimetype = CONTENT_TYPES.get(entry.get("format", ""), "application/octet-stream")
     response = send_file(target, mimetype=mimetype, conditional=True, etag=True)
+    if response.status_code == 412:
+        # Werkzeug sets 412 for a failed If-Match but keeps the file as the body.
+        response.close()
+        raise ApiError(
+            412, "precondition_failed", "If-Match does not match the output's current ETag"
+        )
     response.cache_control.no_cache = None
     response.cache_control.public = False
     response.cache_control.private = True

@@ -370,6 +370,42 @@ def test_an_output_is_served_with_its_type_etag_and_cache_control(
         assert cached.status_code == 304 and cached.data == b""
 
 
+def test_output_ranges_and_preconditions_answer_as_documented(
+    app: Flask, client: FlaskClient
+) -> None:
+    """A byte range gets 206, an impossible one a JSON 416, and a failed If-Match a JSON 412
+    without the file (found by hand-made requests: werkzeug kept the file as the body)."""
+    job_id = new_job_id()
+    succeeded_with(app, job_id, [write_output(job_id, "0.png", b"png bytes")])
+    url = f"{PREFIX}/job/{job_id}/outputs/0"
+    with client.get(url, headers={"Range": "bytes=0-2"}) as partial:
+        assert partial.status_code == 206 and partial.data == b"png"
+        assert partial.headers["Content-Range"] == "bytes 0-2/9"
+    assert_error(
+        client.get(url, headers={"Range": "bytes=999-"}), 416, "requested_range_not_satisfiable"
+    )
+    failed = client.get(url, headers={"If-Match": '"not-the-etag"'})
+    body = assert_error(failed, 412, "precondition_failed")
+    assert b"png bytes" not in failed.data and "ETag" in body["message"]
+
+
+def test_an_unreadable_body_is_a_400_not_a_server_error(client: FlaskClient) -> None:
+    """Given a body stream that fails mid-read (a malformed chunked body, a client gone),
+    then the answer is a JSON 400."""
+
+    class Broken:
+        def read(self, *args: object) -> bytes:
+            raise OSError("Invalid chunk header")
+
+    for length in ({"wsgi.input_terminated": True}, {"CONTENT_LENGTH": "10"}):
+        response = client.post(
+            f"{PREFIX}/job",
+            content_type="application/json",
+            environ_overrides={"wsgi.input": Broken(), **length},
+        )
+        assert_error(response, 400, "invalid_json")
+
+
 def test_outputs_are_not_found_until_the_job_succeeded(client: FlaskClient) -> None:
     job_id = submitted(client)
     body = assert_error(client.get(f"{PREFIX}/job/{job_id}/outputs/0"), 404, "not_found")
@@ -432,6 +468,15 @@ def test_metrics_count_the_requests_under_the_prefix(client: FlaskClient) -> Non
     assert 'endpoint="unmatched",method="GET",status="404"} 1.0' in text
     assert 'endpoint="index"' not in text
     assert "preview_queue_depth" in text
+
+
+@pytest.mark.parametrize("version", ["abc", "1.x", ""])
+def test_metrics_survive_a_malformed_accept_version(client: FlaskClient, version: str) -> None:
+    """prometheus_client raised on "version=abc" (a 500): such scrapers get plain text."""
+    headers = {"Accept": f"text/plain; version={version}"}
+    response = client.get(f"{PREFIX}/metrics", headers=headers)
+    assert response.status_code == 200 and response.mimetype == "text/plain"
+    assert "preview_queue_depth" in response.get_data(as_text=True)
 
 
 # --- JSON errors for unmatched URLs, host URLs untouched ----------------------------------

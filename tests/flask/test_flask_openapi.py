@@ -56,6 +56,10 @@ def test_every_error_answer_is_documented_with_the_error_schema() -> None:
     submit = paths["/job"]["post"]["responses"]
     assert set(submit) == {"200", "202", "400", "409", "413", "415", "422", "503"}
     assert set(paths["/job/{jobId}/cancel"]["post"]["responses"]) == {"202", "404", "409", "503"}
+    output = paths["/job/{jobId}/outputs/{index}"]["get"]["responses"]
+    assert set(output) == {"200", "206", "304", "404", "412", "416", "503"}
+    # a 413 carries the limit it refers to
+    assert "limit" in document(make_app())["components"]["schemas"]["Error"]["properties"]
     for path, item in paths.items():
         for operation in (v for k, v in item.items() if k != "parameters"):
             for code, answer in operation["responses"].items():
