@@ -388,13 +388,22 @@ def job_output(job_id: str, index: int) -> Response:
     if index >= len(outputs):
         raise ApiError(404, "not_found", f"job {_short(job_id)} has {len(outputs)} output(s)")
     entry = outputs[index]
+    missing = ApiError(404, "not_found", f"output {index} of job {_short(job_id)} is missing")
+    path = entry.get("path") if isinstance(entry, dict) else None
+    if not isinstance(path, str) or "\0" in path:
+        raise missing
     root = Path(os.path.realpath(state.settings.output_dir))
-    target = Path(os.path.realpath(root / str(entry.get("path", ""))))
+    target = Path(os.path.realpath(root / path))
     # realpath resolves "..", absolute paths and symlinks: whatever the record says, only
     # a regular file inside this job's directory of PREVIEW_OUTPUT_DIR is ever served.
     if not target.is_relative_to(root / job_id) or not target.is_file():
-        raise ApiError(404, "not_found", f"output {index} of job {_short(job_id)} is missing")
-    mimetype = CONTENT_TYPES.get(entry.get("format", ""), "application/octet-stream")
+        raise missing
+    kind = entry.get("format")
+    mimetype = (
+        CONTENT_TYPES.get(kind, "application/octet-stream")
+        if isinstance(kind, str)
+        else ("application/octet-stream")
+    )
     response = send_file(target, mimetype=mimetype, conditional=True, etag=True)
     if response.status_code == 412:
         # Werkzeug sets 412 for a failed If-Match but keeps the file as the body.

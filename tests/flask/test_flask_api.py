@@ -436,7 +436,9 @@ def test_only_files_inside_the_jobs_output_directory_are_served(
     (Path(os.environ["PREVIEW_OUTPUT_DIR"]) / job_id / "dir.png").mkdir()
     hostile = ["../../../../../../" + str(secret), str(secret), f"{job_id}/1.png", f"{other}/0.png"]
     hostile += [f"{job_id}/../{other}/0.png", f"{job_id}/dir.png", f"{job_id}/missing.png"]
-    outputs = [real] + [{**real, "path": path} for path in hostile]
+    hostile += [f"{job_id}/0.png\0.txt", None, 7]  # a NUL, no path, not text
+    outputs: list[Any] = [real] + [{**real, "path": path} for path in hostile]
+    outputs += ["not an object"]
     succeeded_with(app, job_id, outputs)
     # When each is requested / Then only the job's own regular file is served
     with client.get(f"{PREFIX}/job/{job_id}/outputs/0") as response:
@@ -445,6 +447,11 @@ def test_only_files_inside_the_jobs_output_directory_are_served(
         response = client.get(f"{PREFIX}/job/{job_id}/outputs/{index}")
         assert_error(response, 404, "not_found")
         assert b"secret" not in response.data
+    # and a format that is not a name is served as bytes, not a server error
+    third = new_job_id()
+    succeeded_with(app, third, [{**write_output(third, "0.png", b"odd"), "format": ["png"]}])
+    with client.get(f"{PREFIX}/job/{third}/outputs/0") as odd:
+        assert (odd.status_code, odd.mimetype) == (200, "application/octet-stream")
 
 
 # --- GET /worker/health, /metrics, /openapi.json ------------------------------------------
