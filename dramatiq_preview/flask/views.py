@@ -399,11 +399,7 @@ def job_output(job_id: str, index: int) -> Response:
     if not target.is_relative_to(root / job_id) or not target.is_file():
         raise missing
     kind = entry.get("format")
-    mimetype = (
-        CONTENT_TYPES.get(kind, "application/octet-stream")
-        if isinstance(kind, str)
-        else ("application/octet-stream")
-    )
+    mimetype = CONTENT_TYPES.get(kind if isinstance(kind, str) else "", "application/octet-stream")
     response = send_file(target, mimetype=mimetype, conditional=True, etag=True)
     if response.status_code == 412:
         # Werkzeug sets 412 for a failed If-Match but keeps the file as the body.

@@ -239,16 +239,24 @@ def _curve(tag: memoryview | None, x: float) -> float | None:
     return float(value)
 
 
-def colour_space(profile: bytes) -> str | None:
-    """The colour space of a well-formed profile (``"RGB"``, ``"CMYK"``, ``"GRAY"``...);
-    None for damaged profiles and ones over :data:`MAX_PROFILE_BYTES`.  Never raises."""
+def _read(profile: bytes) -> tuple[str, dict[bytes, memoryview]] | None:
+    """The colour space and the tags this module reads of a well-formed profile; None for
+    damaged profiles and ones over :data:`MAX_PROFILE_BYTES`."""
     if not 132 <= len(profile) <= MAX_PROFILE_BYTES or profile[36:40] != b"acsp":
         return None
     if struct.unpack_from(">I", profile, 0)[0] > len(profile):
         return None
-    if _tags(memoryview(profile)) is None:
+    tags = _tags(memoryview(profile))
+    if tags is None:
         return None
-    return profile[16:20].decode("latin-1").strip()
+    return profile[16:20].decode("latin-1").strip(), tags
+
+
+def colour_space(profile: bytes) -> str | None:
+    """The colour space of a well-formed profile (``"RGB"``, ``"CMYK"``, ``"GRAY"``...);
+    None for damaged profiles and ones over :data:`MAX_PROFILE_BYTES`.  Never raises."""
+    read = _read(profile)
+    return None if read is None else read[0]
 
 
 def needs_conversion(profile: bytes) -> bool:
@@ -260,13 +268,14 @@ def needs_conversion(profile: bytes) -> bool:
     ones over :data:`MAX_PROFILE_BYTES`, which are ignored as browsers ignore them.  Never
     raises: the bytes come from an untrusted file.
     """
-    space = colour_space(profile)
+    read = _read(profile)
+    if read is None:
+        return False
+    space, tags = read
     if space == "CMYK":
         return True
     if space != "RGB":
         return False
-    tags = _tags(memoryview(profile))
-    assert tags is not None  # colour_space checked the table
     reference = colorants(SRGB_PRIMARIES)
     for column, signature in enumerate((b"rXYZ", b"gXYZ", b"bXYZ")):
         xyz = _colorant(tags.get(signature))
