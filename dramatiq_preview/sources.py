@@ -60,7 +60,8 @@ class LocalSource:
 
     The descriptor belongs to this object; :meth:`close` (or leaving the ``with`` block)
     closes it.  The renderer passes the descriptor itself to its child process, which
-    never sees a path.
+    never sees a path; :class:`~dramatiq_preview.rendering.RenderSource` says what the
+    renderer needs of this class.
 
     Attributes:
       fd: Open, read-only file descriptor positioned anywhere (readers use ``pread``).

@@ -7,6 +7,8 @@ loaded by render children (:mod:`.child`) and by :func:`render_in_process` only.
   that a worker thread can kill at a deadline or on cancellation.
 - :func:`render_in_process` does the same work in the calling process, without isolation
   (benchmark reference and debugging only).
+- :class:`RenderSource` is what both need of a source: an open descriptor and its size
+  (:class:`dramatiq_preview.sources.LocalSource` is one; this package never imports it).
 """
 
 from __future__ import annotations
@@ -17,23 +19,30 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from ..config import get_settings
 from ..models import JobSpec, RenderedOutput, relative_output_path
-from .pool import Renderer, close_renderer, get_renderer
-
-if TYPE_CHECKING:
-    from ..sources import LocalSource
+from ..storage import atomic_write
+from .child import prepare_environment
+from .pool import Renderer, RenderSource, close_renderer, get_renderer, set_worker_threads
 
 #: Alias used by the worker middleware when the worker stops.
 shutdown_renderer = close_renderer
 
-__all__ = ["Renderer", "close_renderer", "get_renderer", "render_in_process", "shutdown_renderer"]
+__all__ = [
+    "RenderSource",
+    "Renderer",
+    "close_renderer",
+    "get_renderer",
+    "render_in_process",
+    "set_worker_threads",
+    "shutdown_renderer",
+]
 
 
 def render_in_process(
     spec: JobSpec,
-    source: LocalSource,
+    source: RenderSource,
     destinations: Sequence[Path],
     *,
     checkpoint: Callable[[int | None], None] | None = None,
@@ -51,15 +60,10 @@ def render_in_process(
       max_pixels, memory_mb: limits (default: the process-wide settings).
       deadline: only bounds the PDF rasteriser subprocess.
     """
-    from ..config import get_settings
-    from ..storage import atomic_write
-
     fresh = "wand.api" not in sys.modules
     if fresh:
-        from .child import prepare_environment
-
         prepare_environment()
-    from . import engine
+    from . import engine  # optional: wand, which the web process lacks; after the line above
 
     if max_pixels is None or memory_mb is None:
         settings = get_settings()

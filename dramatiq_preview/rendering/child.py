@@ -17,8 +17,6 @@ Test hooks (a job id starting with ``test-hook-sleep``, ``test-hook-crash`` or
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import glob
 import os
 import resource
@@ -28,15 +26,16 @@ import sys
 import time
 import traceback
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ..errors import PreviewError
-    from .protocol import Channel
+from ..errors import PreviewError, RenderCrashed, RenderMemoryExceeded
+from ..models import JobSpec, OutputSpec
+from . import sandbox
+from .deathsig import die_with_parent
+from .protocol import Channel, ChannelClosed
 
 POLICY_DIR_ENV = "MAGICK_CONFIGURE_PATH"
 TEST_HOOKS_ENV = "DRAMATIQ_PREVIEW_TEST_HOOKS"
-_PR_SET_PDEATHSIG = 1
 
 
 def policy_dir() -> str:
@@ -77,14 +76,6 @@ def magick_environment() -> dict[str, str]:
 def prepare_environment() -> None:
     """Set :func:`magick_environment` in ``os.environ`` (call before importing Wand)."""
     os.environ.update(magick_environment())
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent thread dies (no-op elsewhere)."""
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _vm_size() -> int:
@@ -135,11 +126,7 @@ def main(argv: list[str]) -> int:
     if os.getppid() != parent_pid:
         return 0  # the worker died before we could ask to die with it
     prepare_environment()
-
-    from ..errors import PreviewError, RenderCrashed, RenderMemoryExceeded
-    from ..models import JobSpec, OutputSpec
-    from . import engine, sandbox
-    from .protocol import Channel, ChannelClosed
+    from . import engine  # child process: engine loads Wand, after prepare_environment()
 
     limits = engine.Limits(max_pixels=max_pixels, memory_mb=memory_mb)
     engine.configure(limits)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from ..errors import CorruptSource, PageOutOfRange, RenderTimeout, TooManyPixels
 from ..models import OutputSpec
+from .deathsig import die_with_parent
 from .geometry import required_scale
 
 _PAGES_RE = re.compile(rb"^Pages:\s+(\d+)\s*$", re.M)
@@ -29,12 +30,6 @@ _LAST_PAGE_RE = re.compile(rb"the last page \((\d+)\)")
 _ROT_RE = re.compile(rb"^Page\s+\d+\s+rot:\s+(\d+)", re.M)
 #: Never rasterise a page larger than this on its long side, whatever the outputs ask.
 MAX_RASTER_SIDE = 8192
-
-
-def _prepare_child() -> None:  # pragma: no cover - runs between fork and exec
-    from .child import die_with_parent
-
-    die_with_parent()
 
 
 def _run(
@@ -54,7 +49,7 @@ def _run(
             capture_output=True,
             timeout=remaining,
             env={"PATH": "/usr/bin:/bin"},
-            preexec_fn=_prepare_child,  # the render child is single-threaded
+            preexec_fn=die_with_parent,  # the render child is single-threaded
             check=False,
         )
     except subprocess.TimeoutExpired:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..config import Settings
 from ..errors import (
@@ -46,9 +46,6 @@ from ..models import JobSpec, RenderedOutput, relative_output_path
 from ..storage import atomic_write
 from .child import TEST_HOOKS_ENV, magick_environment
 from .protocol import Channel, ChannelClosed, ProtocolError
-
-if TYPE_CHECKING:
-    from ..sources import LocalSource
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +75,14 @@ _CHILD_ERRORS: dict[str, type[PreviewError]] = {
     )
 }
 
-# Started with ``python -c``: runs the child without executing dramatiq_preview/__init__.py
-# (which configures a broker), and without the current directory on sys.path.
+# Started with ``python -c``, without the current directory on sys.path.  The stand-in
+# ``dramatiq_preview`` module lets the child import its modules without executing
+# dramatiq_preview/__init__.py.  That is needed because importing the package root imports
+# the actor, which builds a Dramatiq broker (``broker.default_broker``: a Redis broker from
+# the settings, here the defaults, as the child's environment has no PREVIEW_* variable) and
+# installs it as the global broker, loading the middleware, state and Redis client with it:
+# a render child needs none of them.  Drop the stand-in when importing the root no longer
+# builds a broker.
 _BOOTSTRAP = """\
 import sys, types
 if sys.path and sys.path[0] == "":
@@ -101,6 +104,25 @@ _CHILD_ENV_NAMES = frozenset(
     {"PATH", "LD_LIBRARY_PATH", "LANG", "LANGUAGE", "TMPDIR", "TZ", TEST_HOOKS_ENV}
 )
 _CHILD_ENV_PREFIXES = ("LC_", "PYTHON", "MAGICK_", "WAND_", "OMP_")
+
+
+class RenderSource(Protocol):
+    """What the renderer needs of a source: an open descriptor and its size, never a path.
+
+    :class:`dramatiq_preview.sources.LocalSource` is one.  The descriptor goes to the render
+    child as it is (``SCM_RIGHTS``) and stays open and owned by the caller.
+    """
+
+    @property
+    def fd(self) -> int:
+        """Open, read-only descriptor at any offset (readers start from byte 0 themselves)."""
+        ...
+
+    @property
+    def size(self) -> int:
+        """Size in bytes when opened; a source that has changed since fails the render
+        (:class:`SourceUnavailable`, transient)."""
+        ...
 
 
 def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -194,7 +216,7 @@ class Renderer:
     def render(
         self,
         spec: JobSpec,
-        source: LocalSource,
+        source: RenderSource,
         destinations: Sequence[Path],
         *,
         deadline: float,
@@ -204,8 +226,8 @@ class Renderer:
 
         Parameters:
           spec: The job; its outputs, page and id.
-          source: A :class:`~dramatiq_preview.sources.LocalSource` (anything with ``fd``
-            and ``size``).
+          source: The open source (:class:`RenderSource`; a
+            :class:`~dramatiq_preview.sources.LocalSource`, say).
           destinations: Absolute path of each output, in ``spec.outputs`` order.
           deadline: ``time.monotonic()`` time by which the render must be done.
           checkpoint: Called in this thread with a percentage after each stage, and with
@@ -366,7 +388,7 @@ class Renderer:
         self,
         child: _Child,
         spec: JobSpec,
-        source: LocalSource,
+        source: RenderSource,
         destinations: Sequence[Path],
         deadline: float,
         checkpoint: Checkpoint | None,
@@ -498,8 +520,19 @@ def get_renderer(settings: Settings, *, processes: int | None = None) -> Rendere
     return created
 
 
+#: The thread count of this worker process (set when the worker boots, by the ``RenderPool``
+#: middleware): by default a worker keeps at most one render child per thread.
+_worker_threads: int | None = None
+
+
+def set_worker_threads(count: int | None) -> None:
+    """Size the pool of this process for a worker with ``count`` threads (None: forget)."""
+    global _worker_threads
+    _worker_threads = max(1, int(count)) if count else None
+
+
 def _options_for(settings: Settings, processes: int | None) -> _Options:
-    size = processes or settings.render_processes or DEFAULT_PROCESSES
+    size = processes or settings.render_processes or _worker_threads or DEFAULT_PROCESSES
     return _Options(
         processes=max(1, size),
         memory_mb=settings.render_memory_mb,
