@@ -12,7 +12,6 @@ Importing this package never imports Wand: the web process does not need ImageMa
 
 from __future__ import annotations
 
-from .extension import PreviewExtension
-from .views import create_blueprint
+from .extension import PreviewExtension, create_blueprint
 
 __all__ = ["PreviewExtension", "create_blueprint"]

@@ -1,4 +1,4 @@
-"""``PreviewExtension``: mounts the HTTP API of dramatiq-preview on a Flask app.
+"""``PreviewExtension`` and ``create_blueprint``: mount the HTTP API of dramatiq-preview on an app.
 
 >>> app = Flask(__name__)
 >>> preview = PreviewExtension(app)           # or PreviewExtension() + preview.init_app(app)
@@ -7,63 +7,23 @@ The extension reads the ``PREVIEW_*`` settings once, when it is initialised on a
 ``app.config`` keys win over the environment, and every key is then ``setdefault`` in
 ``app.config`` with its effective value.  Per-app state lives in the extension, keyed by the
 app (never ``self.app``), and ``app.extensions["dramatiq_preview"]`` is the extension.
+
+The blueprint is assembled here rather than in :mod:`.views` because registering it on an
+app without an extension creates one: the views stay below the extension.
 """
 
 from __future__ import annotations
 
-import os
-import threading
 import weakref
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import cast
 
-from flask import Flask, current_app
+from flask import Blueprint, Flask, current_app
+from flask.blueprints import BlueprintSetupState
 
 from ..client import PreviewClient
 from ..config import Settings
-
-if TYPE_CHECKING:
-    from flask import Request
-
-    from ..metrics import WebMetrics
-
-#: The key of ``app.extensions``.
-EXTENSION_KEY = "dramatiq_preview"
-
-Authorize = Callable[["Request"], bool]
-
-
-@dataclass
-class AppState:
-    """What the views of one app need: its settings, client, mount point and caches."""
-
-    settings: Settings
-    client: PreviewClient
-    authorize: Authorize | None
-    #: Where the blueprint is mounted (``None`` until it is registered).
-    url_prefix: str | None = None
-    #: The endpoint prefix of the mounted blueprint (``dramatiq_preview.``).
-    endpoint_prefix: str = ""
-    openapi_cache: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    _metrics: WebMetrics | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def under_prefix(self, path: str) -> bool:
-        """Whether a request path (without ``SCRIPT_NAME``) belongs to our API."""
-        prefix = self.url_prefix
-        return prefix is not None and (path == prefix or path.startswith(prefix + "/"))
-
-    @property
-    def metrics(self) -> WebMetrics:
-        """The web process's request counters and scrape-time gauges (built on first use)."""
-        if self._metrics is None:
-            with self._lock:
-                if self._metrics is None:
-                    from ..metrics import WebMetrics
-
-                    self._metrics = WebMetrics(self.settings, self.client.broker)
-        return self._metrics
+from . import views
+from .appstate import EXTENSION_KEY, AppState, Authorize, get_state, read_settings
 
 
 class PreviewExtension:
@@ -104,9 +64,11 @@ class PreviewExtension:
         )
         app.extensions[EXTENSION_KEY] = self
         if register_blueprint:
-            from .views import create_blueprint
-
             app.register_blueprint(create_blueprint(), url_prefix=settings.url_prefix)
+
+    def state_of(self, app: Flask) -> AppState | None:
+        """The per-app state on ``app``, or None when the extension was not initialised there."""
+        return self._states.get(app)
 
     def state(self, app: Flask | None = None) -> AppState:
         """The per-app state (of the current app by default).
@@ -115,12 +77,12 @@ class PreviewExtension:
           RuntimeError: the extension was not initialised on that app.
         """
         target = app if app is not None else current_app._get_current_object()  # type: ignore[attr-defined]
-        try:
-            return self._states[target]
-        except KeyError:
+        state = self.state_of(target)
+        if state is None:
             raise RuntimeError(
                 "PreviewExtension is not initialised on this app; call init_app(app) first"
-            ) from None
+            )
+        return state
 
     @property
     def settings(self) -> Settings:
@@ -133,24 +95,37 @@ class PreviewExtension:
         return self.state().client
 
 
-def read_settings(app: Flask) -> Settings:
-    """Parse ``PREVIEW_*`` from ``app.config`` over the environment, and record the result.
+def create_blueprint() -> Blueprint:
+    """The blueprint of the HTTP API, for hosts that register it themselves.
 
-    Each key missing from ``app.config`` is set to its effective value, so that the app's
-    configuration shows what the extension runs with.
+    >>> app.register_blueprint(create_blueprint(), url_prefix="/previews")
 
-    Raises:
-      ConfigError: a value is malformed; the message names the variable.
+    Registered on an app without a :class:`PreviewExtension`, it creates one (without an
+    ``authorize`` hook) from ``app.config``; registered without ``url_prefix``, it mounts at
+    ``PREVIEW_URL_PREFIX``.  It can be mounted once per app.
     """
-    settings = Settings.from_mapping(app.config, os.environ)
-    for name, env_name in settings.env_names().items():
-        app.config.setdefault(env_name, getattr(settings, name))
-    return settings
+    bp = Blueprint("dramatiq_preview", views.__name__)
+    # Must run before the routes are added: it may fill in the url_prefix they use.
+    bp.record_once(_on_register)
+    views.add_routes(bp)
+    return bp
 
 
-def get_state(app: Flask) -> AppState | None:
-    """The state of dramatiq-preview on ``app``, or None when it is not registered there."""
-    ext = app.extensions.get(EXTENSION_KEY)
-    if not isinstance(ext, PreviewExtension):
-        return None
-    return ext._states.get(app)
+def _on_register(setup: BlueprintSetupState) -> None:
+    app = cast(Flask, setup.app)
+    state = get_state(app)
+    if state is None:
+        PreviewExtension().init_app(app, register_blueprint=False)
+        state = get_state(app)
+        assert state is not None
+    if state.url_prefix is not None:
+        raise RuntimeError(
+            f"the dramatiq-preview blueprint is already mounted at {state.url_prefix!r} on "
+            "this app; it can be mounted only once"
+        )
+    prefix = (setup.url_prefix or state.settings.url_prefix).rstrip("/")
+    if not prefix:
+        raise ValueError("the dramatiq-preview blueprint needs a url_prefix other than '/'")
+    setup.url_prefix = prefix
+    state.url_prefix = prefix
+    state.endpoint_prefix = f"{setup.name_prefix}.{setup.name}.".lstrip(".")

@@ -1,10 +1,13 @@
-"""The OpenAPI 3.1 document of the HTTP API, generated with apispec from the marshmallow schemas.
+"""The OpenAPI 3.1 document of the HTTP API.
 
-Paths come from the app's URL map (the rules of the mounted blueprint), bodies from
-:mod:`.schemas`; only summaries and the list of answers per route are written here.  The
-document describes the app it is served by: the security scheme appears when
-``PREVIEW_API_TOKEN`` is set, 403 answers when an ``authorize`` hook is installed, and the
-server URL includes ``SCRIPT_NAME`` and the mount prefix.
+Paths come from the app's URL map (the rules of the mounted blueprint).  The request body is
+the JSON Schema of the job payload (``schemas/preview-job.schema.json``), embedded as it is
+under ``components/schemas/JobRequest``: OpenAPI 3.1 schemas are JSON Schema 2020-12, so the
+document states exactly the rules the server validates with.  Response bodies are generated
+with apispec from the marshmallow schemas of :mod:`.schemas`; only summaries and the list of
+answers per route are written here.  The document describes the app it is served by: the
+security scheme appears when ``PREVIEW_API_TOKEN`` is set, 403 answers when an ``authorize``
+hook is installed, and the server URL includes ``SCRIPT_NAME`` and the mount prefix.
 """
 
 from __future__ import annotations
@@ -16,22 +19,27 @@ from typing import Any
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask
-from marshmallow import fields
 
-from .. import __version__
+from .._version import __version__
 from ..models import CONTENT_TYPES
-from .extension import AppState
+from ..validation import load_schema
+from .appstate import AppState
 from .schemas import (
     JOB_ID_PATTERN,
     CancelResponseSchema,
     ErrorSchema,
     HealthSchema,
-    JobRequestSchema,
-    OneOfNested,
     StatusSchema,
     SubmitResponseSchema,
     ValidationErrorSchema,
 )
+
+#: The name of the job payload's JSON Schema under ``components/schemas``.
+JOB_REQUEST = "JobRequest"
+#: Keywords whose values are data, not schemas: a ``$ref`` key in them is not a reference.
+_DATA_KEYWORDS = frozenset({"const", "default", "enum", "examples", "example"})
+#: Keywords whose values map names (which may look like keywords) to schemas.
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "dependentSchemas", "$defs"})
 
 _PARAMETER_NAMES = {"job_id": "jobId"}
 _RULE_ARG = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
@@ -79,7 +87,10 @@ OPERATIONS: dict[str, tuple[str, list[dict[str, Any]], dict[str, Any]]] = {
                 "same `jobId` with the same payload again answers 200 with "
                 "`duplicate: true` and the existing job's current state."
             ),
-            "requestBody": {"required": True, "content": {_JSON: {"schema": JobRequestSchema}}},
+            "requestBody": {
+                "required": True,
+                "content": {_JSON: {"schema": {"$ref": f"#/components/schemas/{JOB_REQUEST}"}}},
+            },
             "responses": {
                 "202": {
                     "description": "The job was recorded and enqueued.",
@@ -237,27 +248,42 @@ OPERATIONS: dict[str, tuple[str, list[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
-def _one_of_nested(self: Any, field: Any, ret: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-    if isinstance(field, OneOfNested):
-        return {"oneOf": [self.resolve_nested_schema(schema) for schema in field.schemas]}
-    return {}
+def embedded_json_schema(schema: dict[str, Any], name: str) -> dict[str, Any]:
+    """A standalone JSON Schema as it goes under ``components/schemas/{name}``.
 
+    Only what ties it to its own file changes: ``$id`` and ``$schema`` go (inside the
+    document, the base of a ``#...`` reference is the document, and the dialect is OpenAPI
+    3.1's, which is JSON Schema 2020-12), and each internal reference ``#/...`` (into
+    ``$defs`` or anywhere else) is rebased onto ``#/components/schemas/{name}/...``.
+    ``$defs`` stay where they are.
 
-def _dict_bounds(self: Any, field: Any, ret: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-    # apispec states the Length of a Dict as minLength/maxLength; for objects it is
-    # min/maxProperties, and the key field's constraints are propertyNames.
-    if not isinstance(field, fields.Dict):
-        return {}
-    extra: dict[str, Any] = {}
-    for length, properties in (("minLength", "minProperties"), ("maxLength", "maxProperties")):
-        if length in ret:
-            extra[properties] = ret.pop(length)
-    if field.key_field is not None:
-        names = dict(self.field2property(field.key_field))
-        names.pop("type", None)
-        if names:
-            extra["propertyNames"] = names
-    return extra
+    Parameters:
+      schema: the JSON Schema (not modified).
+      name: its name under ``components/schemas``.
+    """
+    base = f"#/components/schemas/{name}"
+
+    def rebase(node: Any) -> Any:
+        if isinstance(node, list):
+            return [rebase(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str) and value.startswith("#"):
+                out[key] = base + value[1:]
+            elif key in _DATA_KEYWORDS:
+                out[key] = copy.deepcopy(value)
+            elif key in _SCHEMA_MAPS and isinstance(value, dict):
+                out[key] = {prop: rebase(sub) for prop, sub in value.items()}
+            else:
+                out[key] = rebase(value)
+        return out
+
+    embedded: dict[str, Any] = rebase(schema)
+    embedded.pop("$id", None)
+    embedded.pop("$schema", None)
+    return embedded
 
 
 def openapi_document(app: Flask, state: AppState, *, server_url: str = "") -> dict[str, Any]:
@@ -282,10 +308,6 @@ def openapi_document(app: Flask, state: AppState, *, server_url: str = "") -> di
         },
         servers=[{"url": f"{server_url}{state.url_prefix or ''}"}],
     )
-    assert plugin.converter is not None
-    plugin.converter.add_attribute_function(_one_of_nested)  # type: ignore[no-untyped-call]
-    plugin.converter.add_attribute_function(_dict_bounds)  # type: ignore[no-untyped-call]
-
     protected = state.settings.api_token is not None
     if protected:
         spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
@@ -316,4 +338,10 @@ def openapi_document(app: Flask, state: AppState, *, server_url: str = "") -> di
             rule.rule[len(prefix) :],
         )
         spec.path(path=path, operations={method: operation}, parameters=parameters)
-    return spec.to_dict()
+    document = spec.to_dict()
+    # Added after apispec, which would otherwise walk the schema looking for marshmallow.
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    if JOB_REQUEST in schemas:  # pragma: no cover - a marshmallow schema of the same name
+        raise RuntimeError(f"components/schemas/{JOB_REQUEST} is taken")
+    schemas[JOB_REQUEST] = embedded_json_schema(load_schema(), JOB_REQUEST)
+    return document

@@ -1,4 +1,4 @@
-"""The blueprint of the HTTP API (contract §5): routes, authentication and JSON errors.
+"""The views of the HTTP API (contract §5): routes, authentication and JSON errors.
 
 Every response under the prefix is JSON, errors included (``{"error", "message", ...}``),
 except the rendered files and the Prometheus exposition.  Unmatched URLs under the prefix
@@ -15,10 +15,9 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
-from flask import Blueprint, Flask, Response, current_app, g, request, send_file, url_for
-from flask.blueprints import BlueprintSetupState
+from flask import Blueprint, Response, current_app, g, request, send_file, url_for
 from werkzeug.exceptions import ClientDisconnected, HTTPException, default_exceptions
 from werkzeug.routing import RequestRedirect
 
@@ -30,15 +29,12 @@ from ..errors import (
     PreviewError,
     StateStoreUnavailable,
 )
+from ..health import check_health
 from ..models import CONTENT_TYPES
 from ..validation import ecma_regex
-from .extension import AppState, PreviewExtension, get_state
-from .schemas import (
-    CANCEL_RESPONSE,
-    JOB_ID_PATTERN,
-    STATUS,
-    SUBMIT_RESPONSE,
-)
+from .appstate import AppState, get_state
+from .openapi import openapi_document
+from .schemas import CANCEL_RESPONSE, JOB_ID_PATTERN, STATUS, SUBMIT_RESPONSE
 
 logger = logging.getLogger("dramatiq_preview.flask")
 
@@ -85,18 +81,12 @@ class ApiError(Exception):
         self.extra = extra
 
 
-def create_blueprint() -> Blueprint:
-    """The blueprint of the HTTP API, for hosts that register it themselves.
+def add_routes(bp: Blueprint) -> None:
+    """Add the routes, hooks and error handlers of the API to ``bp``.
 
-    >>> app.register_blueprint(create_blueprint(), url_prefix="/previews")
-
-    Registered on an app without a :class:`PreviewExtension`, it creates one (without an
-    ``authorize`` hook) from ``app.config``; registered without ``url_prefix``, it mounts at
-    ``PREVIEW_URL_PREFIX``.  It can be mounted once per app.
+    :func:`~.extension.create_blueprint` makes the blueprint (and its registration hook);
+    the rest of the API is here.
     """
-    bp = Blueprint("dramatiq_preview", __name__)
-    # Must run before the routes are added: it may fill in the url_prefix they use.
-    bp.record_once(_on_register)
     bp.add_url_rule("/job", "submit_job", submit_job, methods=["POST"])
     bp.add_url_rule("/job/<job_id>/status", "job_status", job_status, methods=["GET"])
     bp.add_url_rule("/job/<job_id>/cancel", "cancel_job", cancel_job, methods=["POST"])
@@ -115,27 +105,6 @@ def create_blueprint() -> Blueprint:
     bp.register_error_handler(ApiError, _on_api_error)
     bp.register_error_handler(PreviewError, _on_preview_error)
     bp.register_error_handler(Exception, _on_unexpected_error)
-    return bp
-
-
-def _on_register(setup: BlueprintSetupState) -> None:
-    app = cast(Flask, setup.app)
-    state = get_state(app)
-    if state is None:
-        PreviewExtension().init_app(app, register_blueprint=False)
-        state = get_state(app)
-        assert state is not None
-    if state.url_prefix is not None:
-        raise RuntimeError(
-            f"the dramatiq-preview blueprint is already mounted at {state.url_prefix!r} on "
-            "this app; it can be mounted only once"
-        )
-    prefix = (setup.url_prefix or state.settings.url_prefix).rstrip("/")
-    if not prefix:
-        raise ValueError("the dramatiq-preview blueprint needs a url_prefix other than '/'")
-    setup.url_prefix = prefix
-    state.url_prefix = prefix
-    state.endpoint_prefix = f"{setup.name_prefix}.{setup.name}.".lstrip(".")
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -339,9 +308,7 @@ def submit_job() -> Response:
             400, "invalid_json", f"the request body is not valid JSON: {reason[:200]}"
         ) from None
     # Validation is the JSON Schema's, inside submit(): the check the CLI and the worker
-    # make, with the same messages.  JobRequestSchema (marshmallow) states the same rules
-    # for the OpenAPI document, and tests/flask/test_flask_schemas.py proves the two agree;
-    # running both on every request would only double the cost (docs/http-api.md).
+    # make, with the same messages.  The OpenAPI document embeds that same schema.
     submission = state.client.submit(payload)
     status_url = url_for(".job_status", job_id=submission.job_id)
     body_out: dict[str, Any] = {
@@ -416,8 +383,6 @@ def job_output(job_id: str, index: int) -> Response:
 
 def worker_health() -> Response:
     """GET /worker/health: open even when a token is configured."""
-    from ..health import check_health
-
     state = _state()
     try:
         report = check_health(state.settings, state.client.broker, timeout=1.0)
@@ -435,9 +400,7 @@ def metrics() -> Response:
 
 
 def openapi() -> Response:
-    """GET /openapi.json: the OpenAPI document, generated from the marshmallow schemas."""
-    from .openapi import openapi_document
-
+    """GET /openapi.json: the OpenAPI document (cached per ``SCRIPT_NAME`` and mount point)."""
     state = _state()
     key = (request.script_root, state.url_prefix or "")
     document = state.openapi_cache.get(key)

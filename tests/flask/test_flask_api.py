@@ -19,7 +19,7 @@ from flask.testing import FlaskClient
 from preview_http import IDLE_NAMESPACE, PREFIX, TOKEN, bearer, job, make_app, new_job_id
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from dramatiq_preview.flask.extension import get_state
+from dramatiq_preview.flask.appstate import get_state
 from dramatiq_preview.state import JobStore
 from dramatiq_preview.testing import free_port
 
@@ -568,14 +568,18 @@ def test_an_unexpected_error_is_a_json_500_without_a_stack_trace(
 
 # --- authentication -----------------------------------------------------------------------
 
-PROTECTED = [
-    ("POST", "/job"),
-    ("GET", "/job/abc/status"),
-    ("POST", "/job/abc/cancel"),
-    ("GET", "/job/abc/outputs/0"),
-    ("GET", "/metrics"),
-    ("GET", "/openapi.json"),
+#: Each protected route with the answer it gives a good request: ``{queued}`` is a queued
+#: job, ``{succeeded}`` one that succeeded with one output.
+OPENED = [
+    ("POST", "/job", 202),
+    ("GET", "/job/{queued}/status", 200),
+    ("POST", "/job/{queued}/cancel", 202),
+    ("GET", "/job/{succeeded}/outputs/0", 200),
+    ("GET", "/metrics", 200),
+    ("GET", "/openapi.json", 200),
 ]
+#: The same routes for the refusals (nothing is looked up before the token is checked).
+PROTECTED = [(method, path.format(queued="abc", succeeded="abc")) for method, path, _ in OPENED]
 
 
 @pytest.fixture
@@ -612,12 +616,20 @@ def test_a_wrong_token_is_called_invalid_in_the_challenge(token_client: FlaskCli
     assert 'error="invalid_token"' in wrong.headers["WWW-Authenticate"]
 
 
-@pytest.mark.parametrize(("method", "path"), PROTECTED)
-def test_the_right_token_opens_every_route(
-    token_client: FlaskClient, method: str, path: str
-) -> None:
-    response = token_client.open(f"{PREFIX}{path}", method=method, headers=bearer(), json=job())
-    assert response.status_code not in (401, 403), response.data[:300]
+@pytest.mark.parametrize(("method", "path", "expected"), OPENED)
+def test_the_right_token_opens_every_route(method: str, path: str, expected: int) -> None:
+    # Given a protected API, a queued job and a job that succeeded with one output
+    app = make_app(PREVIEW_API_TOKEN=TOKEN, PREVIEW_NAMESPACE=IDLE_NAMESPACE)
+    client = app.test_client()
+    queued = client.post(f"{PREFIX}/job", json=job(), headers=bearer()).json["jobId"]
+    succeeded = new_job_id()
+    succeeded_with(app, succeeded, [write_output(succeeded, "0.png", b"png bytes")])
+    # When a good request comes with the right token
+    url = PREFIX + path.format(queued=queued, succeeded=succeeded)
+    body = job() if path == "/job" else None
+    with client.open(url, method=method, headers=bearer(), json=body) as response:
+        # Then the route does its work: its success answer, not a refusal, an error or a 500
+        assert response.status_code == expected, (response.status_code, response.data[:300])
 
 
 def test_health_stays_open_with_a_token(token_client: FlaskClient) -> None:

@@ -14,7 +14,7 @@ from preview_http import IDLE_NAMESPACE, PREFIX, job
 
 from dramatiq_preview import ConfigError, PreviewClient, Settings
 from dramatiq_preview.flask import PreviewExtension, create_blueprint
-from dramatiq_preview.flask.extension import get_state
+from dramatiq_preview.flask.appstate import get_state
 
 
 def test_one_extension_serves_several_apps_made_by_a_factory() -> None:
