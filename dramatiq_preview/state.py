@@ -9,15 +9,18 @@ renewed on every write):
   it gives the oldest waiting job's age without scanning the keyspace.  Entries older than
   the TTL are trimmed on one insert in 32, and the key itself expires with the TTL.
 
-Every transition is one script, so a late ``running`` can never overwrite ``succeeded`` or
-``cancelled``, and a job submitted concurrently is created exactly once.  A job costs three
-round trips to the store on the happy path (create, claim, finish) plus progress updates,
-which are throttled (``PREVIEW_PROGRESS_INTERVAL_MS``).  With a Redis broker on the same
-server, create also pushes the job's broker message (:class:`BrokerMessage`).
+Every transition is one script (``dramatiq_preview/lua/*.lua``, shipped in the package), so
+a late ``running`` can never overwrite ``succeeded`` or ``cancelled``, and a job submitted
+concurrently is created exactly once.  A job costs three round trips to the store on the
+happy path (create, claim, finish) plus progress updates, which are throttled
+(``PREVIEW_PROGRESS_INTERVAL_MS``).  With a Redis broker on the same server, create can also
+push the job's broker message (:class:`BrokerMessage`).  Each script's answer is an enum
+(:class:`CreateOutcome`, :class:`ClaimVerdict`, ...) that compares equal to its text.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import random
@@ -26,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from importlib import resources
 from typing import Any, TypeVar
 
 import redis
@@ -34,169 +38,108 @@ from redis.retry import Retry
 
 from .config import Settings
 from .errors import StateStoreUnavailable, WorkerLost
+from .validation import fingerprint
 
 STATES = ("queued", "running", "retrying", "succeeded", "failed", "cancelled")
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
-_CREATE = """
-local job, waiting_prefix = KEYS[1], KEYS[2]
-local fp, priority, queue, meta = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local now, ttl, job_id, prune = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8]
-local cur = redis.call('hmget', job, 'fp', 'state')
-if cur[2] then
-  if cur[1] == fp then return {'duplicate', cur[2]} end
-  return {'conflict', cur[2]}
-end
--- Counters (attempts, progress, deliveries, cancel) start absent, which reads as 0.
-redis.call('hset', job, 'state', 'queued', 'fp', fp, 'priority', priority, 'queue', queue,
-  'metadata', meta, 'created_at', now)
-redis.call('expire', job, ttl)
-local waiting = waiting_prefix .. queue
-redis.call('zadd', waiting, now, job_id)
-if prune == '1' then
-  redis.call('zremrangebyscore', waiting, '-inf', now - ttl * 1000)
-end
-redis.call('expire', waiting, ttl)
-if KEYS[3] then
-  -- A Redis broker on this server: enqueue in the same step, in Dramatiq's layout (a list
-  -- of message ids and a hash of id -> message), so the job and its message exist together.
-  redis.call('hset', KEYS[4], ARGV[9], ARGV[10])
-  redis.call('rpush', KEYS[3], ARGV[9])
-end
-return {'created', 'queued'}
-"""
-
-_CLAIM = """
-local job, waiting_prefix = KEYS[1], KEYS[2]
-local token, now, lease_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local max_deliveries, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
-local job_id, lost_error = ARGV[6], ARGV[7]
-local h = redis.call('hmget', job, 'state', 'lease', 'lease_until', 'cancel', 'queue')
-local state = h[1]
-if not state then return {'missing', ''} end
-if state == 'succeeded' or state == 'failed' then return {'done', state} end
-if state == 'cancelled' then
-  -- A job cancelled while it waited is counted once, by the first delivery to see it.
-  if redis.call('hdel', job, 'uncounted') == 1 then return {'cancelled_waiting', state} end
-  return {'cancelled', state}
-end
-if h[2] and h[2] ~= '' and tonumber(h[3] or 0) > now then return {'busy', h[3]} end
-local waiting = waiting_prefix .. (h[5] or '')
-if h[4] == '1' then
-  redis.call('hset', job, 'state', 'cancelled', 'finished_at', now, 'lease', '', 'lease_until', 0)
-  redis.call('zrem', waiting, job_id)
-  redis.call('expire', job, ttl)
-  return {'cancelled_now', 'cancelled'}
-end
-local deliveries = redis.call('hincrby', job, 'deliveries', 1)
-if deliveries > max_deliveries then
-  redis.call('hset', job, 'state', 'failed', 'error', lost_error, 'finished_at', now,
-    'lease', '', 'lease_until', 0, 'next_attempt_at', '')
-  redis.call('zrem', waiting, job_id)
-  redis.call('expire', job, ttl)
-  return {'lost', tostring(deliveries - 1)}
-end
-local attempts = redis.call('hincrby', job, 'attempts', 1)
-redis.call('hset', job, 'state', 'running', 'lease', token, 'lease_until', now + lease_ms,
-  'next_attempt_at', '', 'progress', 0)
-redis.call('hsetnx', job, 'started_at', now)
-redis.call('zrem', waiting, job_id)
-redis.call('expire', job, ttl)
-return {'run', tostring(attempts)}
-"""
-
-_PROGRESS = """
-local job = KEYS[1]
-local token, percent, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local h = redis.call('hmget', job, 'state', 'lease', 'cancel')
-if h[1] ~= 'running' or h[2] ~= token then return 2 end
-if percent ~= '' then
-  redis.call('hset', job, 'progress', percent)
-  redis.call('expire', job, ttl)
-end
-if h[3] == '1' then return 1 end
-return 0
-"""
-
-_FINISH = """
-local job, waiting_prefix = KEYS[1], KEYS[2]
-local token, outcome, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local data, next_at, job_id = ARGV[5], ARGV[6], ARGV[7]
-local h = redis.call('hmget', job, 'state', 'lease', 'cancel', 'queue')
-local state = h[1]
-if not state then return {'missing', ''} end
-local mine = token ~= '' and h[2] == token
-if outcome == 'release' then
-  if mine then redis.call('hset', job, 'lease', '', 'lease_until', 0, 'deliveries', 0) end
-  return {'ok', state}
-end
-if state == 'succeeded' or state == 'failed' or state == 'cancelled' then
-  if mine then redis.call('hset', job, 'lease', '', 'lease_until', 0, 'deliveries', 0) end
-  return {'final', state}
-end
-if state == 'running' and not mine then return {'busy', state} end
-local new = outcome
-if h[3] == '1' and (outcome == 'succeeded' or outcome == 'retrying') then new = 'cancelled' end
-if new == 'succeeded' then
-  redis.call('hset', job, 'state', 'succeeded', 'progress', 100, 'result', data, 'error', '',
-    'finished_at', now, 'next_attempt_at', '')
-elseif new == 'failed' then
-  redis.call('hset', job, 'state', 'failed', 'error', data, 'finished_at', now,
-    'next_attempt_at', '')
-elseif new == 'retrying' then
-  redis.call('hset', job, 'state', 'retrying', 'error', data, 'next_attempt_at', next_at)
-elseif new == 'cancelled' then
-  redis.call('hset', job, 'state', 'cancelled', 'finished_at', now, 'next_attempt_at', '')
-else
-  return redis.error_reply('unknown outcome ' .. outcome)
-end
-redis.call('hset', job, 'lease', '', 'lease_until', 0, 'deliveries', 0)
-if new ~= 'retrying' then
-  -- A job that ends without being claimed (refused on receipt) was still "waiting".
-  redis.call('zrem', waiting_prefix .. (h[4] or ''), job_id)
-end
-redis.call('expire', job, ttl)
-return {'ok', new}
-"""
-
-_CANCEL = """
-local job, waiting_prefix = KEYS[1], KEYS[2]
-local now, ttl, job_id = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-local h = redis.call('hmget', job, 'state', 'queue')
-local state = h[1]
-if not state then return 'missing' end
-if state == 'queued' or state == 'retrying' then
-  redis.call('hset', job, 'state', 'cancelled', 'cancel', 1, 'finished_at', now,
-    'next_attempt_at', '', 'uncounted', 1)
-  redis.call('zrem', waiting_prefix .. (h[2] or ''), job_id)
-  redis.call('expire', job, ttl)
-  return 'cancelled'
-end
-if state == 'running' then
-  redis.call('hset', job, 'cancel', 1)
-  redis.call('expire', job, ttl)
-  return 'running'
-end
-return 'final:' .. state
-"""
-
-_REQUEUE = """
-local job, waiting_prefix = KEYS[1], KEYS[2]
-local now, ttl, job_id, queue = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local state = redis.call('hget', job, 'state')
-if not state then return 'missing' end
-if state ~= 'failed' then return state end
-redis.call('hset', job, 'state', 'queued', 'error', '', 'finished_at', '', 'progress', 0,
-  'deliveries', 0, 'cancel', 0, 'lease', '', 'lease_until', 0, 'next_attempt_at', '',
-  'queue', queue)
-redis.call('expire', job, ttl)
-local waiting = waiting_prefix .. queue
-redis.call('zadd', waiting, now, job_id)
-redis.call('expire', waiting, ttl)
-return 'requeued'
-"""
-
 _T = TypeVar("_T")
+
+#: The scripts of the transitions, in ``dramatiq_preview/lua/NAME.lua``.
+SCRIPTS = ("create", "claim", "progress", "finish", "cancel", "requeue")
+
+
+@functools.cache
+def load_script(name: str) -> str:
+    """The Lua source of one transition script, read from the installed package."""
+    return (resources.files("dramatiq_preview") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+
+
+class _Answer(str, enum.Enum):
+    """A script's answer: compares equal to its text (``ClaimVerdict.RUN == "run"``) and
+    prints as it (Python 3.11 would print ``ClaimVerdict.RUN`` for a ``str`` mix-in)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class CreateOutcome(_Answer):
+    """What :meth:`JobStore.create` did."""
+
+    CREATED = "created"
+    #: The id exists with the same payload fingerprint.
+    DUPLICATE = "duplicate"
+    #: The id exists with another payload.
+    CONFLICT = "conflict"
+
+
+class ClaimVerdict(_Answer):
+    """What :meth:`JobStore.claim` decided for one delivery."""
+
+    #: Render it: the lease is this delivery's.
+    RUN = "run"
+    #: Already succeeded or failed.
+    DONE = "done"
+    #: Cancelled before, and counted already.
+    CANCELLED = "cancelled"
+    #: Cancelled while it waited, and this is the first delivery to see it: count it.
+    CANCELLED_WAITING = "cancelled_waiting"
+    #: Its cancellation was requested while a delivery that then died held it; this claim
+    #: ended it.
+    CANCELLED_NOW = "cancelled_now"
+    #: Another delivery holds a live lease (until ``Claim.lease_until``).
+    BUSY = "busy"
+    #: Failed now as ``worker_lost``: too many deliveries died.
+    LOST = "lost"
+    #: No record.
+    MISSING = "missing"
+
+
+class ProgressVerdict(enum.IntEnum):
+    """What :meth:`JobStore.progress` tells the render (the script's integer reply)."""
+
+    GO_ON = 0
+    CANCEL_REQUESTED = 1
+    #: This delivery no longer holds the job: it finished elsewhere or the lease was taken.
+    LEASE_LOST = 2
+
+
+class FinishVerdict(_Answer):
+    """What :meth:`JobStore.finish` did."""
+
+    #: Recorded (or, for ``release``, the lease dropped).
+    OK = "ok"
+    #: The job was already final; nothing changed.
+    FINAL = "final"
+    #: Another delivery runs the job; nothing changed.
+    BUSY = "busy"
+    #: No record.
+    MISSING = "missing"
+
+
+class CancelOutcome(_Answer):
+    """What :meth:`JobStore.cancel` did."""
+
+    #: A waiting job, cancelled now.
+    CANCELLED = "cancelled"
+    #: A running job: its render stops at its next checkpoint.
+    RUNNING = "running"
+    #: Already finished (succeeded, failed or cancelled); nothing changed.
+    FINAL = "final"
+    #: No record.
+    MISSING = "missing"
+
+
+class RequeueOutcome(_Answer):
+    """What :meth:`JobStore.requeue` did."""
+
+    #: A failed job, ``queued`` again.
+    REQUEUED = "requeued"
+    #: The job is not ``failed``; it was left as it is.
+    NOT_FAILED = "not_failed"
+    #: No record.
+    MISSING = "missing"
+
 
 #: Share of submits that also trim stale entries from the waiting set.
 PRUNE_CHANCE = 1 / 32
@@ -230,18 +173,25 @@ class BrokerMessage:
 class Claim:
     """What :meth:`JobStore.claim` decided for one delivery.
 
-    ``verdict`` is ``run`` (render it), ``done`` (already succeeded or failed), ``cancelled``
-    (cancelled before), ``cancelled_waiting`` (cancelled while it waited, and this is the
-    first delivery to see it: count it), ``cancelled_now`` (its cancellation was requested
-    while a delivery that then died held it, and this claim ended it),
-    ``busy`` (another worker holds a live lease until ``lease_until``), ``lost`` (failed as
-    ``worker_lost``) or ``missing`` (no record).
+    ``verdict`` says what to do (:class:`ClaimVerdict`); ``attempts`` counts the deliveries
+    that started rendering (``run``; for ``lost``, those that died); ``state`` is the job's
+    state after the claim (None when ``missing`` or ``busy``); ``lease_until`` is when the
+    live lease of a ``busy`` job ends (ms since the epoch).
     """
 
-    verdict: str
+    verdict: ClaimVerdict
     attempts: int = 0
     state: str | None = None
     lease_until: int = 0
+
+
+@dataclass(frozen=True)
+class Cancellation:
+    """What :meth:`JobStore.cancel` did, and the job's state afterwards (``""`` when
+    ``missing``; the final state when ``final``)."""
+
+    outcome: CancelOutcome
+    state: str
 
 
 class JobStore:
@@ -260,12 +210,12 @@ class JobStore:
         self.client = client
         self.namespace = namespace
         self.ttl_seconds = ttl_seconds
-        self._create = client.register_script(_CREATE)
-        self._claim = client.register_script(_CLAIM)
-        self._progress = client.register_script(_PROGRESS)
-        self._finish = client.register_script(_FINISH)
-        self._cancel = client.register_script(_CANCEL)
-        self._requeue = client.register_script(_REQUEUE)
+        self._create = client.register_script(load_script("create"))
+        self._claim = client.register_script(load_script("claim"))
+        self._progress = client.register_script(load_script("progress"))
+        self._finish = client.register_script(load_script("finish"))
+        self._cancel = client.register_script(load_script("cancel"))
+        self._requeue = client.register_script(load_script("requeue"))
 
     # -- keys ---------------------------------------------------------------------------
 
@@ -290,14 +240,14 @@ class JobStore:
         queue: str,
         metadata: dict[str, str],
         message: BrokerMessage | None = None,
-    ) -> tuple[str, str]:
+    ) -> tuple[CreateOutcome, str]:
         """Record a new job as ``queued`` unless its id exists.
 
         With ``message``, a job that is created has its broker message enqueued in the same
         atomic step (one round trip instead of two; nothing to undo if either fails).
 
-        Returns ``(outcome, state)`` where outcome is ``created``, ``duplicate`` (same
-        fingerprint; ``state`` is the existing job's) or ``conflict`` (different payload).
+        Returns ``(outcome, state)``: ``state`` is ``queued`` for a job created now, else the
+        existing job's (:class:`CreateOutcome`).
         """
         keys = [self.job_key(job_id), self.waiting_prefix]
         extra: list[Any] = []
@@ -322,15 +272,13 @@ class JobStore:
                 *extra,
             ],
         )
-        return str(res[0]), str(res[1])
+        return CreateOutcome(res[0]), str(res[1])
 
     def record(
         self, normalized: dict[str, Any], *, queue: str, message: BrokerMessage | None = None
-    ) -> tuple[str, str]:
+    ) -> tuple[CreateOutcome, str]:
         """:meth:`create` for a normalised payload (``validation.normalize``): the payload's
         fingerprint, priority and metadata, on ``queue``."""
-        from .validation import fingerprint
-
         return self.create(
             normalized["jobId"],
             fp=fingerprint(normalized),
@@ -370,23 +318,22 @@ class JobStore:
                 json.dumps(lost.to_dict()),
             ],
         )
-        verdict, value = str(res[0]), str(res[1])
-        if verdict == "run":
+        verdict, value = ClaimVerdict(res[0]), str(res[1])
+        if verdict is ClaimVerdict.RUN:
             return Claim(verdict, attempts=int(value), state="running")
-        if verdict == "busy":
+        if verdict is ClaimVerdict.BUSY:
             return Claim(verdict, lease_until=int(float(value)))
-        if verdict == "lost":
+        if verdict is ClaimVerdict.LOST:
             return Claim(verdict, attempts=int(value), state="failed")
         return Claim(verdict, state=value or None)
 
-    def progress(self, job_id: str, *, token: str, percent: int | None) -> int:
+    def progress(self, job_id: str, *, token: str, percent: int | None) -> ProgressVerdict:
         """Record progress (or only poll when ``percent`` is None).
 
-        Returns 0 to go on, 1 when cancellation was requested, 2 when this delivery no longer
-        holds the job (it finished elsewhere or the lease was taken over).
+        Returns whether to go on (:class:`ProgressVerdict`).
         """
         value = "" if percent is None else str(max(0, min(100, int(percent))))
-        return int(
+        return ProgressVerdict(
             self._call(self._progress, [self.job_key(job_id)], [token, value, self.ttl_seconds])
         )
 
@@ -398,14 +345,14 @@ class JobStore:
         outcome: str,
         data: dict[str, Any] | None = None,
         next_attempt_at: int | None = None,
-    ) -> tuple[str, str]:
+    ) -> tuple[FinishVerdict, str]:
         """End a delivery with ``succeeded``, ``failed``, ``retrying``, ``cancelled`` or
         ``release`` (drop the lease only).
 
         A final state is never overwritten, and a job another delivery is running is left
         alone.  A ``succeeded`` or ``retrying`` outcome on a job whose cancellation was
-        requested ends ``cancelled``.  Returns ``(verdict, state)``: verdict ``ok``,
-        ``final``, ``busy`` or ``missing``.
+        requested ends ``cancelled``.  Returns ``(verdict, state)``: the job's state
+        afterwards (``""`` when ``missing``) and :class:`FinishVerdict`.
         """
         res = self._call(
             self._finish,
@@ -420,28 +367,22 @@ class JobStore:
                 job_id,
             ],
         )
-        return str(res[0]), str(res[1])
+        return FinishVerdict(res[0]), str(res[1])
 
-    def cancel(self, job_id: str) -> str:
-        """Request cancellation.
-
-        Returns ``cancelled`` (a waiting job, cancelled now), ``running`` (the render stops at
-        its next checkpoint), ``missing``, or ``final:STATE`` for a job already finished.
-        """
-        return str(
-            self._call(
-                self._cancel,
-                [self.job_key(job_id), self.waiting_prefix],
-                [now_ms(), self.ttl_seconds, job_id],
-            )
+    def cancel(self, job_id: str) -> Cancellation:
+        """Request cancellation: a waiting job is cancelled now, a running one stops at its
+        next checkpoint, a finished one is left alone (:class:`CancelOutcome`)."""
+        res = self._call(
+            self._cancel,
+            [self.job_key(job_id), self.waiting_prefix],
+            [now_ms(), self.ttl_seconds, job_id],
         )
+        return Cancellation(CancelOutcome(res[0]), str(res[1]))
 
-    def requeue(self, job_id: str, *, queue: str) -> str:
-        """Put a ``failed`` job back to ``queued`` (dead-letter replay).
-
-        Returns ``requeued``, ``missing``, or the state that prevented it.
-        """
-        return str(
+    def requeue(self, job_id: str, *, queue: str) -> RequeueOutcome:
+        """Put a ``failed`` job back to ``queued`` on ``queue`` (dead-letter replay); a job
+        in any other state is left alone."""
+        return RequeueOutcome(
             self._call(
                 self._requeue,
                 [self.job_key(job_id), self.waiting_prefix],
@@ -544,3 +485,27 @@ def get_store(settings: Settings) -> JobStore:
 @functools.lru_cache(maxsize=32)
 def _store(url: str, namespace: str, ttl_seconds: int) -> JobStore:
     return JobStore(redis_client(url), namespace=namespace, ttl_seconds=ttl_seconds)
+
+
+__all__ = [
+    "FINAL_STATES",
+    "PRUNE_CHANCE",
+    "SCRIPTS",
+    "STATES",
+    "BrokerMessage",
+    "CancelOutcome",
+    "Cancellation",
+    "Claim",
+    "ClaimVerdict",
+    "CreateOutcome",
+    "FinishVerdict",
+    "JobStore",
+    "ProgressVerdict",
+    "RequeueOutcome",
+    "get_store",
+    "iso",
+    "load_script",
+    "now_ms",
+    "redis_client",
+    "status_from_record",
+]

@@ -8,7 +8,19 @@ from typing import Any
 
 import pytest
 
-from dramatiq_preview.state import JobStore, iso
+from dramatiq_preview.state import (
+    SCRIPTS,
+    Cancellation,
+    CancelOutcome,
+    ClaimVerdict,
+    CreateOutcome,
+    FinishVerdict,
+    JobStore,
+    ProgressVerdict,
+    RequeueOutcome,
+    iso,
+    load_script,
+)
 
 TTL = 600
 
@@ -91,7 +103,7 @@ def test_succeeded_is_final(store: JobStore, job_id: str) -> None:
     # A late delivery is skipped; late writes change nothing
     assert claim(store, job_id, token="t9").verdict == "done"
     assert store.finish(job_id, token="t9", outcome="failed", data={}) == ("final", "succeeded")
-    assert store.cancel(job_id) == "final:succeeded"
+    assert store.cancel(job_id) == Cancellation(CancelOutcome.FINAL, "succeeded")
     assert store.get(job_id) == status
 
 
@@ -114,8 +126,8 @@ def test_retrying_records_the_error_and_the_next_attempt(store: JobStore, job_id
 def test_cancel_of_a_waiting_job_is_immediate_and_final(store: JobStore, job_id: str) -> None:
     create(store, job_id)
     assert store.oldest_waiting("preview-high") is not None
-    assert store.cancel(job_id) == "cancelled"
-    assert store.cancel(job_id) == "final:cancelled"
+    assert store.cancel(job_id) == Cancellation(CancelOutcome.CANCELLED, "cancelled")
+    assert store.cancel(job_id) == Cancellation(CancelOutcome.FINAL, "cancelled")
     status = store.get(job_id)
     assert status and status["state"] == "cancelled" and status["finishedAt"]
     # Its first delivery counts it (nobody else does); later copies are plain skips.
@@ -129,7 +141,7 @@ def test_cancel_of_a_running_job_is_seen_at_the_next_checkpoint(
     create(store, job_id)
     claim(store, job_id)
     assert store.progress(job_id, token="t1", percent=30) == 0
-    assert store.cancel(job_id) == "running"
+    assert store.cancel(job_id) == Cancellation(CancelOutcome.RUNNING, "running")
     assert store.progress(job_id, token="t1", percent=None) == 1
     # Even a render that completes ends cancelled once cancellation was requested
     assert store.finish(job_id, token="t1", outcome="succeeded", data={}) == ("ok", "cancelled")
@@ -173,12 +185,12 @@ def test_requeue_puts_a_failed_job_back_only(store: JobStore, job_id: str) -> No
     create(store, job_id)
     claim(store, job_id)
     store.finish(job_id, token="t1", outcome="failed", data={"type": "x"})
-    assert store.requeue(job_id, queue="preview-low") == "requeued"
+    assert store.requeue(job_id, queue="preview-low") is RequeueOutcome.REQUEUED
     status = store.get(job_id)
     assert status and status["state"] == "queued" and status["error"] is None
     assert status["attempts"] == 1, "attempts keep counting across a replay"
-    assert store.requeue(job_id, queue="preview-low") == "queued"
-    assert store.requeue("never-existed", queue="preview-low") == "missing"
+    assert store.requeue(job_id, queue="preview-low") is RequeueOutcome.NOT_FAILED
+    assert store.requeue("never-existed", queue="preview-low") is RequeueOutcome.MISSING
 
 
 def test_every_write_sets_the_ttl(store: JobStore, job_id: str, redis_client: Any) -> None:
@@ -210,3 +222,49 @@ def test_a_redis_outage_is_a_state_store_error() -> None:
     with pytest.raises(StateStoreUnavailable) as info:
         dead.get("a")
     assert info.value.retryable is True
+
+
+def test_a_cancel_of_an_unknown_job_says_missing(store: JobStore) -> None:
+    assert store.cancel("never-existed") == Cancellation(CancelOutcome.MISSING, "")
+
+
+def test_answers_are_enum_members_that_still_compare_as_text(store: JobStore, job_id: str) -> None:
+    """Given each transition, when it answers, then the answer is a member of its enum,
+    and it equals (and prints as) the text callers compared it with before the enums."""
+    outcome, state = create(store, job_id)
+    assert outcome is CreateOutcome.CREATED and outcome == "created" and state == "queued"
+    assert f"{outcome}" == "created" and str(outcome) == "created"
+    assert create(store, job_id)[0] is CreateOutcome.DUPLICATE
+    assert create(store, job_id, fp="other")[0] is CreateOutcome.CONFLICT
+    claimed = claim(store, job_id)
+    assert claimed.verdict is ClaimVerdict.RUN and claimed.verdict == "run"
+    assert claimed.verdict in ("run", "busy")
+    assert claim(store, job_id, token="t2").verdict is ClaimVerdict.BUSY
+    assert claim(store, "never-existed").verdict is ClaimVerdict.MISSING
+    go_on = store.progress(job_id, token="t1", percent=10)
+    assert go_on is ProgressVerdict.GO_ON and go_on == 0
+    store.cancel(job_id)
+    assert store.progress(job_id, token="t1", percent=None) is ProgressVerdict.CANCEL_REQUESTED
+    assert store.progress(job_id, token="t9", percent=None) is ProgressVerdict.LEASE_LOST
+    assert store.progress(job_id, token="t9", percent=None) == 2
+    verdict, state = store.finish(job_id, token="t1", outcome="succeeded", data={})
+    assert (verdict, state) == (FinishVerdict.OK, "cancelled") and verdict == "ok"
+    assert store.finish(job_id, token="t1", outcome="failed")[0] is FinishVerdict.FINAL
+    assert store.finish("never-existed", token="t1", outcome="failed") == (
+        FinishVerdict.MISSING,
+        "",
+    )
+    assert claim(store, job_id).verdict is ClaimVerdict.CANCELLED
+
+
+def test_the_scripts_are_read_from_the_package(store: JobStore) -> None:
+    """Given the installed package, then every transition's Lua ships as a resource file
+    (dramatiq_preview/lua/NAME.lua) and is what the store registers."""
+    from importlib import resources
+
+    lua = resources.files("dramatiq_preview") / "lua"
+    shipped = sorted(p.name for p in lua.iterdir() if p.name.endswith(".lua"))
+    assert shipped == sorted(f"{name}.lua" for name in SCRIPTS)
+    for name in SCRIPTS:
+        assert "redis.call" in load_script(name), name
+        assert getattr(store, f"_{name}").script == load_script(name)

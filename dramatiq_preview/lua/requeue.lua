@@ -1,0 +1,17 @@
+-- requeue: put a 'failed' job back to 'queued' (dead-letter replay).
+-- KEYS: job, waiting_prefix
+-- ARGV: now_ms, ttl, job_id, queue
+-- Returns 'requeued', 'not_failed' (left as it is) or 'missing'.
+local job, waiting_prefix = KEYS[1], KEYS[2]
+local now, ttl, job_id, queue = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local state = redis.call('hget', job, 'state')
+if not state then return 'missing' end
+if state ~= 'failed' then return 'not_failed' end
+redis.call('hset', job, 'state', 'queued', 'error', '', 'finished_at', '', 'progress', 0,
+  'deliveries', 0, 'cancel', 0, 'lease', '', 'lease_until', 0, 'next_attempt_at', '',
+  'queue', queue)
+redis.call('expire', job, ttl)
+local waiting = waiting_prefix .. queue
+redis.call('zadd', waiting, now, job_id)
+redis.call('expire', waiting, ttl)
+return 'requeued'
