@@ -2,7 +2,7 @@
 #
 #   make demo    install what is missing, render the samples in examples/images with a worker
 #   make test    install what is missing, run the whole test suite against a private Redis
-#   make lint    ruff check, ruff format --check, mypy
+#   make lint    ruff check, ruff format --check, mypy, the layers (import-linter), deptry
 #   make bench   the benchmarks under tests/benchmarks (prints ratios)
 #
 # System packages come from apt (sudo is used when not root); Python packages go into .venv.
@@ -26,7 +26,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(MAKE) deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e ".[flask,test,dev]"
+	$(PIP) install -q -c constraints.txt -e ".[flask,rabbitmq,test,dev]"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -41,6 +41,8 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy dramatiq_preview
+	$(VENV)/bin/lint-imports
+	$(PY) scripts/check-dependencies
 
 bench: venv
 	$(PY) -m pytest tests/benchmarks -m benchmark -s

@@ -1,17 +1,19 @@
 """dramatiq-preview: image and PDF previews rendered in Dramatiq background jobs.
 
-Importing this package installs the ``render_preview`` actor on the host's Dramatiq broker,
-or, when the host installed none, on a broker built from ``PREVIEW_BROKER_URL``.  It never
-connects to Redis or the broker at import time.
+Importing this package does what ``dramatiq dramatiq_preview`` needs and no more: it reads
+the ``PREVIEW_*`` settings (a malformed one raises ``ConfigError`` naming the variable) and
+installs the ``render_preview`` actor on the host's Dramatiq broker, or, when the host
+installed none, on a broker built from ``PREVIEW_BROKER_URL``.  It never connects to Redis
+or the broker, and never imports Flask, Wand, prometheus_client or the render engine.
+docs/architecture.md shows the layers.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 import os as _os
 import sys as _sys
 
+from ._version import __version__
 from .errors import ConfigError as _ConfigError
 
 
@@ -25,14 +27,17 @@ def _running_the_command() -> bool:
 
 
 try:
-    from .actors import render_preview
+    from .actors import render_preview, setup_broker
 except _ConfigError:
-    # In the command, `validate` needs no settings; the other subcommands import the actor
-    # again and report the bad setting in one line (exit status 4).
+    # The one place a bad setting does not stop the import: the command's `validate` needs
+    # no settings (contract §1), and its other subcommands report the bad setting in one
+    # line (exit status 4) when they first need the settings.  A console script imports
+    # this package before its own module, so only the command line can tell.
     if not _running_the_command():
         raise
     render_preview = None  # type: ignore[assignment]
-from .broker import QUEUES, build_broker, setup_broker
+    setup_broker = None  # type: ignore[assignment]
+from .broker import build_broker
 from .client import PreviewClient, Submission, cancel_preview, get_status, submit_preview
 from .config import Settings, get_settings
 from .errors import (
@@ -44,6 +49,7 @@ from .errors import (
     PreviewError,
     TransientError,
 )
+from .names import QUEUES
 from .validation import load_schema, validate
 
 __all__ = [

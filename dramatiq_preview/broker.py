@@ -1,76 +1,43 @@
-"""Broker set-up: priority lanes, our middleware, and which broker the actor joins.
+"""Broker assembly: which broker dramatiq-preview uses, and the middleware it needs there.
 
 Two ways to wire dramatiq-preview into a process (see docs/broker.md):
 
 1. **Automatic.** ``import dramatiq_preview`` uses the broker the host already installed with
    ``dramatiq.set_broker``; when there is none, it builds one from ``PREVIEW_BROKER_URL``
-   (Redis or RabbitMQ) and installs it as the global broker.  Either way our middleware is
-   attached and ``render_preview`` is declared on that broker.
+   (Redis or RabbitMQ) and installs it as the global broker (:func:`default_broker`).
+   Either way our middleware is attached and ``render_preview`` is declared on that broker.
 2. **Explicit.** A host that builds its broker after importing us calls
-   :func:`setup_broker` on it, which attaches the middleware, declares the priority lanes and
-   moves ``render_preview`` onto that broker.  Calling it twice changes nothing.
+   ``dramatiq_preview.setup_broker`` (:mod:`.actors`) on it.
 
 We never call ``dramatiq.get_broker()`` while no broker is installed: that would silently
 create Dramatiq's implicit default (RabbitMQ on localhost) and bind our actor to it.
+This module sits above the middleware it assembles and below the actor, as Dramatiq's own
+``broker.py`` does: no middleware imports it.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
+import logging
 
 import dramatiq
 import dramatiq.broker
 from dramatiq.middleware import Retries, TimeLimit
+from dramatiq.middleware.prometheus import Prometheus
 
 from .config import Settings, get_settings
+from .errors import ConfigError
+from .middleware import (
+    Idempotency,
+    JobStatus,
+    LogFormat,
+    Metrics,
+    PayloadValidation,
+    Presence,
+    RenderPool,
+)
+from .names import ACTOR_NAME, QUEUES
 
-ACTOR_NAME = "render_preview"
-
-#: One broker queue per priority lane.  A worker consumes all three unless ``--queues``
-#: narrows it, and takes from them in turn, so a high job waits only for the few messages
-#: already prefetched, never for a lane's backlog, and low work is never starved.
-QUEUES = {"high": "preview-high", "normal": "preview-normal", "low": "preview-low"}
-DEFAULT_QUEUE = QUEUES["normal"]
-
-#: Message option set on messages whose job record already exists (submit, retry, replay).
-RECORDED = "preview_recorded"
-
-
-def queue_for(priority: object) -> str:
-    """The broker queue of a priority lane (unknown values fall back to normal)."""
-    return QUEUES.get(priority, DEFAULT_QUEUE) if isinstance(priority, str) else DEFAULT_QUEUE
-
-
-def canonical_queue(queue_name: str) -> str:
-    """Strip Dramatiq's delay/dead-letter suffix (``.DQ``/``.XQ``) from a queue name."""
-    for suffix in (".DQ", ".XQ"):
-        if queue_name.endswith(suffix):
-            return queue_name[: -len(suffix)]
-    return queue_name
-
-
-class PreviewActor(dramatiq.Actor[Any, Any]):
-    """The actor class of ``render_preview``: routes each message to its priority lane.
-
-    It also gives a payload without ``jobId`` a fresh one (on a copy: the caller's dict is
-    left alone), so the id can be read back from the returned message's ``args[0]``.
-    """
-
-    def message_with_options(
-        self, *, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, **options: Any
-    ) -> dramatiq.Message[Any]:
-        queue_name = self.queue_name
-        if len(args) == 1 and isinstance(args[0], dict) and not kwargs:
-            from .validation import new_job_id
-
-            payload = dict(args[0])
-            if "jobId" not in payload:
-                payload["jobId"] = new_job_id()
-            args = (payload,)
-            queue_name = queue_for(payload.get("priority", "normal"))
-        message = super().message_with_options(args=args, kwargs=kwargs, **options)
-        return dataclasses.replace(message, queue_name=queue_name)
+logger = logging.getLogger("dramatiq_preview.broker")
 
 
 def build_broker(settings: Settings) -> dramatiq.Broker:
@@ -80,7 +47,15 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
     """
     broker: dramatiq.Broker
     if settings.broker_kind == "rabbitmq":
-        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+        try:
+            # optional: pika comes with the rabbitmq extra
+            from dramatiq.brokers.rabbitmq import RabbitmqBroker
+        except ImportError as exc:
+            raise ConfigError(
+                "PREVIEW_BROKER_URL",
+                f"an amqp:// broker needs pika ({exc}); "
+                'install it with: pip install "dramatiq-preview[rabbitmq]"',
+            ) from None
 
         broker = RabbitmqBroker(url=settings.broker_url)
     else:
@@ -104,8 +79,6 @@ def attach_middleware(broker: dramatiq.Broker, settings: Settings | None = None)
     ``Retries`` has already decided between retry and dead-letter by the time we record it
     (Dramatiq runs ``after_*`` hooks in reverse order).
     """
-    from .middleware import Idempotency, JobStatus, PayloadValidation, RenderPool
-
     present = {type(m) for m in broker.middleware}
     if TimeLimit not in present:
         broker.add_middleware(TimeLimit())
@@ -116,10 +89,7 @@ def attach_middleware(broker: dramatiq.Broker, settings: Settings | None = None)
             broker.add_middleware(middleware_class(settings=settings), before=Retries)
     if RenderPool not in present:
         broker.add_middleware(RenderPool(settings=settings))
-    # Metrics (Dramatiq's Prometheus), worker presence and log format: docs/observability.md.
-    from .middleware.metrics import attach_observability
-
-    attach_observability(broker, settings)
+    _attach_observability(broker, settings)
     for queue_name in QUEUES.values():
         broker.declare_queue(queue_name)
 
@@ -135,59 +105,35 @@ def default_broker() -> dramatiq.Broker:
     return broker
 
 
-def setup_broker(broker: dramatiq.Broker) -> dramatiq.Broker:
-    """Attach dramatiq-preview to a broker the host built itself.
+def actor_broker() -> dramatiq.Broker:
+    """The broker ``render_preview`` is declared on: the one :func:`default_broker` gives,
+    or the host's broker that ``setup_broker`` moved the actor to.
 
-    Adds our middleware (and Dramatiq's ``Retries``/``TimeLimit`` if missing), declares the
-    priority lanes, and declares ``render_preview`` on ``broker``.  Safe to call twice.
-    Call it after building the broker and before starting workers or sending jobs; calling
-    ``dramatiq.set_broker(broker)`` as well is up to the host.
-
-    Returns:
-      The same broker.
+    Raises:
+      ConfigError: no broker is installed and the settings to build one are malformed.
     """
-    from .actors import render_preview
-
-    attach_middleware(broker)
-    render_preview.broker = broker
-    if broker.actors.get(ACTOR_NAME) is not render_preview:
-        broker.declare_actor(render_preview)
-    return broker
+    broker = default_broker()
+    actor = broker.actors.get(ACTOR_NAME)
+    return actor.broker if actor is not None else broker
 
 
-def shared_redis_namespace(broker: dramatiq.Broker, client: Any) -> str | None:
-    """The namespace of ``broker`` when it is a Dramatiq ``RedisBroker`` on the same Redis
-    server and database as ``client`` (a ``redis.Redis``), else None.
+def _attach_observability(broker: dramatiq.Broker, settings: Settings | None) -> None:
+    """Add :class:`Metrics`, :class:`Presence` and :class:`LogFormat` (docs/observability.md).
 
-    A submit then records the job and enqueues its message in one atomic script
-    (``JobStore.create``), one round trip instead of two.
+    A broker that already has Dramatiq's ``Prometheus`` middleware keeps it (two of them
+    would count every message twice); it then lacks our job metrics and per-run
+    directories.
     """
-    try:
-        from dramatiq.brokers.redis import RedisBroker
-    except ImportError:  # pragma: no cover - redis is a dependency
-        return None
-    if type(broker) is not RedisBroker:
-        # A subclass may store or enqueue messages its own way: use its enqueue().
-        return None
-    namespace = getattr(broker, "namespace", None)
-    broker_client = getattr(broker, "client", None)
-    if not isinstance(namespace, str) or broker_client is None:
-        return None
-    if _server_of(broker_client) != _server_of(client):
-        return None
-    return namespace
-
-
-def _server_of(client: Any) -> tuple[Any, ...]:
-    pool = client.connection_pool
-    kwargs = pool.connection_kwargs
-    return (
-        pool.connection_class,
-        kwargs.get("host"),
-        kwargs.get("port"),
-        kwargs.get("path"),
-        int(kwargs.get("db") or 0),
-        # Other credentials may have other rights (ACLs): then each client writes its keys.
-        kwargs.get("username"),
-        kwargs.get("password"),
-    )
+    present = {type(m) for m in broker.middleware}
+    if not any(isinstance(m, Prometheus) for m in broker.middleware):
+        # First in line: its before_process_message must see every message that its
+        # after_skip_message will (a message skipped by an earlier middleware would drive
+        # dramatiq_messages_inprogress below zero).
+        first = type(broker.middleware[0]) if broker.middleware else None
+        broker.add_middleware(Metrics(settings=settings), before=first)
+    elif Metrics not in present:
+        logger.info("the broker already has a Prometheus middleware; leaving it as it is")
+    if Presence not in present:
+        broker.add_middleware(Presence(settings=settings))
+    if LogFormat not in present:
+        broker.add_middleware(LogFormat(settings=settings))

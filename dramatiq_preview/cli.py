@@ -13,6 +13,24 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+import redis
+
+from .broker import actor_broker
+from .client import cancel_preview, get_status, submit_preview
+from .config import get_settings
+from .dlq import DeadLetters, dead_letters
+from .errors import (
+    BrokerUnavailable,
+    ConfigError,
+    InvalidPayload,
+    JobConflict,
+    JobNotFound,
+    StateStoreUnavailable,
+)
+from .health import check_health
+from .state import get_store
+from .validation import validation_issues
+
 EXIT_OK, EXIT_REFUSED, EXIT_UNREADABLE, EXIT_UNAVAILABLE, EXIT_CONFIG = 0, 1, 2, 3, 4
 
 
@@ -74,8 +92,6 @@ def _load(path: str, stdin: TextIO, report: TextIO) -> tuple[Any, bool]:
 
 
 def _cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
-    from .validation import validation_issues
-
     payload, ok = _load(args.file, stdin, out)
     if not ok:
         return EXIT_REFUSED
@@ -89,9 +105,6 @@ def _cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Tex
 
 
 def _cmd_submit(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
-    from .client import submit_preview
-    from .errors import InvalidPayload
-
     payload, ok = _load(args.file, stdin, err)
     if not ok:
         return EXIT_REFUSED
@@ -108,26 +121,17 @@ def _cmd_submit(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextI
 
 
 def _cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
-    from .client import get_status
-
     print(json.dumps(get_status(args.job_id), indent=2), file=out)
     return EXIT_OK
 
 
 def _cmd_cancel(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
-    from .client import cancel_preview
-
     print(json.dumps(cancel_preview(args.job_id)), file=out)
     return EXIT_OK
 
 
-def _dead_letters() -> Any:
-    from .actors import render_preview
-    from .config import get_settings
-    from .dlq import dead_letters
-    from .state import get_store
-
-    return dead_letters(render_preview.broker, get_store(get_settings()))
+def _dead_letters() -> DeadLetters:
+    return dead_letters(actor_broker(), get_store(get_settings()))
 
 
 def _cmd_dlq(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
@@ -151,11 +155,7 @@ def _cmd_dlq(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) 
 
 
 def _cmd_health(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
-    from .actors import render_preview
-    from .config import get_settings
-    from .health import check_health
-
-    report = check_health(get_settings(), render_preview.broker, timeout=args.timeout)
+    report = check_health(get_settings(), actor_broker(), timeout=args.timeout)
     print(json.dumps(report.body, indent=2), file=out)
     return {"ok": EXIT_OK, "degraded": EXIT_REFUSED}.get(report.status, EXIT_UNAVAILABLE)
 
@@ -210,13 +210,6 @@ def main(
     """Run the command line; returns the exit code."""
     out, err, inp = stdout or sys.stdout, stderr or sys.stderr, stdin or sys.stdin
     args = build_parser().parse_args(argv)
-    from .errors import (
-        BrokerUnavailable,
-        ConfigError,
-        JobConflict,
-        JobNotFound,
-        StateStoreUnavailable,
-    )
 
     try:
         code: int = args.func(args, out, err, inp)
@@ -241,8 +234,6 @@ def main(
 
 
 def _is_connection_error(exc: BaseException) -> bool:
-    import redis
-
     names = {"AMQPConnectionError", "ConnectionClosed", "StreamLostError"}
     return isinstance(exc, (redis.RedisError, ConnectionError)) or type(exc).__name__ in names
 

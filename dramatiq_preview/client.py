@@ -18,18 +18,36 @@ from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
+from dramatiq.brokers.redis import RedisBroker
 
-from .broker import RECORDED, build_broker, queue_for, shared_redis_namespace
+from .broker import actor_broker, build_broker
 from .config import Settings, get_settings
 from .errors import BrokerUnavailable, JobConflict, JobNotFound, PreviewError
 from .events import emit
-from .state import BrokerMessage, JobStore, get_store
+from .names import ACTOR_NAME, RECORDED, queue_for
+from .state import BrokerMessage, CancelOutcome, CreateOutcome, JobStore, get_store
 from .validation import normalize, validate
 
 logger = logging.getLogger("dramatiq_preview.client")
 _UNKNOWN = object()
 
-assert RECORDED == "preview_recorded"  # spelled out as a keyword in submit()
+
+#: Major versions of Dramatiq whose ``RedisBroker`` the fused enqueue was tested with.  It
+#: writes the broker's private key layout (``{namespace}:{queue}`` list of message ids,
+#: ``{namespace}:{queue}.msgs`` hash of id -> ``Message.encode()``), which Dramatiq may
+#: change in any release; we trust it within a major version we tested and fall back to
+#: ``broker.enqueue`` on any other.  Adding a major here needs
+#: tests/test_fused_enqueue.py to pass against it.
+TESTED_DRAMATIQ_MAJORS = frozenset({2})
+
+
+def fused_enqueue_supported(version: str | None = None) -> bool:
+    """Whether the installed Dramatiq (or ``version``) is one the fused enqueue was tested
+    with: its major version is in :data:`TESTED_DRAMATIQ_MAJORS`.  An unparsable version
+    is not."""
+    text = dramatiq.__version__ if version is None else version
+    major, _, _ = text.partition(".")
+    return major.isdigit() and int(major) in TESTED_DRAMATIQ_MAJORS
 
 
 @dataclass(frozen=True)
@@ -52,16 +70,25 @@ class PreviewClient:
       broker: the broker to enqueue on.  By default the broker ``render_preview`` is declared
         on; a client whose ``PREVIEW_BROKER_URL`` or ``PREVIEW_NAMESPACE`` differs from the
         process-wide one builds its own broker from ``settings``.
+      fused_enqueue: allow the fused enqueue (the default): with a plain Dramatiq
+        ``RedisBroker`` of a tested version (:func:`fused_enqueue_supported`) on the state
+        store's Redis server, database and credentials, the job's record and its message are
+        written by one script.  False always records first, then calls ``broker.enqueue``.
     """
 
     def __init__(
-        self, settings: Settings | None = None, *, broker: dramatiq.Broker | None = None
+        self,
+        settings: Settings | None = None,
+        *,
+        broker: dramatiq.Broker | None = None,
+        fused_enqueue: bool = True,
     ) -> None:
         self.settings = settings or get_settings()
         self._broker = broker
         self._own_broker: dramatiq.Broker | None = None
         self._store: JobStore | None = None
-        self._fused: object = _UNKNOWN  # the broker's namespace, or None: _fused_namespace
+        # The broker's namespace, or None: _fused_namespace decides once.
+        self._fused: object = _UNKNOWN if fused_enqueue else None
 
     @classmethod
     def from_url(cls, redis_url: str, **overrides: Any) -> PreviewClient:
@@ -78,11 +105,9 @@ class PreviewClient:
     @property
     def broker(self) -> dramatiq.Broker:
         if self._broker is None:
-            from .actors import render_preview
-
             here, default = self.settings, get_settings()
             if (here.broker_url, here.namespace) == (default.broker_url, default.namespace):
-                self._broker = render_preview.broker
+                self._broker = actor_broker()
             else:
                 self._broker = self._own_broker = build_broker(self.settings)
         return self._broker
@@ -94,7 +119,8 @@ class PreviewClient:
             return
         if self._broker is broker:
             self._broker = None
-            self._fused = _UNKNOWN
+            if self._fused is not None:
+                self._fused = _UNKNOWN
         broker.close()
         client = getattr(broker, "client", None)
         if client is not None:
@@ -117,13 +143,17 @@ class PreviewClient:
           StateStoreUnavailable, BrokerUnavailable: Redis or the broker is down; nothing is
             left behind.
         """
-        from .actors import render_preview
-
         validate(payload)
         normalized = normalize(payload)
         job_id = normalized["jobId"]
         queue = queue_for(normalized["priority"])
-        message = render_preview.message_with_options(args=(normalized,), preview_recorded=True)
+        message: dramatiq.Message[Any] = dramatiq.Message(
+            queue_name=queue,
+            actor_name=ACTOR_NAME,
+            args=(normalized,),
+            kwargs={},
+            options={RECORDED: True},
+        )
         # With a Redis broker on the state store's server, the record and the message are
         # written by one script; otherwise the record comes first, then broker.enqueue.
         namespace = self._fused_namespace()
@@ -131,9 +161,9 @@ class PreviewClient:
         outcome, state = self.store.record(
             normalized, queue=queue, message=None if pushed is None else pushed[1]
         )
-        if outcome == "conflict":
+        if outcome is CreateOutcome.CONFLICT:
             raise JobConflict(f"jobId {job_id!r} was already used with a different payload")
-        if outcome == "duplicate":
+        if outcome is CreateOutcome.DUPLICATE:
             emit("duplicate", job_id=job_id)
             return Submission(job_id, state, duplicate=True)
         if pushed is not None:
@@ -147,9 +177,19 @@ class PreviewClient:
         return Submission(job_id, "queued", duplicate=False)
 
     def _fused_namespace(self) -> str | None:
-        """The broker's namespace when the broker is Redis on the state store's server."""
+        """The broker's namespace when submit may write the message itself: the broker is
+        a plain ``RedisBroker`` on the state store's server, of a tested Dramatiq version."""
         if self._fused is _UNKNOWN:
-            self._fused = shared_redis_namespace(self.broker, self.store.client)
+            supported = fused_enqueue_supported()
+            if not supported:
+                logger.info(
+                    "Dramatiq %s is not a version the fused enqueue was tested with; "
+                    "submits use broker.enqueue",
+                    dramatiq.__version__,
+                )
+            self._fused = (
+                shared_redis_namespace(self.broker, self.store.client) if supported else None
+            )
         return self._fused  # type: ignore[return-value]
 
     def _encode_for(
@@ -190,13 +230,12 @@ class PreviewClient:
           JobNotFound: no job with this id.
           JobConflict: the job already finished: succeeded, failed or cancelled.
         """
-        outcome = self.store.cancel(job_id)
-        if outcome == "missing":
+        answer = self.store.cancel(job_id)
+        if answer.outcome is CancelOutcome.MISSING:
             raise JobNotFound(job_id)
-        if outcome.startswith("final:"):
-            state = outcome.removeprefix("final:")
-            raise JobConflict(f"job {job_id!r} already {state}; it cannot be cancelled")
-        return {"jobId": job_id, "state": outcome}
+        if answer.outcome is CancelOutcome.FINAL:
+            raise JobConflict(f"job {job_id!r} already {answer.state}; it cannot be cancelled")
+        return {"jobId": job_id, "state": answer.state}
 
 
 def _unavailable(job_id: str, exc: Exception) -> BrokerUnavailable:
@@ -231,3 +270,37 @@ def get_status(job_id: str) -> dict[str, Any]:
 def cancel_preview(job_id: str) -> dict[str, Any]:
     """Cancel ``job_id``; see :meth:`PreviewClient.cancel`."""
     return default_client().cancel(job_id)
+
+
+def shared_redis_namespace(broker: dramatiq.Broker, client: Any) -> str | None:
+    """The namespace of ``broker`` when it is a Dramatiq ``RedisBroker`` on the same Redis
+    server and database as ``client`` (a ``redis.Redis``), else None.
+
+    A submit then records the job and enqueues its message in one atomic script
+    (``JobStore.create``), one round trip instead of two.
+    """
+    if type(broker) is not RedisBroker:
+        # A subclass may store or enqueue messages its own way: use its enqueue().
+        return None
+    namespace = getattr(broker, "namespace", None)
+    broker_client = getattr(broker, "client", None)
+    if not isinstance(namespace, str) or broker_client is None:
+        return None
+    if _server_of(broker_client) != _server_of(client):
+        return None
+    return namespace
+
+
+def _server_of(client: Any) -> tuple[Any, ...]:
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    return (
+        pool.connection_class,
+        kwargs.get("host"),
+        kwargs.get("port"),
+        kwargs.get("path"),
+        int(kwargs.get("db") or 0),
+        # Other credentials may have other rights (ACLs): then each client writes its keys.
+        kwargs.get("username"),
+        kwargs.get("password"),
+    )

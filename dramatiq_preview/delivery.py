@@ -1,9 +1,12 @@
-"""The job being processed by the current worker thread.
+"""The delivery of a job that the current worker thread is processing.
 
-The idempotency middleware opens a :class:`JobContext` when it claims a delivery; the actor
-reads it to report progress and to notice cancellation; the status middleware closes it.
-Dramatiq runs ``before_process_message``, the actor and ``after_process_message`` of one
-message on one worker thread, so a thread-local is the right scope.
+The idempotency middleware opens a :class:`JobContext` when it claims a delivery (its lease
+token, attempt and deadline); the actor reads it to report progress and to notice
+cancellation; the status middleware closes it.  It is the job's counterpart of Dramatiq's
+``CurrentMessage``: Dramatiq runs ``before_process_message``, the actor and
+``after_process_message`` of one message on one worker thread, so a thread-local is the
+right scope.  The render's result does not travel here: the actor returns it, and Dramatiq
+hands it to ``after_process_message``.
 """
 
 from __future__ import annotations
@@ -11,10 +14,9 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
-from ..errors import JobCancelled
-from ..state import JobStore
+from .errors import JobCancelled
+from .state import JobStore, ProgressVerdict
 
 
 class LeaseLost(JobCancelled):
@@ -33,12 +35,10 @@ class JobContext:
     attempt: int
     deadline: float
     progress_interval: float
+    #: Set when the store answered that cancellation was requested.
     cancelled: bool = False
+    #: Set when the store answered that another delivery holds the job now.
     lease_lost: bool = False
-    #: What the render produced; the status middleware records it with ``succeeded``.
-    result: dict[str, Any] | None = None
-    #: Facts about the render for metrics: input_format, source_bytes, stages (seconds).
-    stats: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     # The first progress write waits one interval: a fast job costs no progress round trip.
     _last_write: float = field(default_factory=time.monotonic)
@@ -60,10 +60,11 @@ class JobContext:
         if percent is not None:
             self._last_percent = percent
         verdict = self.store.progress(self.job_id, token=self.token, percent=percent)
-        if verdict == 1:
+        if verdict is ProgressVerdict.CANCEL_REQUESTED:
             self.cancelled = True
             raise JobCancelled("cancelled while rendering")
-        if verdict == 2:
+        if verdict is ProgressVerdict.LEASE_LOST:
+            self.lease_lost = True
             raise LeaseLost("this delivery no longer holds the job")
 
 

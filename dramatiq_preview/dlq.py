@@ -19,10 +19,10 @@ from typing import Any
 import dramatiq
 from dramatiq.message import Message
 
-from .broker import QUEUES, RECORDED, canonical_queue
 from .errors import JobNotFound
-from .state import JobStore, iso
-from .validation import normalize
+from .messages import job_id_of
+from .names import QUEUES, RECORDED
+from .state import JobStore, RequeueOutcome, iso
 
 #: Options that describe a past delivery and must not follow a replayed message.
 _DELIVERY_OPTIONS = {"eta", "redis_message_id", "retries", "traceback", "requeue_timestamp"}
@@ -104,7 +104,7 @@ class DeadLetters(abc.ABC):
         """
         replayed = []
         for queue, message, _ in list(self._entries()):
-            this_id = _job_id(message)
+            this_id = job_id_of(message)
             if job_id is not None and this_id != job_id:
                 continue
             self._replay(queue, message, this_id)
@@ -115,12 +115,12 @@ class DeadLetters(abc.ABC):
 
     def _replay(self, queue: str, message: Message[Any], job_id: str) -> None:
         outcome = self.store.requeue(job_id, queue=queue)
-        if outcome == "missing":
-            # The record expired while the message sat in the DLQ: start a fresh one.
-            payload = message.args[0] if message.args else {}
-            self.store.record(normalize(dict(payload, jobId=job_id)), queue=queue)
         options = {k: v for k, v in message.options.items() if k not in _DELIVERY_OPTIONS}
-        options[RECORDED] = True
+        # A record that expired while the message sat in the DLQ is created afresh by the
+        # broker's Idempotency middleware (and the payload checked again) on enqueue.
+        options.pop(RECORDED, None)
+        if outcome is not RequeueOutcome.MISSING:
+            options[RECORDED] = True
         fresh = dataclasses.replace(message, queue_name=queue, options=options)
         # Enqueue before removing: a crash in between leaves a duplicate, which the
         # idempotency middleware skips, rather than losing the job.
@@ -128,7 +128,7 @@ class DeadLetters(abc.ABC):
         self._remove(queue, message)
 
     def _describe(self, queue: str, message: Message[Any], failed_ms: float | None) -> DeadLetter:
-        job_id = _job_id(message)
+        job_id = job_id_of(message)
         status = self.store.get(job_id)
         error = status["error"] if status else None
         if error is None and message.options.get("retries"):
@@ -141,13 +141,6 @@ class DeadLetters(abc.ABC):
             error=error,
             attempts=int(status["attempts"]) if status else int(message.options.get("retries", 0)),
         )
-
-
-def _job_id(message: Message[Any]) -> str:
-    payload = message.args[0] if len(message.args) == 1 else None
-    if isinstance(payload, dict) and isinstance(payload.get("jobId"), str):
-        return str(payload["jobId"])
-    return str(message.message_id).replace("-", "")
 
 
 class RedisDeadLetters(DeadLetters):
@@ -285,4 +278,4 @@ def dead_letters(broker: dramatiq.Broker, store: JobStore) -> DeadLetters:
     raise TypeError(f"no dead-letter support for {type(broker).__name__}")
 
 
-__all__ = ["DeadLetter", "DeadLetters", "canonical_queue", "dead_letters"]
+__all__ = ["DeadLetter", "DeadLetters", "dead_letters"]

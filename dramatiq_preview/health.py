@@ -10,7 +10,8 @@ not answer) gives ``down`` within ``timeout`` seconds instead of a stuck request
 Live workers are counted from the broker's heartbeats.  A Redis broker records a heartbeat
 for every broker instance that talks to it, producers (the web process sending jobs)
 included, so each worker process also keeps a presence entry (``{ns}:workers``, written by
-:class:`WorkerPresence`); a worker is live when both are fresh.  For RabbitMQ the count is
+:class:`~dramatiq_preview.middleware.presence.Presence`); a worker is live when both are
+fresh.  For RabbitMQ the count is
 the number of consumers on the busiest lane.
 """
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from copy import copy as shallow_copy
 from dataclasses import dataclass, field
@@ -31,8 +31,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .broker import QUEUES
 from .config import Settings
+from .names import QUEUES, presence_key
 
 logger = logging.getLogger("dramatiq_preview.health")
 
@@ -40,11 +40,6 @@ Status = Literal["ok", "degraded", "down"]
 
 #: The share of the deadline a single socket operation may take, leaving time to report.
 _SOCKET_SHARE = 0.85
-
-
-def presence_key(namespace: str) -> str:
-    """The sorted set of worker ids scored by their last presence beat (ms)."""
-    return f"{namespace}:workers"
 
 
 @dataclass(frozen=True)
@@ -432,71 +427,6 @@ def _broker_client(broker: dramatiq.Broker, sock_timeout: float) -> redis.Redis:
         return client
 
 
-# -- worker presence ----------------------------------------------------------------------
-
-
-class WorkerPresence:
-    """Keep one worker process's entry in ``{ns}:workers`` fresh from a daemon thread.
-
-    Parameters:
-      client: the state store's Redis client.
-      namespace: ``PREVIEW_NAMESPACE``.
-      worker_id: the id the broker heartbeats under (``RedisBroker.broker_id``).
-      heartbeat_timeout_ms: how old a beat may be for the worker to count as live; beats
-        are sent four times per period, and entries older than ten periods are dropped.
-    """
-
-    def __init__(
-        self,
-        client: redis.Redis,
-        *,
-        namespace: str,
-        worker_id: str | None = None,
-        heartbeat_timeout_ms: int = 60000,
-    ) -> None:
-        self.client = client
-        self.key = presence_key(namespace)
-        self.worker_id = worker_id or uuid.uuid4().hex
-        self.heartbeat_timeout_ms = heartbeat_timeout_ms
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def beat(self) -> None:
-        now = int(time.time() * 1000)
-        keep = self.heartbeat_timeout_ms * 10
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zadd(self.key, {self.worker_id: now})
-        pipe.zremrangebyscore(self.key, "-inf", now - keep)
-        pipe.pexpire(self.key, keep)
-        pipe.execute()
-
-    def start(self) -> WorkerPresence:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="preview-presence", daemon=True)
-            self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        interval = min(15.0, max(0.2, self.heartbeat_timeout_ms / 4000))
-        while not self._stop.is_set():
-            try:
-                self.beat()
-            except redis.RedisError as exc:
-                logger.debug("worker presence beat failed: %s", type(exc).__name__)
-            self._stop.wait(interval)
-
-    def stop(self) -> None:
-        """Stop beating and remove the entry, so a stopped worker stops counting at once."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-        try:
-            self.client.zrem(self.key, self.worker_id)
-        except redis.RedisError as exc:
-            logger.debug("could not remove worker presence: %s", type(exc).__name__)
-
-
 # -- helpers -------------------------------------------------------------------------------
 
 
@@ -536,8 +466,6 @@ __all__ = [
     "LaneStats",
     "ProbeTimeout",
     "Snapshot",
-    "WorkerPresence",
     "check_health",
-    "presence_key",
     "probe",
 ]

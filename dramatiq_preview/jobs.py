@@ -1,8 +1,9 @@
-"""What one delivery of ``render_preview`` does: fetch the source, render, report.
+"""What one delivery of ``render_preview`` does: fetch the source, render, return the result.
 
-Progress is reported through the job context the middleware opened (fetched 10 %, decoded
-30 %, each output up to 90 %, 100 % when recorded as succeeded); each report is also a
-cancellation checkpoint.  States are written by middleware, never here.
+Progress is reported through the delivery the middleware opened (:mod:`.delivery`: fetched
+10 %, decoded 30 %, each output up to 90 %, 100 % when recorded as succeeded); each report
+is also a cancellation checkpoint.  The result is returned, and Dramatiq hands it to the
+status middleware's ``after_process_message``; states are written by middleware, never here.
 """
 
 from __future__ import annotations
@@ -12,43 +13,54 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import get_settings
+from .delivery import JobContext, LeaseLost, current_job
 from .errors import JobCancelled
-from .middleware.context import LeaseLost, current_job
-from .middleware.render_pool import pool_size
 from .models import JobSpec
+from .rendering import get_renderer
+from .sources import open_source
 from .storage import destinations, remove_outputs
-from .validation import normalize, validate
+from .validation import new_job_id, validate
 
 PROGRESS_FETCHED = 10
 #: What the renderer reports once the source is decoded.
 PROGRESS_DECODED = 30
 
 
-def run_job(payload: dict[str, Any]) -> dict[str, Any] | None:
+class JobResult(dict[str, Any]):
+    """The result of a render, ``{"outputs": [...]}`` as recorded in the job's status.
+
+    ``stats`` carries facts about the render for the metrics (``input_format``,
+    ``source_bytes``, ``stages`` in seconds); they are never stored.
+    """
+
+    def __init__(self, outputs: list[dict[str, Any]], stats: dict[str, Any]) -> None:
+        super().__init__(outputs=outputs)
+        self.stats = stats
+
+
+def run_job(payload: dict[str, Any]) -> JobResult | None:
     """Render every output of ``payload``.
 
-    Returns ``{"outputs": [...]}`` when called outside a worker.  In a worker it returns
-    None and leaves the result in the job context for the status middleware.
+    Returns the result, or None when the delivery ended without one: the job was cancelled
+    (its outputs are removed) or another delivery took it over.  In a worker the payload
+    was validated on receipt (``PayloadValidation``); called directly, it is validated here.
 
     Raises:
       PermanentError: the job cannot succeed (bad payload, forbidden or broken source...).
       TransientError: the job may succeed on a later attempt.
     """
-    from .rendering import get_renderer
-    from .sources import open_source
-
     settings = get_settings()
     ctx = current_job()
     if ctx is None:
         # Called synchronously (``render_preview(payload)``), outside a worker delivery.
         validate(payload)
-    spec = JobSpec.from_payload(normalize(payload) if ctx is None else _with_id(payload, ctx))
+    spec = JobSpec.from_payload(payload, job_id=_job_id(payload, ctx))
     deadline = ctx.deadline if ctx else time.monotonic() + settings.time_limit_ms / 1000
     clock = _StageClock(ctx.checkpoint if ctx else None)
     try:
         with open_source(spec, settings, deadline=deadline) as source:
             clock.fetched(PROGRESS_FETCHED)
-            renderer = get_renderer(settings, processes=pool_size(settings))
+            renderer = get_renderer(settings)
             outputs = renderer.render(
                 spec,
                 source,
@@ -63,22 +75,18 @@ def run_job(payload: dict[str, Any]) -> dict[str, Any] | None:
             }
     except LeaseLost:
         # Another delivery owns the job now; its outputs are the same files, leave them.
-        if ctx is not None:
-            ctx.lease_lost = True
         return None
     except JobCancelled:
         remove_outputs(settings.output_dir, spec.job_id)
-        if ctx is not None:
-            ctx.cancelled = True
         return None
-    result = {"outputs": [o.to_dict() for o in outputs]}
-    if ctx is None:
-        return result
-    # In a worker the result travels to the status middleware through the job context:
-    # returning it would make Dramatiq warn that no Results backend stores it.
-    ctx.result = result
-    ctx.stats = stats
-    return None
+    return JobResult([o.to_dict() for o in outputs], stats)
+
+
+def _job_id(payload: dict[str, Any], ctx: JobContext | None) -> str:
+    if ctx is not None:
+        return ctx.job_id
+    job_id = payload.get("jobId")
+    return job_id if isinstance(job_id, str) else new_job_id()
 
 
 class _StageClock:
@@ -111,9 +119,3 @@ class _StageClock:
             "decode": decoded - fetched,
             "encode": end - decoded,
         }
-
-
-def _with_id(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
-    data = normalize(payload)
-    data["jobId"] = ctx.job_id
-    return data

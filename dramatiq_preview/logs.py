@@ -7,9 +7,9 @@ they are also top-level keys (``jobId``, ``state``, ``attempt``, ``durationSecon
 ``errorType``).
 
 Workers started with ``dramatiq`` apply the format in every worker process through the
-:class:`LogFormat` middleware.  A web process (or a worker started programmatically) owns
-its logging: call :func:`configure_logging` after its own logging set-up, or put
-:class:`JsonFormatter` in its ``dictConfig``.
+:class:`~dramatiq_preview.middleware.log_format.LogFormat` middleware.  A web process (or
+a worker started programmatically) owns its logging: call :func:`configure_logging` after
+its own logging set-up, or put :class:`JsonFormatter` in its ``dictConfig``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import logging
 import sys
 from datetime import datetime, timezone
 from typing import Any
-
-import dramatiq
 
 from .config import Settings, get_settings
 
@@ -94,21 +92,4 @@ def configure_logging(
             handler.setFormatter(JsonFormatter())
 
 
-class LogFormat(dramatiq.Middleware):
-    """Apply ``PREVIEW_LOG_FORMAT`` in each worker process, right after Dramatiq set up logging.
-
-    Only processes booted by the ``dramatiq`` command are changed; a host that starts a
-    ``Worker`` itself keeps its own logging (see :func:`configure_logging`).
-
-    Parameters:
-      settings: the settings to use; by default the process-wide ones, read at boot.
-    """
-
-    def __init__(self, *, settings: Settings | None = None) -> None:
-        self._settings = settings
-
-    def after_process_boot(self, broker: dramatiq.Broker) -> None:
-        configure_logging(self._settings or get_settings())
-
-
-__all__ = ["JsonFormatter", "LogFormat", "configure_logging"]
+__all__ = ["JsonFormatter", "configure_logging"]

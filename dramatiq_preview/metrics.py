@@ -25,7 +25,6 @@ import contextlib
 import os
 import shutil
 import tempfile
-import weakref
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +32,7 @@ import dramatiq
 
 from .config import Settings
 from .events import subscribe
+from .health import probe
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -101,8 +101,9 @@ DRAMATIQ_METRICS = frozenset(
 class JobMetrics:
     """The job counters and histograms, updated from job events.
 
-    The instance is subscribed to job events for as long as it is referenced (events hold
-    it weakly, so a discarded instance stops counting).
+    The instance is subscribed to job events for as long as it is referenced
+    (:func:`~dramatiq_preview.events.subscribe` holds it weakly, so a discarded instance
+    stops counting).
 
     Parameters:
       registry: where to register them (a worker's private registry: in multiprocess mode
@@ -140,7 +141,7 @@ class JobMetrics:
         # Every outcome exists from the start, so rate() and ratios work before it happens.
         for outcome in JOB_OUTCOMES.values():
             self.jobs.labels(outcome)
-        _observers.add(self)
+        subscribe(self.observe)
 
     def observe(self, event: str, fields: dict[str, Any]) -> None:
         """Count one job event (see :mod:`dramatiq_preview.events`)."""
@@ -174,17 +175,6 @@ def _bounded(value: Any, known: frozenset[str]) -> str:
     return value if value in known else "other"
 
 
-_observers: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-def _dispatch(event: str, fields: dict[str, Any]) -> None:
-    for observer in list(_observers):
-        observer.observe(event, fields)
-
-
-subscribe(_dispatch)
-
-
 # -- scrape-time gauges ----------------------------------------------------------------------
 
 
@@ -211,8 +201,6 @@ class QueueCollector:
         return list(self._families())
 
     def collect(self) -> Iterator[Metric]:
-        from .health import probe
-
         snap = probe(self.settings, self.broker, timeout=self.timeout)
         families = self._families()
         redis_up, broker_up, live = families[:3]
@@ -349,7 +337,7 @@ class _DuplicateCounter:
             "Submissions of a jobId that was already recorded (same payload).",
             registry=registry,
         )
-        _observers.add(self)
+        subscribe(self.observe)
 
     def observe(self, event: str, fields: dict[str, Any]) -> None:
         if event == "duplicate":

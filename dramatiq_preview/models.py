@@ -43,11 +43,16 @@ class JobSpec:
     metadata: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_payload(cls, payload: dict[str, Any]) -> JobSpec:
-        """Build from a payload that already passed validation and carries a ``jobId``."""
+    def from_payload(cls, payload: dict[str, Any], *, job_id: str | None = None) -> JobSpec:
+        """Build from a payload that already passed validation, filling in the defaults.
+
+        Parameters:
+          payload: the job payload.
+          job_id: the job's id (default: the payload's ``jobId``, which must then be there).
+        """
         source = payload["source"]
         return cls(
-            job_id=payload["jobId"],
+            job_id=payload["jobId"] if job_id is None else job_id,
             source_path=source.get("path"),
             source_url=source.get("url"),
             outputs=tuple(

@@ -14,8 +14,9 @@ from dramatiq.middleware import Retries, TimeLimit
 from support import PYTHON, python_env
 
 from dramatiq_preview import InvalidPayload, JobConflict, render_preview, setup_broker
-from dramatiq_preview.broker import QUEUES, RECORDED, shared_redis_namespace
+from dramatiq_preview.client import shared_redis_namespace
 from dramatiq_preview.middleware import Idempotency, JobStatus, PayloadValidation
+from dramatiq_preview.names import QUEUES, RECORDED
 
 GOOD = {"source": {"path": "a.png"}, "outputs": [{"width": 8, "height": 8, "format": "png"}]}
 
@@ -188,3 +189,28 @@ def test_submits_fuse_record_and_enqueue_only_for_a_plain_redis_broker_on_the_sa
     assert shared_redis_namespace(same, store) == "ns"
     for broker in (other_db, other_port, other_user, subclass, StubBroker()):
         assert shared_redis_namespace(broker, store) is None
+
+
+def test_an_amqp_url_without_pika_names_the_extra_to_install() -> None:
+    # Given a process where pika cannot be imported (a Redis-only install)
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["pika"] = None  # `import pika` now raises ImportError
+        from dramatiq_preview.broker import build_broker
+        from dramatiq_preview.config import Settings
+        from dramatiq_preview.errors import ConfigError
+        try:
+            build_broker(Settings.from_mapping({"PREVIEW_BROKER_URL": "amqp://mq:5672/"}, {}))
+        except ConfigError as exc:
+            print(exc.message)
+        """
+    )
+    # When it builds a broker for an amqp:// URL
+    result = subprocess.run(
+        [PYTHON, "-c", script], env=python_env(), capture_output=True, text=True, timeout=60
+    )
+    # Then the error names the setting and the extra, not a bare ImportError
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("PREVIEW_BROKER_URL: an amqp:// broker needs pika")
+    assert 'pip install "dramatiq-preview[rabbitmq]"' in result.stdout

@@ -1,17 +1,31 @@
-"""Dramatiq middleware of dramatiq-preview.
+"""Dramatiq middleware of dramatiq-preview, one idea per module (as Dramatiq's own).
 
 * :class:`PayloadValidation` — rejects bad payloads at ``send()`` time and again on receipt.
 * :class:`Idempotency` — one record per jobId, at most one successful render, poison pills.
-* :class:`JobStatus` — writes each job's terminal and retry transitions.
+* :class:`JobStatus` — records how each delivery ended, with the actor's result.
 * :class:`RenderPool` — sizes and shuts down the per-process pool of render children.
 * :class:`Metrics` — Dramatiq's ``Prometheus`` plus our job metrics (docs/observability.md).
-* :class:`Presence` — marks a live worker process for the health check.
+* :class:`Presence` — the registry of live worker processes, for the health check.
+* :class:`LogFormat` — ``PREVIEW_LOG_FORMAT`` in every worker process.
+
+They import only the layers below them (state, storage, rendering, observability, names);
+:mod:`dramatiq_preview.broker` assembles them, never the reverse.
 """
 
 from .idempotency import Idempotency
-from .metrics import Metrics, Presence
+from .log_format import LogFormat
+from .presence import Presence
+from .prometheus import Metrics
 from .render_pool import RenderPool
 from .status import JobStatus
 from .validation import PayloadValidation
 
-__all__ = ["Idempotency", "JobStatus", "Metrics", "PayloadValidation", "Presence", "RenderPool"]
+__all__ = [
+    "Idempotency",
+    "JobStatus",
+    "LogFormat",
+    "Metrics",
+    "PayloadValidation",
+    "Presence",
+    "RenderPool",
+]

@@ -11,14 +11,14 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import SkipMessage
 
-from ..broker import RECORDED, canonical_queue
 from ..config import Settings, get_settings
+from ..delivery import JobContext, set_current_job
 from ..errors import JobConflict
 from ..events import emit
-from ..state import get_store, now_ms
+from ..messages import is_preview_message, job_id_of, payload_of
+from ..names import BUSY_TRIES, RECORDED, canonical_queue
+from ..state import ClaimVerdict, CreateOutcome, JobStore, get_store, now_ms
 from ..validation import normalize
-from .context import JobContext, set_current_job
-from .messages import is_preview_message, job_id_of, payload_of
 
 logger = logging.getLogger("dramatiq_preview.idempotency")
 
@@ -26,9 +26,6 @@ logger = logging.getLogger("dramatiq_preview.idempotency")
 #: killed at the time limit, so a live holder never needs longer; a dead one blocks the job
 #: for at most this much beyond it.
 LEASE_GRACE_MS = 5000
-
-#: Message option counting how often a delivery found its job leased elsewhere.
-BUSY_TRIES = "preview_busy_tries"
 
 
 class Idempotency(dramatiq.Middleware):
@@ -58,15 +55,11 @@ class Idempotency(dramatiq.Middleware):
             return
         if message.options.get(RECORDED) or message.options.get("retries"):
             return
-        settings = self.settings
-        normalized = normalize(payload_of(message))
-        job_id = normalized["jobId"]
-        outcome, _state = get_store(settings).record(
-            normalized, queue=canonical_queue(message.queue_name)
-        )
-        if outcome == "conflict":
+        job_id = job_id_of(message)
+        outcome = self._record(get_store(self.settings), message, job_id)
+        if outcome is CreateOutcome.CONFLICT:
             raise JobConflict(f"jobId {job_id!r} was already used with a different payload")
-        if outcome == "duplicate":
+        if outcome is CreateOutcome.DUPLICATE:
             emit("duplicate", job_id=job_id)
         # Messages are encoded after before_enqueue, so this flag travels with the message
         # (and spares the delay-queue hop a second round trip).
@@ -83,16 +76,15 @@ class Idempotency(dramatiq.Middleware):
         claim = store.claim(
             job_id, token=token, lease_ms=lease_ms, max_deliveries=settings.max_deliveries
         )
-        if claim.verdict == "missing":
+        if claim.verdict is ClaimVerdict.MISSING:
             # The record expired, or the message was enqueued by a broker without our
             # middleware: re-create it from the message, then claim as usual.
-            normalized = normalize(dict(payload_of(message), jobId=job_id))
-            store.record(normalized, queue=canonical_queue(message.queue_name))
+            self._record(store, message, job_id)
             claim = store.claim(
                 job_id, token=token, lease_ms=lease_ms, max_deliveries=settings.max_deliveries
             )
 
-        if claim.verdict == "run":
+        if claim.verdict is ClaimVerdict.RUN:
             set_current_job(
                 JobContext(
                     job_id=job_id,
@@ -108,7 +100,7 @@ class Idempotency(dramatiq.Middleware):
             emit("running", job_id=job_id, attempt=claim.attempts, queue=message.queue_name)
             return
 
-        if claim.verdict == "busy":
+        if claim.verdict is ClaimVerdict.BUSY:
             # Look again soon (the holder usually finishes first and this copy is then
             # skipped as done), backing off, and never later than just after the lease ends.
             tries = int(message.options.get(BUSY_TRIES, 0))
@@ -117,21 +109,28 @@ class Idempotency(dramatiq.Middleware):
             logger.info("job %s is being rendered elsewhere; retrying in %d ms", job_id, delay)
             raise SkipMessage(f"job {job_id} is leased by another delivery")
 
-        if claim.verdict == "lost":
+        if claim.verdict is ClaimVerdict.LOST:
             message.fail()
             emit("worker_lost", job_id=job_id, attempt=claim.attempts)
             raise SkipMessage(f"job {job_id} failed as worker_lost")
 
-        if claim.verdict in ("cancelled_now", "cancelled_waiting"):
+        if claim.verdict in (ClaimVerdict.CANCELLED_NOW, ClaimVerdict.CANCELLED_WAITING):
             # Ended here, or cancelled while it waited (the web process or the CLI that
             # cancelled it counts nothing): count it once, now.
             emit("cancelled", job_id=job_id, attempt=claim.attempts)
-        elif claim.verdict == "cancelled":
+        elif claim.verdict is ClaimVerdict.CANCELLED:
             # Counted already (by the delivery that saw it first); only a copy arriving.
             emit("skipped", job_id=job_id, state=claim.state)
         else:
             emit("duplicate_skipped", job_id=job_id, state=claim.state)
         raise SkipMessage(f"job {job_id} is already {claim.state}")
+
+    @staticmethod
+    def _record(store: JobStore, message: Any, job_id: str) -> CreateOutcome:
+        """Record the job of a (validated) message as ``queued``; returns the outcome."""
+        normalized = normalize(dict(payload_of(message), jobId=job_id))
+        outcome, _state = store.record(normalized, queue=canonical_queue(message.queue_name))
+        return outcome
 
     @staticmethod
     def _put_back(broker: dramatiq.Broker, message: Any, delay: int, tries: int) -> None:

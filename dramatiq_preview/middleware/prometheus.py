@@ -1,4 +1,4 @@
-"""Metrics and worker presence: Dramatiq's Prometheus middleware, made right for our workers.
+"""Metrics: Dramatiq's Prometheus middleware, made right for our workers.
 
 Dramatiq's ``Prometheus`` middleware (not a default in Dramatiq 2) keeps its multiprocess
 files in one fixed directory that nothing cleans, so a restarted worker group adds up the
@@ -13,8 +13,6 @@ fork).  :class:`Metrics` keeps Dramatiq's metrics and fixes that:
   ``dramatiq_prom_port``) serves that directory, our job metrics and the scrape-time
   gauges read from Redis;
 * a ``Worker`` started in-process gets the same metrics, in memory, served from a thread.
-
-:class:`Presence` marks worker processes live for the health check.
 """
 
 from __future__ import annotations
@@ -30,7 +28,14 @@ from dramatiq.middleware import prometheus as dramatiq_prometheus
 from dramatiq.middleware.prometheus import Prometheus
 
 from ..config import Settings, get_settings
-from ..health import WorkerPresence
+from ..logs import configure_logging
+from ..metrics import (
+    JobMetrics,
+    prepare_run_directory,
+    run_directory,
+    start_server,
+    worker_registry,
+)
 
 logger = logging.getLogger("dramatiq_preview.metrics")
 
@@ -63,8 +68,6 @@ class Metrics(Prometheus):
     # -- boot and shutdown --------------------------------------------------------------
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
-        from ..metrics import JobMetrics, prepare_run_directory
-
         # Every worker process of one run, and its exposition fork, share the parent.
         run_dir = prepare_run_directory(os.getppid())
         # Prometheus reads this module global when it boots and when the worker stops.
@@ -87,8 +90,6 @@ class Metrics(Prometheus):
         # keeps the host's mode (in memory unless the host chose multiprocess itself).
         import prometheus_client  # noqa: F401
         from prometheus_client import CollectorRegistry
-
-        from ..metrics import JobMetrics, start_server, worker_registry
 
         saved = {
             k: os.environ.get(k) for k in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
@@ -164,63 +165,6 @@ class Metrics(Prometheus):
     after_skip_message = after_process_message
 
 
-class Presence(dramatiq.Middleware):
-    """Keep each worker process marked live in ``{ns}:workers`` while it runs.
-
-    The health check counts a worker as live when this mark and its broker heartbeat are
-    both fresh, so a web process that only sends jobs is never taken for a worker.
-
-    Parameters:
-      settings: the settings to use; by default the process-wide ones, read at boot.
-    """
-
-    def __init__(self, *, settings: Settings | None = None) -> None:
-        self._settings = settings
-        self._presence: WorkerPresence | None = None
-
-    def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
-        from ..state import redis_client
-
-        settings = self._settings or get_settings()
-        self._presence = WorkerPresence(
-            redis_client(settings.redis_url),
-            namespace=settings.namespace,
-            worker_id=getattr(broker, "broker_id", None),
-            heartbeat_timeout_ms=int(
-                getattr(broker, "heartbeat_timeout", settings.broker_heartbeat_timeout_ms)
-            ),
-        ).start()
-
-    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
-        if self._presence is not None:
-            self._presence.stop()
-            self._presence = None
-
-
-def attach_observability(broker: dramatiq.Broker, settings: Settings | None = None) -> None:
-    """Add :class:`Metrics`, :class:`Presence` and the log format middleware to ``broker``.
-
-    A broker that already has Dramatiq's ``Prometheus`` middleware keeps it (two of them
-    would count every message twice); it then lacks our job metrics and per-run
-    directories (see docs/observability.md).
-    """
-    from ..logs import LogFormat
-
-    present = {type(m) for m in broker.middleware}
-    if not any(isinstance(m, Prometheus) for m in broker.middleware):
-        # First in line: its before_process_message must see every message that its
-        # after_skip_message will (a message skipped by an earlier middleware would drive
-        # dramatiq_messages_inprogress below zero).
-        first = type(broker.middleware[0]) if broker.middleware else None
-        broker.add_middleware(Metrics(settings=settings), before=first)
-    elif Metrics not in present:
-        logger.info("the broker already has a Prometheus middleware; leaving it as it is")
-    if Presence not in present:
-        broker.add_middleware(Presence(settings=settings))
-    if LogFormat not in present:
-        broker.add_middleware(LogFormat(settings=settings))
-
-
 # -- the exposition fork ---------------------------------------------------------------------
 
 
@@ -230,9 +174,6 @@ def serve_worker_metrics() -> int:
     It aggregates the run's multiprocess directory and adds the scrape-time gauges of the
     broker the workers use (found the way the workers find it, from the command line).
     """
-    from ..logs import configure_logging
-    from ..metrics import run_directory, start_server, worker_registry
-
     settings = get_settings()
     configure_logging(settings)
     run_dir = run_directory(os.getppid())
@@ -294,4 +235,4 @@ def _is_metric(value: Any) -> bool:
     return isinstance(value, MetricWrapperBase)
 
 
-__all__ = ["Metrics", "Presence", "attach_observability", "serve_worker_metrics"]
+__all__ = ["Metrics", "serve_worker_metrics"]

@@ -7,6 +7,7 @@ from typing import Any
 import dramatiq
 
 from ..config import Settings
+from ..rendering import set_worker_threads, shutdown_renderer
 
 
 class RenderPool(dramatiq.Middleware):
@@ -19,22 +20,11 @@ class RenderPool(dramatiq.Middleware):
       settings: unused; accepted so that all our middleware share one constructor shape.
     """
 
-    worker_threads: int | None = None
-
     def __init__(self, *, settings: Settings | None = None) -> None:
         self.settings = settings
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
-        RenderPool.worker_threads = int(getattr(worker, "worker_threads", 1) or 1)
+        set_worker_threads(int(getattr(worker, "worker_threads", 1) or 1))
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
-        from ..rendering import shutdown_renderer
-
         shutdown_renderer()
-
-
-def pool_size(settings: Settings) -> int:
-    """How many render children this process may run at once."""
-    if settings.render_processes:
-        return settings.render_processes
-    return RenderPool.worker_threads or 2

@@ -11,17 +11,31 @@ import dramatiq
 import redis
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
-from ..broker import canonical_queue
 from ..config import Settings, get_settings
+from ..delivery import current_job, set_current_job
 from ..errors import PreviewError, StateStoreUnavailable
 from ..events import emit
+from ..messages import is_preview_message, job_id_of, payload_of
 from ..models import PRIORITIES
-from ..state import get_store, now_ms
+from ..names import ACTOR_NAME, canonical_queue
+from ..state import FinishVerdict, get_store, now_ms
 from ..storage import remove_outputs
-from .context import current_job, set_current_job
-from .messages import is_preview_message, job_id_of, payload_of
 
 logger = logging.getLogger("dramatiq_preview.status")
+
+
+class _ResultIsRecorded(logging.Filter):
+    """Drops the warning Dramatiq's worker logs when an actor returns a value and the broker
+    has no ``Results`` middleware: the value of ``render_preview`` is not discarded, this
+    middleware records it in the job's status."""
+
+    _text = f"Actor '{ACTOR_NAME}' returned a value that is not None"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self._text)
+
+
+_RESULT_FILTER = _ResultIsRecorded()
 
 #: A finished render must not be left "running" because Redis blinked: the final write is
 #: retried this many times, backing off from 0.2 s.
@@ -64,6 +78,8 @@ class JobStatus(dramatiq.Middleware):
     def __init__(self, *, settings: Settings | None = None) -> None:
         self._settings = settings
         self._retry_delays = threading.local()
+        # The logger of Dramatiq's worker threads (dramatiq.worker.WorkerThread).
+        logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_RESULT_FILTER)
 
     @property
     def settings(self) -> Settings:
@@ -107,21 +123,20 @@ class JobStatus(dramatiq.Middleware):
             emit("cancelled", **fields)
             return
         if exception is None:
-            _verdict, state = self._finish(
-                job_id, token, "succeeded", data=ctx.result if ctx else result
-            )
+            # The actor's return value: ``{"outputs": [...]}`` with render facts in .stats.
+            _verdict, state = self._finish(job_id, token, "succeeded", data=result)
             if state == "cancelled":
                 remove_outputs(settings.output_dir, job_id)
                 emit("cancelled", **fields)
             elif state == "succeeded":
-                stats = ctx.stats if ctx else {}
-                emit("succeeded", result=ctx.result if ctx else result, **stats, **fields)
+                stats = getattr(result, "stats", None) or {}
+                emit("succeeded", result=result, **stats, **fields)
             return
 
         error = error_dict(exception, settings)
         if message.failed:
             verdict, _state = self._finish(job_id, token, "failed", data=error)
-            if verdict == "missing":
+            if verdict is FinishVerdict.MISSING:
                 # Refused before it was recorded (e.g. an invalid payload from a producer
                 # without our middleware): record it so that its failure can be looked up.
                 self._record(message, job_id)
@@ -147,7 +162,9 @@ class JobStatus(dramatiq.Middleware):
             metadata={},
         )
 
-    def _finish(self, job_id: str, token: str, outcome: str, **kwargs: Any) -> tuple[str, str]:
+    def _finish(
+        self, job_id: str, token: str, outcome: str, **kwargs: Any
+    ) -> tuple[FinishVerdict, str]:
         store = get_store(self.settings)
         for attempt in range(FINAL_WRITE_TRIES):
             try:

@@ -6,11 +6,11 @@ from typing import Any
 
 import dramatiq
 
-from ..broker import RECORDED
 from ..config import Settings
 from ..errors import InvalidPayload, ValidationIssue
+from ..messages import is_preview_message, payload_of
+from ..names import RECORDED
 from ..validation import validation_issues
-from .messages import is_preview_message, payload_of
 
 
 class PayloadValidation(dramatiq.Middleware):
