@@ -7,10 +7,11 @@ from typing import Any
 
 import dramatiq
 
-from .broker import attach_middleware, default_broker
+from .broker import attach_middleware, default_broker, use_for_actor
 from .config import get_settings
 from .errors import PermanentError
-from .jobs import JobResult, run_job
+from .jobs import run_job
+from .models import JobResult
 from .names import ACTOR_NAME, DEFAULT_QUEUE, queue_for
 from .validation import new_job_id
 
@@ -62,6 +63,9 @@ def render_preview(payload: dict[str, Any]) -> JobResult | None:
     return run_job(payload)
 
 
+use_for_actor(render_preview.broker)
+
+
 def setup_broker(broker: dramatiq.Broker) -> dramatiq.Broker:
     """Attach dramatiq-preview to a broker the host built itself.
 
@@ -75,6 +79,7 @@ def setup_broker(broker: dramatiq.Broker) -> dramatiq.Broker:
     """
     attach_middleware(broker)
     render_preview.broker = broker
+    use_for_actor(broker)
     if broker.actors.get(ACTOR_NAME) is not render_preview:
         broker.declare_actor(render_preview)
     return broker

@@ -21,6 +21,7 @@ import logging
 
 import dramatiq
 import dramatiq.broker
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Retries, TimeLimit
 from dramatiq.middleware.prometheus import Prometheus
 
@@ -35,7 +36,7 @@ from .middleware import (
     Presence,
     RenderPool,
 )
-from .names import ACTOR_NAME, QUEUES
+from .names import QUEUES
 
 logger = logging.getLogger("dramatiq_preview.broker")
 
@@ -59,8 +60,6 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
 
         broker = RabbitmqBroker(url=settings.broker_url)
     else:
-        from dramatiq.brokers.redis import RedisBroker
-
         broker = RedisBroker(  # type: ignore[no-untyped-call]
             url=settings.broker_url,
             namespace=settings.namespace,
@@ -105,16 +104,25 @@ def default_broker() -> dramatiq.Broker:
     return broker
 
 
+#: The broker ``render_preview`` is declared on (recorded by :mod:`.actors`).
+_actor_broker: dramatiq.Broker | None = None
+
+
+def use_for_actor(broker: dramatiq.Broker) -> None:
+    """Record ``broker`` as the one ``render_preview`` is declared on (``setup_broker``)."""
+    global _actor_broker
+    _actor_broker = broker
+
+
 def actor_broker() -> dramatiq.Broker:
-    """The broker ``render_preview`` is declared on: the one :func:`default_broker` gives,
-    or the host's broker that ``setup_broker`` moved the actor to.
+    """The broker ``render_preview`` is declared on: the one :func:`default_broker` gave
+    when the package was imported, or the host's broker that ``setup_broker`` moved it to.
 
     Raises:
-      ConfigError: no broker is installed and the settings to build one are malformed.
+      ConfigError: the package was imported without its actor (the command, with a
+        malformed setting) and the settings to build a broker are malformed.
     """
-    broker = default_broker()
-    actor = broker.actors.get(ACTOR_NAME)
-    return actor.broker if actor is not None else broker
+    return _actor_broker if _actor_broker is not None else default_broker()
 
 
 def _attach_observability(broker: dramatiq.Broker, settings: Settings | None) -> None:

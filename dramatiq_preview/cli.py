@@ -144,7 +144,11 @@ def _cmd_dlq(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) 
         if not args.all and not args.job_id:
             print("dlq requeue: give a JOB_ID or --all", file=err)
             return EXIT_UNREADABLE
-        replayed = dlq.requeue(None if args.all else args.job_id)
+
+        def skipped(job_id: str, error: Exception) -> None:
+            print(f"{job_id}: not requeued: {error}", file=err)
+
+        replayed = dlq.requeue(None if args.all else args.job_id, on_skip=skipped)
         for job_id in replayed:
             print(job_id, file=out)
         print(f"requeued {len(replayed)} job(s)", file=err)
@@ -222,6 +226,10 @@ def main(
         return EXIT_CONFIG
     except (JobNotFound, JobConflict) as exc:
         print(exc.message, file=err)
+        return EXIT_REFUSED
+    except InvalidPayload as exc:
+        for issue in exc.issues:
+            print(f"{issue.path or '(root)'}: {issue.message}", file=err)
         return EXIT_REFUSED
     except (StateStoreUnavailable, BrokerUnavailable) as exc:
         print(exc.message, file=err)

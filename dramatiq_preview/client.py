@@ -13,41 +13,27 @@ broker), e.g. for a web process configured from Flask's ``app.config``.
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
 
 from .broker import actor_broker, build_broker
 from .config import Settings, get_settings
 from .errors import BrokerUnavailable, JobConflict, JobNotFound, PreviewError
 from .events import emit
+from .fused_enqueue import (
+    BrokerMessage,
+    fused_enqueue_supported,
+    shared_redis_namespace,
+    with_redis_message_id,
+)
 from .names import ACTOR_NAME, RECORDED, queue_for
-from .state import BrokerMessage, CancelOutcome, CreateOutcome, JobStore, get_store
+from .state import CancelOutcome, CreateOutcome, JobStore, get_store
 from .validation import normalize, validate
 
 logger = logging.getLogger("dramatiq_preview.client")
 _UNKNOWN = object()
-
-
-#: Major versions of Dramatiq whose ``RedisBroker`` the fused enqueue was tested with.  It
-#: writes the broker's private key layout (``{namespace}:{queue}`` list of message ids,
-#: ``{namespace}:{queue}.msgs`` hash of id -> ``Message.encode()``), which Dramatiq may
-#: change in any release; we trust it within a major version we tested and fall back to
-#: ``broker.enqueue`` on any other.  Adding a major here needs
-#: tests/test_fused_enqueue.py to pass against it.
-TESTED_DRAMATIQ_MAJORS = frozenset({2})
-
-
-def fused_enqueue_supported(version: str | None = None) -> bool:
-    """Whether the installed Dramatiq (or ``version``) is one the fused enqueue was tested
-    with: its major version is in :data:`TESTED_DRAMATIQ_MAJORS`.  An unparsable version
-    is not."""
-    text = dramatiq.__version__ if version is None else version
-    major, _, _ = text.partition(".")
-    return major.isdigit() and int(major) in TESTED_DRAMATIQ_MAJORS
 
 
 @dataclass(frozen=True)
@@ -198,16 +184,14 @@ class PreviewClient:
         """The message as ``RedisBroker.enqueue`` would push it: a fresh id, the broker's
         ``before_enqueue`` hooks (which may add options), then the encoding.  A duplicate or
         a conflict is then not enqueued, like an enqueue that failed: no ``after_enqueue``."""
-        message = message.copy(options={"redis_message_id": str(uuid.uuid4())})
+        message = with_redis_message_id(message)
         try:
             self.broker.emit_before("enqueue", message, None)
-            data = message.encode()
+            return message, BrokerMessage.of(message, namespace)
         except PreviewError:
             raise
         except Exception as exc:
             raise _unavailable(job_id, exc) from exc
-        message_id = message.options["redis_message_id"]
-        return message, BrokerMessage(namespace, message.queue_name, message_id, data)
 
     def status(self, job_id: str) -> dict[str, Any]:
         """The job's status object (contract §5).
@@ -270,37 +254,3 @@ def get_status(job_id: str) -> dict[str, Any]:
 def cancel_preview(job_id: str) -> dict[str, Any]:
     """Cancel ``job_id``; see :meth:`PreviewClient.cancel`."""
     return default_client().cancel(job_id)
-
-
-def shared_redis_namespace(broker: dramatiq.Broker, client: Any) -> str | None:
-    """The namespace of ``broker`` when it is a Dramatiq ``RedisBroker`` on the same Redis
-    server and database as ``client`` (a ``redis.Redis``), else None.
-
-    A submit then records the job and enqueues its message in one atomic script
-    (``JobStore.create``), one round trip instead of two.
-    """
-    if type(broker) is not RedisBroker:
-        # A subclass may store or enqueue messages its own way: use its enqueue().
-        return None
-    namespace = getattr(broker, "namespace", None)
-    broker_client = getattr(broker, "client", None)
-    if not isinstance(namespace, str) or broker_client is None:
-        return None
-    if _server_of(broker_client) != _server_of(client):
-        return None
-    return namespace
-
-
-def _server_of(client: Any) -> tuple[Any, ...]:
-    pool = client.connection_pool
-    kwargs = pool.connection_kwargs
-    return (
-        pool.connection_class,
-        kwargs.get("host"),
-        kwargs.get("port"),
-        kwargs.get("path"),
-        int(kwargs.get("db") or 0),
-        # Other credentials may have other rights (ACLs): then each client writes its keys.
-        kwargs.get("username"),
-        kwargs.get("password"),
-    )

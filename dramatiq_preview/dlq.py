@@ -12,17 +12,21 @@ from __future__ import annotations
 import abc
 import builtins
 import dataclasses
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
-from .errors import JobNotFound
+from .errors import InvalidPayload, JobConflict, JobNotFound, PreviewError
 from .messages import job_id_of
 from .names import QUEUES, RECORDED
 from .state import JobStore, RequeueOutcome, iso
+
+logger = logging.getLogger("dramatiq_preview.dlq")
 
 #: Options that describe a past delivery and must not follow a replayed message.
 _DELIVERY_OPTIONS = {"eta", "redis_message_id", "retries", "traceback", "requeue_timestamp"}
@@ -94,22 +98,43 @@ class DeadLetters(abc.ABC):
             letters.append(self._describe(queue, message, failed_ms))
         return sorted(letters, key=lambda d: d.failed_at or "")
 
-    def requeue(self, job_id: str | None = None) -> builtins.list[str]:
+    def requeue(
+        self,
+        job_id: str | None = None,
+        *,
+        on_skip: Callable[[str, PreviewError], None] | None = None,
+    ) -> builtins.list[str]:
         """Replay the dead messages of ``job_id`` (or all when None).
+
+        A dead letter whose record expired is recorded afresh, its payload checked again;
+        when every dead letter is replayed, one that is refused (an invalid payload, or its
+        jobId reused meanwhile with another payload) stays dead and is passed to
+        ``on_skip(job_id, error)``, and the others are replayed.
 
         Returns the replayed jobIds.
 
         Raises:
           JobNotFound: ``job_id`` has no dead message.
+          InvalidPayload, JobConflict: ``job_id``'s dead letter cannot be replayed.
         """
         replayed = []
+        found = False
         for queue, message, _ in list(self._entries()):
             this_id = job_id_of(message)
             if job_id is not None and this_id != job_id:
                 continue
-            self._replay(queue, message, this_id)
+            found = True
+            try:
+                self._replay(queue, message, this_id)
+            except (InvalidPayload, JobConflict) as exc:
+                if job_id is not None:
+                    raise
+                logger.warning("dead letter of job %s not requeued: %s", this_id, exc.message)
+                if on_skip is not None:
+                    on_skip(this_id, exc)
+                continue
             replayed.append(this_id)
-        if job_id is not None and not replayed:
+        if job_id is not None and not found:
             raise JobNotFound(job_id)
         return replayed
 
@@ -193,7 +218,7 @@ class RabbitmqDeadLetters(DeadLetters):
     """
 
     def _channel(self) -> Any:
-        import pika
+        import pika  # optional: the rabbitmq extra (this class is only used with RabbitMQ)
 
         connection = pika.BlockingConnection(self.broker.parameters)
         return connection, connection.channel()
@@ -265,13 +290,11 @@ def dead_letters(broker: dramatiq.Broker, store: JobStore) -> DeadLetters:
     Raises:
       TypeError: the broker is neither a RedisBroker nor a RabbitmqBroker.
     """
-    from dramatiq.brokers.redis import RedisBroker
-
     if isinstance(broker, RedisBroker):
         return RedisDeadLetters(broker, store)
     try:
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
-    except ImportError:  # pragma: no cover - pika is a dependency
+    except ImportError:  # optional: pika comes with the rabbitmq extra
         RabbitmqBroker = None  # type: ignore[misc,assignment]
     if RabbitmqBroker is not None and isinstance(broker, RabbitmqBroker):
         return RabbitmqDeadLetters(broker, store)

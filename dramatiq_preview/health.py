@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import dramatiq
 import redis
+from dramatiq.brokers.redis import RedisBroker
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -306,6 +307,7 @@ def _probe_redis_broker(
 
 
 def _probe_rabbitmq(broker: dramatiq.Broker, sock_timeout: float) -> dict[str, Any]:
+    # optional: pika comes with the rabbitmq extra (this probe runs only for RabbitMQ)
     import pika
     import pika.exceptions
 
@@ -431,13 +433,11 @@ def _broker_client(broker: dramatiq.Broker, sock_timeout: float) -> redis.Redis:
 
 
 def _broker_kind(broker: dramatiq.Broker) -> str:
-    from dramatiq.brokers.redis import RedisBroker
-
     if isinstance(broker, RedisBroker):
         return "redis"
     try:
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
-    except ImportError:  # pragma: no cover - pika is a dependency
+    except ImportError:  # optional: pika comes with the rabbitmq extra
         return type(broker).__name__
     if isinstance(broker, RabbitmqBroker):
         return "rabbitmq"

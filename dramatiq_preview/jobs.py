@@ -15,7 +15,7 @@ from typing import Any
 from .config import get_settings
 from .delivery import JobContext, LeaseLost, current_job
 from .errors import JobCancelled
-from .models import JobSpec
+from .models import JobResult, JobSpec
 from .rendering import get_renderer
 from .sources import open_source
 from .storage import destinations, remove_outputs
@@ -24,18 +24,6 @@ from .validation import new_job_id, validate
 PROGRESS_FETCHED = 10
 #: What the renderer reports once the source is decoded.
 PROGRESS_DECODED = 30
-
-
-class JobResult(dict[str, Any]):
-    """The result of a render, ``{"outputs": [...]}`` as recorded in the job's status.
-
-    ``stats`` carries facts about the render for the metrics (``input_format``,
-    ``source_bytes``, ``stages`` in seconds); they are never stored.
-    """
-
-    def __init__(self, outputs: list[dict[str, Any]], stats: dict[str, Any]) -> None:
-        super().__init__(outputs=outputs)
-        self.stats = stats
 
 
 def run_job(payload: dict[str, Any]) -> JobResult | None:

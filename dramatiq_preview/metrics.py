@@ -11,7 +11,7 @@
   ``preview_http_request_duration_seconds`` by endpoint, method and status.
 
 Workers expose the job metrics next to Dramatiq's own through the
-:class:`~dramatiq_preview.middleware.metrics.Metrics` middleware.  ``prometheus_client`` is
+:class:`~dramatiq_preview.middleware.prometheus.Metrics` middleware.  ``prometheus_client`` is
 imported late on purpose: in a worker it must first see ``PROMETHEUS_MULTIPROC_DIR``, which
 is only set at process boot.
 

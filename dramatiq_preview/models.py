@@ -91,6 +91,18 @@ class RenderedOutput:
         }
 
 
+class JobResult(dict[str, Any]):
+    """The result of a render, ``{"outputs": [...]}`` as recorded in the job's status.
+
+    ``stats`` carries facts about the render for the metrics (``input_format``,
+    ``source_bytes``, ``stages`` in seconds); they are never stored.
+    """
+
+    def __init__(self, outputs: list[dict[str, Any]], stats: dict[str, Any]) -> None:
+        super().__init__(outputs=outputs)
+        self.stats = stats
+
+
 def relative_output_path(job_id: str, index: int, output: OutputSpec) -> Path:
     """Where output ``index`` of a job lives, relative to ``PREVIEW_OUTPUT_DIR``."""
     return Path(job_id) / f"{index}.{output.extension}"

@@ -38,7 +38,12 @@ from redis.retry import Retry
 
 from .config import Settings
 from .errors import StateStoreUnavailable, WorkerLost
+from .fused_enqueue import BrokerMessage
+from .models import PRIORITIES
 from .validation import fingerprint
+
+#: The fingerprint of a record made for a refused message (:meth:`JobStore.record_refused`).
+UNRECORDED_FINGERPRINT = "unrecorded"
 
 STATES = ("queued", "running", "retrying", "succeeded", "failed", "cancelled")
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
@@ -158,18 +163,6 @@ def iso(ms: Any) -> str | None:
 
 
 @dataclass(frozen=True)
-class BrokerMessage:
-    """A message to push onto a Dramatiq ``RedisBroker`` queue on the state store's server,
-    in the broker's key layout: the list ``{namespace}:{queue}`` of message ids and the hash
-    ``{namespace}:{queue}.msgs`` of id -> encoded message."""
-
-    namespace: str
-    queue: str
-    message_id: str
-    data: bytes
-
-
-@dataclass(frozen=True)
 class Claim:
     """What :meth:`JobStore.claim` decided for one delivery.
 
@@ -252,8 +245,7 @@ class JobStore:
         keys = [self.job_key(job_id), self.waiting_prefix]
         extra: list[Any] = []
         if message is not None:
-            queue_key = f"{message.namespace}:{message.queue}"
-            keys += [queue_key, queue_key + ".msgs"]
+            keys += [message.queue_key, message.messages_key]
             extra = [message.message_id, message.data]
         res = self._call(
             self._create,
@@ -287,6 +279,19 @@ class JobStore:
             metadata=normalized["metadata"],
             message=message,
         )
+
+    def record_refused(self, job_id: str, *, priority: object, queue: str) -> CreateOutcome:
+        """Record a job whose message was refused before it was ever recorded (an invalid
+        payload from a producer without our middleware), so that its failure can be looked
+        up.  Its fingerprint matches no payload: submitting the id again is a conflict."""
+        outcome, _state = self.create(
+            job_id,
+            fp=UNRECORDED_FINGERPRINT,
+            priority=priority if isinstance(priority, str) and priority in PRIORITIES else "normal",
+            queue=queue,
+            metadata={},
+        )
+        return outcome
 
     def delete(self, job_id: str, queue: str) -> None:
         """Remove a record created by a submit whose enqueue then failed."""
@@ -492,7 +497,6 @@ __all__ = [
     "PRUNE_CHANCE",
     "SCRIPTS",
     "STATES",
-    "BrokerMessage",
     "CancelOutcome",
     "Cancellation",
     "Claim",

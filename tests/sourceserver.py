@@ -3,16 +3,21 @@
 Routes are registered per test: ``server.add("/a.png", body)`` serves bytes;
 ``server.add("/x", body, fail=[500, 503])`` answers those statuses to the first requests and
 then the body; ``server.add("/slow", body, stall=5)`` waits before answering the first
-``stall_count`` requests.  ``server.hits(path)`` counts requests.
+``stall_count`` requests, or until ``server.release(path)``.  ``server.hits(path)`` counts
+requests; ``server.wait_for_hits(path, n)`` blocks until the n-th has arrived.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+# Re-exported: tests/test_rabbitmq.py imports it from here.
+from support import wait_until
+
+__all__ = ["Route", "SourceServer", "wait_until"]
 
 
 @dataclass
@@ -30,6 +35,8 @@ class SourceServer:
     def __init__(self) -> None:
         self.routes: dict[str, Route] = {}
         self._lock = threading.Lock()
+        # Notified by the handler on every request, for wait_for_hits.
+        self._arrived = threading.Condition(self._lock)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -69,6 +76,7 @@ class SourceServer:
             route = self.routes.get(path)
             if route is not None:
                 route.hits += 1
+                self._arrived.notify_all()
             return route
 
     def url(self, path: str) -> str:
@@ -81,6 +89,23 @@ class SourceServer:
 
     def hits(self, path: str) -> int:
         return self.routes[path].hits
+
+    def wait_for_hits(self, path: str, count: int, *, timeout: float = 20) -> int:
+        """Block until ``path`` has been requested at least ``count`` times.
+
+        Returns:
+          The number of requests so far (more than ``count`` if more arrived).
+
+        Raises:
+          TimeoutError: fewer requests arrived within ``timeout`` seconds.
+        """
+        route = self.routes[path]
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: route.hits >= count, timeout):
+                raise TimeoutError(
+                    f"{path} was requested {route.hits} time(s) within {timeout:g}s, not {count}"
+                )
+            return route.hits
 
     def release(self, path: str) -> None:
         """End the stall of ``path`` now."""
@@ -95,14 +120,3 @@ class SourceServer:
             route.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
-
-
-def wait_until(predicate: Any, timeout: float = 20, interval: float = 0.02) -> Any:
-    """Poll ``predicate()`` until it returns something truthy; that value is returned."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"condition not met within {timeout}s")

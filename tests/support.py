@@ -11,7 +11,15 @@ import os
 import socket
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from dramatiq_preview.testing import WorkerProcess
+
+T = TypeVar("T")
 
 for _name in [n for n in os.environ if n.startswith("PREVIEW_")]:
     del os.environ[_name]
@@ -74,3 +82,63 @@ def image_info(data: bytes) -> tuple[str, int, int]:
 
     with Image(blob=data) as img:
         return str(img.format).lower(), int(img.width), int(img.height)
+
+
+def wait_until(
+    check: Callable[[], T],
+    accept: Callable[[T], object] = bool,
+    *,
+    timeout: float = 20,
+    interval: float = 0.02,
+    what: str | None = None,
+    ignore: tuple[type[BaseException], ...] = (),
+) -> T:
+    """Call ``check()`` until ``accept`` holds for its value, and return that value.
+
+    For what cannot notify us (a key in Redis, a log read from a pipe, an HTTP endpoint):
+    it polls every ``interval`` seconds, so a test waits as long as the event takes and no
+    longer, up to ``timeout``.  (Arguably a public helper, next to ``wait_for_state`` in
+    ``dramatiq_preview.testing``.)
+
+    Parameters:
+      check: reads the current value.
+      accept: says whether that value is the awaited one (default: truthy).
+      what: the awaited event, for the failure message.
+      ignore: exceptions of ``check`` that mean "not yet" (a port not listening yet).
+
+    Raises:
+      TimeoutError: naming ``what`` and the last value or error seen.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        seen: object
+        try:
+            seen = value = check()
+        except ignore as exc:
+            seen = exc
+        else:
+            if accept(value):
+                return value
+        if time.monotonic() >= deadline:
+            label = what or getattr(check, "__name__", "condition")
+            raise TimeoutError(f"{label}: not within {timeout:g}s; last seen: {_short(seen)}")
+        time.sleep(interval)
+
+
+def wait_for_log(worker: WorkerProcess, text: str, *, timeout: float = 20) -> None:
+    """Wait until ``text`` is in the log of a worker (read from its pipe by a thread).
+
+    Raises:
+      TimeoutError: with the end of the log.
+    """
+    try:
+        wait_until(lambda: text in worker.log, timeout=timeout)
+    except TimeoutError:
+        raise TimeoutError(
+            f"{text!r} not in the worker log within {timeout:g}s; its end:\n{worker.log[-4000:]}"
+        ) from None
+
+
+def _short(value: Any, limit: int = 2000) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -13,8 +13,15 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Retries, TimeLimit
 from support import PYTHON, python_env
 
-from dramatiq_preview import InvalidPayload, JobConflict, render_preview, setup_broker
-from dramatiq_preview.client import shared_redis_namespace
+from dramatiq_preview import (
+    InvalidPayload,
+    JobConflict,
+    PreviewClient,
+    render_preview,
+    setup_broker,
+)
+from dramatiq_preview.broker import actor_broker
+from dramatiq_preview.fused_enqueue import shared_redis_namespace
 from dramatiq_preview.middleware import Idempotency, JobStatus, PayloadValidation
 from dramatiq_preview.names import QUEUES, RECORDED
 
@@ -106,6 +113,24 @@ def test_setup_broker_moves_the_actor_and_is_safe_twice() -> None:
     finally:
         setup_broker(original)
     assert render_preview.broker is original
+
+
+def test_clients_and_the_command_use_the_broker_setup_broker_moved_the_actor_to() -> None:
+    # Given a host that installs a global broker of its own, then moves our actor to another
+    original = render_preview.broker
+    previous_global = dramatiq.broker.global_broker
+    theirs, host = StubBroker(middleware=[]), StubBroker(middleware=[])
+    dramatiq.set_broker(theirs)
+    try:
+        setup_broker(host)
+        # When a client (and the command, through the same function) asks for the broker
+        client = PreviewClient()
+        # Then it is the broker the actor is on, and the other broker was left alone
+        assert client.broker is host is actor_broker()
+        assert theirs.middleware == []
+    finally:
+        setup_broker(original)
+        dramatiq.set_broker(previous_global)
 
 
 def test_the_actor_carries_retry_and_time_limit_options_from_settings() -> None:

@@ -12,8 +12,7 @@ import imagegen
 import pytest
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
-from sourceserver import wait_until
-from support import BASE_ENV, PYTHON, image_info, python_env
+from support import BASE_ENV, PYTHON, image_info, python_env, wait_for_log, wait_until
 
 from dramatiq_preview import (
     PreviewClient,
@@ -26,6 +25,8 @@ from dramatiq_preview.errors import StateStoreUnavailable
 from dramatiq_preview.testing import RedisServer, wait_for_state
 
 pytestmark = pytest.mark.usefixtures("worker")
+
+FINAL = ("succeeded", "failed", "cancelled")
 
 
 def put(source_root: Path, name: str, data: bytes) -> str:
@@ -124,7 +125,7 @@ def test_a_missing_source_fails_at_once_and_is_dead_lettered(job_id: str, wait_f
     assert status["error"]["retryable"] is False
     assert "does-not-exist.jpg" in status["error"]["message"]
     assert str(Path(BASE_ENV["PREVIEW_SOURCE_ROOT"])) not in status["error"]["message"]
-    assert wait_until(lambda: job_id in dead_job_ids(), timeout=10)
+    wait_for_dead_letter(job_id)
 
 
 def test_an_unsupported_file_fails_at_once(source_root: Path, job_id: str, wait_for: Any) -> None:
@@ -155,16 +156,17 @@ def test_a_transient_error_is_retried_with_backoff_then_dead_lettered(
         }
     )
     # When the worker tries it / Then it goes through retrying and fails after the last retry
-    seen = watch_states(job_id)
-    assert "retrying" in seen["states"], seen
-    assert seen["next_attempt"], "a retrying job says when it runs next"
-    final = seen["final"]
+    # (a retry waits at least PREVIEW_MIN_BACKOFF_MS=100: sampled often enough to see it)
+    retrying = wait_for_state(get_status, job_id, ("retrying", *FINAL), interval=0.005)
+    assert retrying["state"] == "retrying", retrying
+    assert retrying["nextAttemptAt"], "a retrying job says when it runs next"
+    final = wait_for_state(get_status, job_id)
     assert final["state"] == "failed"
     assert final["attempts"] == 3  # PREVIEW_MAX_RETRIES=2 in the tests: 1 + 2 retries
     assert final["error"]["type"] == "source_unavailable"
     assert final["error"]["retryable"] is True
     assert source_server.hits("/down.png") == 3
-    assert wait_until(lambda: job_id in dead_job_ids(), timeout=10)
+    wait_for_dead_letter(job_id)
 
 
 def test_a_transient_error_that_clears_succeeds_on_retry(
@@ -206,7 +208,7 @@ def test_a_message_that_bypassed_validation_fails_permanently_in_the_worker(
     assert status["attempts"] == 0, "an invalid payload never starts rendering"
     assert status["error"]["type"] == "invalid_payload"
     assert {d["path"] for d in status["error"]["details"]} == {"outputs", "source/path"}
-    assert wait_until(lambda: job_id in dead_job_ids(), timeout=10)
+    wait_for_dead_letter(job_id)
 
 
 def test_redis_down_gives_a_clear_error_and_leaves_nothing_behind(photo: dict[str, str]) -> None:
@@ -237,8 +239,6 @@ def test_the_job_api_answers_unknown_ids_with_not_found() -> None:
 # --- helpers ------------------------------------------------------------------------------
 
 
-# The job's state is written before the worker moves its message to the dead letters, so
-# the tests wait for the move.
 def dead_job_ids() -> set[str]:
     from dramatiq_preview.config import get_settings
     from dramatiq_preview.dlq import dead_letters
@@ -248,22 +248,12 @@ def dead_job_ids() -> set[str]:
     return {letter.job_id for letter in dlq.list()}
 
 
-def watch_states(job_id: str, timeout: float = 30) -> dict[str, Any]:
-    import time
-
-    states: list[str] = []
-    next_attempt = None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = get_status(job_id)
-        if not states or states[-1] != status["state"]:
-            states.append(status["state"])
-        if status["state"] == "retrying":
-            next_attempt = next_attempt or status["nextAttemptAt"]
-        if status["state"] in ("succeeded", "failed", "cancelled"):
-            return {"states": states, "next_attempt": next_attempt, "final": status}
-        time.sleep(0.005)
-    raise TimeoutError(states)
+def wait_for_dead_letter(job_id: str) -> None:
+    """The job's state is written before the worker moves its message to the dead letters:
+    wait for the move."""
+    wait_until(
+        dead_job_ids, lambda dead: job_id in dead, timeout=10, what=f"{job_id} dead-lettered"
+    )
 
 
 def test_a_state_store_outage_in_the_worker_is_retried_until_redis_is_back(
@@ -296,8 +286,7 @@ def test_a_state_store_outage_in_the_worker_is_retried_until_redis_is_back(
         )
     )
     # When the worker has failed to reach it at least once, and Redis comes back
-
-    wait_until(lambda: "Retrying message" in worker.log)
+    wait_for_log(worker, "Retrying message")
     state.start()
     try:
         client = PreviewClient(Settings.from_mapping(env))

@@ -18,7 +18,7 @@ import pytest
 from dramatiq.brokers.redis import RedisBroker
 
 from dramatiq_preview import PreviewClient, Settings
-from dramatiq_preview.client import TESTED_DRAMATIQ_MAJORS, fused_enqueue_supported
+from dramatiq_preview.fused_enqueue import TESTED_DRAMATIQ_MAJORS, fused_enqueue_supported
 from dramatiq_preview.names import ACTOR_NAME, QUEUES
 
 PAYLOAD = {

@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 from dramatiq.brokers.redis import RedisBroker
+from support import wait_until
 
 from dramatiq_preview import PreviewClient, Settings, render_preview
 from dramatiq_preview.broker import build_broker
 from dramatiq_preview.health import check_health, presence_key
-from dramatiq_preview.testing import RedisServer, free_port
+from dramatiq_preview.testing import RedisServer, free_port, wait_for_state
 
 MISSING = {
     "source": {"path": "health/none.png"},
@@ -25,14 +26,21 @@ MISSING = {
 }
 
 
-def settled(check: Any, accept: Any, timeout: float = 10) -> Any:
-    """``check()`` once ``accept(result)`` holds (workers register a moment after "ready")."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if accept(result) or time.monotonic() > deadline:
-            return result
-        time.sleep(0.1)
+def live_workers(redis_server: RedisServer, ns: str) -> set[str]:
+    """The worker ids with both a presence mark and a broker heartbeat in Redis: what the
+    health check counts as live (each process marks itself a moment after "ready")."""
+    with redis_server.client() as client:
+        present = set(client.zrange(presence_key(ns), 0, -1))
+        return present & set(client.zrange(f"{ns}:__heartbeats__", 0, -1))
+
+
+def wait_for_live_workers(redis_server: RedisServer, ns: str, count: int) -> None:
+    wait_until(
+        lambda: live_workers(redis_server, ns),
+        lambda live: len(live) == count,
+        timeout=30,
+        what=f"{count} live worker process(es) in {ns}",
+    )
 
 
 def namespace() -> str:
@@ -86,12 +94,9 @@ def test_a_live_worker_and_empty_lanes_are_ok_then_dead_letters_and_a_stopped_wo
     worker = start_worker(worker_env(ns, tmp_path), processes=2)
     settings = settings_for(redis_server.url, ns)
     broker = make_broker(settings)
+    wait_for_live_workers(redis_server, ns, 2)
     # When health is checked / Then it is ok, with both worker processes live
-    # (each process marks itself live a moment after it says it is ready)
-    report = settled(
-        lambda: check_health(settings, broker),
-        lambda r: r.status == "ok" and r.body["workers"]["live"] == 2,
-    )
+    report = check_health(settings, broker)
     assert (report.status, report.http_status, report.body["reasons"]) == ("ok", 200, [])
     body = report.body
     assert body["workers"]["live"] == 2
@@ -111,9 +116,13 @@ def test_a_live_worker_and_empty_lanes_are_ok_then_dead_letters_and_a_stopped_wo
     # When a job fails permanently and is dead-lettered
     client = PreviewClient(settings, broker=broker)
     job = client.submit(dict(MISSING, jobId="dead-" + ns))
-    deadline = time.monotonic() + 30
-    while client.status(job.job_id)["state"] != "failed" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_state(client.status, job.job_id, ("failed",), timeout=30)
+    # (the worker writes the state first, then moves the message to the dead letters)
+    with redis_server.client() as redis_client:
+        wait_until(
+            lambda: redis_client.zcard(f"{ns}:preview-normal.XQ"),
+            what="the failed job's message in the dead letters",
+        )
     # Then health is degraded (still 200) and says why
     report = check_health(settings, broker)
     assert (report.status, report.http_status) == ("degraded", 200)
@@ -173,11 +182,17 @@ def test_a_job_waiting_longer_than_the_limit_degrades(
     start_worker(worker_env(ns, tmp_path), queues=["preview-high", "preview-normal"])
     settings = settings_for(redis_server.url, ns, PREVIEW_HEALTH_MAX_AGE_SECONDS="1")
     broker = make_broker(settings)
-    settled(lambda: check_health(settings, broker), lambda r: r.status == "ok")
+    wait_for_live_workers(redis_server, ns, 1)
     # When a low job waits for more than a second
     PreviewClient(settings, broker=broker).submit(dict(MISSING, priority="low"))
-    time.sleep(1.3)
-    report = check_health(settings, broker)
+    # Only time makes a job old: rather than sleep a fixed margin past the limit, check
+    # until the job's measured age is past it.
+    report = wait_until(
+        lambda: check_health(settings, broker),
+        lambda r: (r.body["queues"]["preview-low"]["oldestJobAgeSeconds"] or 0) > 1,
+        timeout=10,
+        what="the low job measured older than 1 s",
+    )
     # Then health is degraded because of that job only
     assert report.status == "degraded"
     assert [r["code"] for r in report.body["reasons"]] == ["oldest_job_too_old"]
@@ -306,8 +321,10 @@ def test_a_rabbitmq_broker_reports_counts_and_consumers(
     broker = build_broker(settings)
     try:
         # When health is checked / Then the broker answers and its consumers count as live
-        report = settled(
-            lambda: check_health(settings, broker), lambda r: r.body["workers"]["live"] >= 2
+        report = wait_until(
+            lambda: check_health(settings, broker),
+            lambda r: (r.body["workers"]["live"] or 0) >= 2,
+            what="2 RabbitMQ consumers counted as live workers",
         )
         assert report.body["broker"]["ok"] and report.body["broker"]["kind"] == "rabbitmq"
         assert report.body["workers"]["live"] >= 2

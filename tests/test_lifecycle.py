@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,8 +16,7 @@ import dramatiq
 import imagegen
 import pytest
 import redis
-from sourceserver import wait_until
-from support import PYTHON, SOURCE_ROOT, python_env
+from support import PYTHON, SOURCE_ROOT, python_env, wait_for_log, wait_until
 
 from dramatiq_preview import (
     JobConflict,
@@ -31,6 +29,7 @@ from dramatiq_preview import (
     submit_preview,
 )
 from dramatiq_preview.errors import BrokerUnavailable
+from dramatiq_preview.names import QUEUES
 from dramatiq_preview.testing import RedisServer, WorkerProcess, wait_for_state
 
 TINY = "lifecycle/tiny.png"
@@ -75,6 +74,30 @@ def log_count(worker: WorkerProcess, text: str) -> int:
     return worker.log.count(text)
 
 
+def messages_of(redis_client: Any, namespace: str, job_id: str) -> list[str]:
+    """The hashes in which the broker still holds a message of ``job_id``: queued, fetched
+    but not acked, or delayed (a retry waiting for its time).  A message leaves them only
+    when it is acked or dead-lettered."""
+    found = []
+    for queue in QUEUES.values():
+        for key in (f"{namespace}:{queue}.msgs", f"{namespace}:{queue}.DQ.msgs"):
+            for data in redis_client.hvals(key):
+                args = dramatiq.Message.decode(data.encode()).args
+                if args and isinstance(args[0], dict) and args[0].get("jobId") == job_id:
+                    found.append(key)
+    return found
+
+
+def wait_until_handled(redis_client: Any, namespace: str, job_id: str) -> None:
+    """Wait until the broker has no message of ``job_id`` left: every delivery of the job
+    has run to its end, hooks and ack included."""
+    wait_until(
+        lambda: messages_of(redis_client, namespace, job_id),
+        lambda left: not left,
+        what=f"every message of {job_id} acked",
+    )
+
+
 def kill_worker_process(worker: WorkerProcess) -> None:
     (pid,) = worker.worker_pids()
     os.kill(pid, signal.SIGKILL)
@@ -89,25 +112,32 @@ def kill_worker_process(worker: WorkerProcess) -> None:
 def test_a_job_moves_through_its_states_and_reports_progress(
     source_server: Any, job_id: str
 ) -> None:
-    # Given a source that takes a moment to arrive
+    # Given a source that answers only when the test releases it
     body = imagegen.png(imagegen.quadrants(64, 64))
-    url = source_server.add("/slow.png", body, stall=1.0)
-    # When the job is submitted
-    submit_preview({"jobId": job_id, "source": {"url": url}, "outputs": OUT * 3})
+    url = source_server.add("/slow.png", body, stall=30)
     seen: list[tuple[str, int]] = []
-    final = None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def observe() -> dict[str, Any]:
         status = get_status(job_id)
         pair = (status["state"], status["progress"])
         if not seen or seen[-1] != pair:
             seen.append(pair)
-        if status["state"] == "succeeded":
-            final = status
-            break
-        time.sleep(0.01)
+        return status
+
+    # When the job is submitted, and its source answers once the worker is fetching it
+    submit_preview({"jobId": job_id, "source": {"url": url}, "outputs": OUT * 3})
+    source_server.wait_for_hits("/slow.png", 1)
+    observe()
+    source_server.release("/slow.png")
+    # (sampled until it ends, to see each step of its progress)
+    final = wait_until(
+        observe,
+        lambda status: status["state"] == "succeeded",
+        timeout=30,
+        interval=0.005,
+        what=f"{job_id} succeeded",
+    )
     # Then it was running, its progress only grew, and it ended at 100
-    assert final is not None, seen
     assert ("running", 0) in seen, seen
     progress = [p for _, p in seen]
     assert progress == sorted(progress), seen
@@ -226,7 +256,7 @@ def test_a_broker_on_another_redis_database_gets_its_message_there(job_id: str) 
 
 @pytest.mark.slow
 def test_a_hundred_concurrent_submits_make_one_job_and_one_render(
-    job_id: str, start_worker: Any
+    job_id: str, start_worker: Any, redis_client: Any
 ) -> None:
     env, client = isolated()
     worker = start_worker(env=env, threads=4)
@@ -237,7 +267,10 @@ def test_a_hundred_concurrent_submits_make_one_job_and_one_render(
     assert {a.job_id for a in answers} == {job_id}
     status = wait(client, job_id)
     assert status["state"] == "succeeded" and status["attempts"] == 1
-    time.sleep(0.5)
+    # Once no message of the job is left, nothing more can render it; stopping the worker
+    # then reads its log to the end (a render logs "running" before its message is acked).
+    wait_until_handled(redis_client, env["PREVIEW_NAMESPACE"], job_id)
+    worker.stop()
     assert log_count(worker, f"job {job_id} running") == 1
 
 
@@ -256,8 +289,8 @@ def test_a_message_sent_twice_renders_once(job_id: str, start_worker: Any) -> No
     assert sent.returncode == 0, sent.stderr
     worker = start_worker(env=env, threads=2)
     assert wait(client, job_id)["attempts"] == 1
-    wait_until(lambda: f"job {job_id} duplicate_skipped" in worker.log)
-    wait_until(lambda: f"job {job_id} succeeded" in worker.log)
+    wait_for_log(worker, f"job {job_id} duplicate_skipped")
+    wait_for_log(worker, f"job {job_id} succeeded")
     assert log_count(worker, f"job {job_id} running") == 1
     assert log_count(worker, f"job {job_id} succeeded") == 1
 
@@ -279,7 +312,7 @@ def test_a_worker_killed_mid_render_has_its_job_redelivered_and_finished_once(
     worker_a = start_worker(env=env, threads=1)
     client.submit({"jobId": job_id, "source": {"url": url}, "outputs": OUT})
     wait(client, job_id, states=("running",))
-    wait_until(lambda: source_server.hits("/hang-once.png") == 1)
+    assert source_server.wait_for_hits("/hang-once.png", 1) == 1
     # When A's worker process is killed with SIGKILL mid-job, and worker B starts
     kill_worker_process(worker_a)
     worker_b = start_worker(env=env, threads=1)
@@ -288,7 +321,7 @@ def test_a_worker_killed_mid_render_has_its_job_redelivered_and_finished_once(
     assert status["state"] == "succeeded", status
     assert status["attempts"] == 2
     # The status is written before the log line, and the log arrives through a pipe.
-    wait_until(lambda: f"job {job_id} succeeded" in worker_b.log)
+    wait_for_log(worker_b, f"job {job_id} succeeded")
     assert log_count(worker_b, f"job {job_id} succeeded") == 1
     assert source_server.hits("/hang-once.png") == 2
 
@@ -303,7 +336,7 @@ def test_a_poison_pill_fails_as_worker_lost_after_max_deliveries(
     client.submit({"jobId": job_id, "source": {"url": url}, "outputs": OUT})
     for delivery in (1, 2):
         worker = start_worker(env=env, threads=1)
-        wait_until(lambda n=delivery: source_server.hits("/poison.png") == n, timeout=60)
+        assert source_server.wait_for_hits("/poison.png", delivery, timeout=60) == delivery
         kill_worker_process(worker)
     # When the job is delivered once more
     last = start_worker(env=env, threads=1)
@@ -313,7 +346,7 @@ def test_a_poison_pill_fails_as_worker_lost_after_max_deliveries(
     assert status["error"]["type"] == "worker_lost"
     assert status["attempts"] == 2
     assert source_server.hits("/poison.png") == 2
-    wait_until(lambda: f"job {job_id} worker_lost" in last.log)
+    wait_for_log(last, f"job {job_id} worker_lost")
     assert job_id in dlq_lines(env)
 
 
@@ -374,17 +407,24 @@ def test_a_queued_job_is_cancelled_at_once_and_never_rendered(
 
 @pytest.mark.usefixtures("worker")
 def test_a_running_job_stops_at_its_next_checkpoint_and_is_not_retried(
-    source_server: Any, job_id: str, output_dir: Path, wait_for: Any
+    source_server: Any, job_id: str, output_dir: Path, wait_for: Any, redis_client: Any
 ) -> None:
+    # Given a job whose worker is fetching its source, which holds its answer
     body = imagegen.png(imagegen.quadrants(32, 32))
-    url = source_server.add("/cancel-me.png", body, stall=1.0)
+    url = source_server.add("/cancel-me.png", body, stall=30)
     submit_preview({"jobId": job_id, "source": {"url": url}, "outputs": OUT})
     wait_for(job_id, states=("running",))
+    source_server.wait_for_hits("/cancel-me.png", 1)
+    # When it is cancelled, and the fetch ends
     assert cancel_preview(job_id) == {"jobId": job_id, "state": "running"}
+    source_server.release("/cancel-me.png")
+    # Then it stops as cancelled
     status = wait_for(job_id)
     assert status["state"] == "cancelled"
     assert status["attempts"] == 1 and status["result"] is None
-    time.sleep(1.0)
+    # And once the broker holds no message of it (a retry would be one), it is still
+    # cancelled and was fetched once
+    wait_until_handled(redis_client, os.environ["PREVIEW_NAMESPACE"], job_id)
     assert get_status(job_id)["state"] == "cancelled"
     assert source_server.hits("/cancel-me.png") == 1, "a cancelled job is never retried"
     assert not (output_dir / job_id).exists()
@@ -501,16 +541,24 @@ def test_every_key_we_write_expires(job_id: str, redis_client: Any, wait_for: An
 
 
 @pytest.mark.slow
-def test_queues_dedicates_a_worker_to_one_lane(start_worker: Any) -> None:
-    # Given a worker restricted to the high lane
+def test_queues_dedicates_a_worker_to_one_lane(start_worker: Any, redis_client: Any) -> None:
+    # Given a normal job waiting, and a worker restricted to the high lane
     env, client = isolated()
-    start_worker(env=env, threads=1, queues=["preview-high"])
     normal = client.submit({"source": {"path": TINY}, "outputs": OUT}).job_id
+    start_worker(env=env, threads=1, queues=["preview-high"])
+    # When a high job is submitted
     high = client.submit({"source": {"path": TINY}, "outputs": OUT, "priority": "high"}).job_id
-    # Then it renders high jobs only
+    # Then it renders high jobs only: by the time the high job is done, a consumer of the
+    # normal lane, started with the high one, would have fetched the job that was waiting
+    # there when it started, taking its message out of the lane.
     assert wait(client, high)["state"] == "succeeded"
-    time.sleep(1.0)
     assert client.status(normal)["state"] == "queued"
+    lane = f"{env['PREVIEW_NAMESPACE']}:preview-normal"
+    waiting = [
+        dramatiq.Message.decode(redis_client.hget(lane + ".msgs", message_id).encode())
+        for message_id in redis_client.lrange(lane, 0, -1)
+    ]
+    assert [m.args[0]["jobId"] for m in waiting] == [normal], "the normal job was fetched"
 
 
 def test_a_client_bound_to_a_redis_url(redis_server: Any, redis_client: Any, job_id: str) -> None:

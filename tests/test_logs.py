@@ -6,19 +6,19 @@ import io
 import json
 import logging
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import wait_for_log
 
 from dramatiq_preview import PreviewClient, Settings
 from dramatiq_preview.broker import build_broker
 from dramatiq_preview.events import emit
 from dramatiq_preview.logs import JsonFormatter, configure_logging
-from dramatiq_preview.testing import RedisServer, WorkerProcess, free_port
+from dramatiq_preview.testing import RedisServer, WorkerProcess, free_port, wait_for_state
 
 MISSING = {
     "source": {"path": "logs/none.png"},
@@ -122,20 +122,10 @@ def run_failing_job(redis_server: RedisServer, ns: str) -> str:
     try:
         client = PreviewClient(settings, broker=broker)
         job_id = client.submit(dict(MISSING)).job_id
-        deadline = time.monotonic() + 30
-        while client.status(job_id)["state"] != "failed" and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_state(client.status, job_id, ("failed",), timeout=30)
         return job_id
     finally:
         broker.client.close()
-
-
-def wait_in_log(worker: WorkerProcess, text: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in worker.log:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} not in the worker log:\n{worker.log}")
-        time.sleep(0.05)
 
 
 @pytest.mark.slow
@@ -154,7 +144,7 @@ def test_a_json_worker_writes_json_lines_with_the_job_fields(
     worker = start_worker(env, processes=2)
     # When a job runs and fails
     job_id = run_failing_job(redis_server, ns)
-    wait_in_log(worker, f'"jobId": "{job_id}", "state": "failed"')
+    wait_for_log(worker, f'"jobId": "{job_id}", "state": "failed"')
     # Then every line the worker processes write is a JSON object; the job's transitions
     # carry its fields.  (Dramatiq's main process writes a few lifecycle lines of its own.)
     records = []
@@ -174,7 +164,7 @@ def test_a_text_worker_logs_one_line_per_transition(
     # Given the suite's worker (text format) / When a job fails
     job_id = run_failing_job(redis_server, "dptest")
     # Then its transitions are one line each, with attempt and duration
-    wait_in_log(worker, f"job {job_id} failed (attempt 1, ")
+    wait_for_log(worker, f"job {job_id} failed (attempt 1, ")
     assert f"job {job_id} running (attempt 1, 0.000s)" in worker.log
     assert f"job {job_id} failed (attempt 1, " in worker.log
     assert "source_not_found" in worker.log

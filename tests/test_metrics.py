@@ -20,7 +20,7 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from support import PYTHON, REPO, python_env
+from support import PYTHON, REPO, python_env, wait_for_log, wait_until
 
 from dramatiq_preview import PreviewClient, Settings, render_preview
 from dramatiq_preview.broker import build_broker
@@ -33,9 +33,9 @@ from dramatiq_preview.metrics import (
     prepare_run_directory,
     run_name,
 )
-from dramatiq_preview.middleware.metrics import Metrics
+from dramatiq_preview.middleware import Metrics
 from dramatiq_preview.state import get_store
-from dramatiq_preview.testing import RedisServer, free_port
+from dramatiq_preview.testing import RedisServer, free_port, wait_for_state
 from dramatiq_preview.validation import fingerprint, normalize
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -61,15 +61,20 @@ def has(samples: Samples, name: str) -> bool:
 
 
 def scrape(port: int, timeout: float = 20) -> Samples:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                return parse(r.read().decode())
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    """The samples of the exposition on ``port``, once it accepts connections."""
+
+    def get() -> Samples:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            return parse(r.read().decode())
+
+    return wait_until(
+        get,
+        lambda _: True,
+        timeout=timeout,
+        interval=0.05,
+        ignore=(OSError,),
+        what=f"an exposition on port {port}",
+    )
 
 
 def namespace() -> str:
@@ -110,14 +115,7 @@ def clients(redis_server: RedisServer) -> Iterator[Any]:
 def wait_state(
     client: PreviewClient, job_id: str, states: tuple[str, ...], timeout: float = 30
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        status = client.status(job_id)
-        if status["state"] in states:
-            return status
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{job_id} still {status['state']}")
-        time.sleep(0.05)
+    return wait_for_state(client.status, job_id, states, timeout=timeout)
 
 
 # -- job metrics from events -----------------------------------------------------------------
@@ -219,12 +217,12 @@ def test_our_middleware_is_inert_in_a_process_that_never_booted_a_worker(
 def test_a_host_broker_with_its_own_prometheus_middleware_keeps_it() -> None:
     from dramatiq.middleware.prometheus import Prometheus
 
-    from dramatiq_preview.middleware.metrics import attach_observability
+    from dramatiq_preview.broker import attach_middleware
 
     theirs = Prometheus()
     broker = StubBroker(middleware=[theirs])
-    attach_observability(broker)
-    attach_observability(broker)
+    attach_middleware(broker)
+    attach_middleware(broker)
     prometheus = [m for m in broker.middleware if isinstance(m, Prometheus)]
     assert prometheus == [theirs]
     names = [type(m).__name__ for m in broker.middleware]
@@ -429,19 +427,25 @@ def test_a_two_process_worker_exports_counters_histograms_and_gauges_that_add_up
         "duplicate_skipped": 1,
         "worker_lost": 1,
     }
-    deadline = time.monotonic() + 20
-    while True:
-        samples = scrape(port)
-        got = {o: value(samples, "preview_jobs_total", outcome=o) for o in OUTCOMES}
-        settled = (
-            got == expected
-            and value(samples, "preview_live_workers") == 2
+
+    def settled(samples: Samples) -> dict[str, Any]:
+        return {
+            "jobs": {o: value(samples, "preview_jobs_total", outcome=o) for o in OUTCOMES},
+            "live": value(samples, "preview_live_workers"),
             # the last copy of the cancelled job, skipped without changing a counter
-            and value(samples, "dramatiq_messages_inprogress") == 0
-        )
-        if settled or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+            "inprogress": value(samples, "dramatiq_messages_inprogress"),
+        }
+
+    # The counters move after the states waited for above, and the skipped copies leave
+    # no state to wait for: wait until the worker's metrics show every message through.
+    wait_until(
+        lambda: settled(scrape(port)),
+        lambda seen: seen == {"jobs": expected, "live": 2, "inprogress": 0},
+        interval=0.1,
+        what="the worker's metrics to count every job",
+    )
+    samples = scrape(port)
+    got = {o: value(samples, "preview_jobs_total", outcome=o) for o in OUTCOMES}
     # Then the job counters, summed over both processes, match what ran
     assert got == expected
     # And successful renders were timed once each
@@ -521,11 +525,8 @@ def test_two_worker_groups_on_one_host_keep_apart_and_a_port_clash_is_explained(
     assert {p.name for p in prom_db.iterdir()} == {run_name(a.process.pid), run_name(b.process.pid)}
     # When a third group reuses group a's port
     c = start_worker(worker_env(namespace(), prom_db, port_a), processes=1)
-    deadline = time.monotonic() + 20
-    while "dramatiq_prom_port" not in c.log and time.monotonic() < deadline:
-        time.sleep(0.1)
     # Then it says why it has no exposition, keeps working, and a's metrics are untouched
-    assert "give each worker group on this host its own dramatiq_prom_port" in c.log
+    wait_for_log(c, "give each worker group on this host its own dramatiq_prom_port")
     assert c.process.poll() is None
     assert value(scrape(port_a), "preview_jobs_total", outcome="failed") == 2
 
@@ -537,10 +538,11 @@ def test_a_worker_started_in_process_serves_its_metrics_from_a_thread(
     # Given a host process that starts a dramatiq Worker itself (no `dramatiq` command)
     ns, port = namespace(), free_port()
     code = f"""
-        import os, time, urllib.request
+        import os, urllib.request
         import dramatiq
         import dramatiq_preview
         from dramatiq_preview import PreviewClient, get_settings
+        from dramatiq_preview.testing import wait_for_state
 
         broker = dramatiq.get_broker()
         worker = dramatiq.Worker(broker, worker_threads=1)
@@ -548,9 +550,10 @@ def test_a_worker_started_in_process_serves_its_metrics_from_a_thread(
         client = PreviewClient(get_settings(), broker=broker)
         job = client.submit({{"source": {{"path": "metrics/none.png"}},
                              "outputs": [{{"width": 8, "height": 8, "format": "png"}}]}})
-        while client.status(job.job_id)["state"] != "failed":
-            time.sleep(0.05)
-        time.sleep(0.2)
+        wait_for_state(client.status, job.job_id, ("failed",), timeout=30)
+        # The state is written from a hook of the message; its counters move in the hooks
+        # after it.  join() returns once every message taken has been through them all.
+        worker.join()
         print(urllib.request.urlopen("http://127.0.0.1:{port}/metrics").read().decode())
         print("ENV", "PROMETHEUS_MULTIPROC_DIR" in os.environ)
         worker.stop()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
+import textwrap
 from decimal import Decimal
 from typing import Any
 
@@ -379,3 +382,28 @@ def test_text_that_is_not_unicode_is_refused(where: str) -> None:
     assert (where, "must be valid Unicode text") in [
         (i.path, i.message) for i in validation_issues(payload)
     ]
+
+
+def test_without_the_compiled_validator_the_reference_one_gives_the_same_answers() -> None:
+    # Given a process without jsonschema-rs (an install without the flask or fast extra)
+    script = textwrap.dedent(
+        """
+        import json, sys
+        sys.modules["jsonschema_rs"] = None  # `import jsonschema_rs` now raises ImportError
+        from dramatiq_preview.validation import _fast_validator, validation_issues
+        src = {"path": "a.png"}
+        good = {"source": src, "outputs": [{"width": 8, "height": 8, "format": "png"}]}
+        bad = {"source": src, "outputs": [{"width": "8", "height": 8, "format": "gif"}]}
+        print(json.dumps([_fast_validator() is None, validation_issues(good) == [],
+                          [i.path for i in validation_issues(bad)]]))
+        """
+    )
+    # When it validates a good and a bad payload
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    # Then the reference validator alone answers, with the same paths as with the fast one
+    assert result.returncode == 0, result.stderr
+    bad = {"source": {"path": "a.png"}, "outputs": [{"width": "8", "height": 8, "format": "gif"}]}
+    expected = [i.path for i in validation_issues(bad)]
+    assert json.loads(result.stdout) == [True, True, expected]

@@ -16,7 +16,7 @@ from ..delivery import current_job, set_current_job
 from ..errors import PreviewError, StateStoreUnavailable
 from ..events import emit
 from ..messages import is_preview_message, job_id_of, payload_of
-from ..models import PRIORITIES
+from ..models import JobResult
 from ..names import ACTOR_NAME, canonical_queue
 from ..state import FinishVerdict, get_store, now_ms
 from ..storage import remove_outputs
@@ -122,6 +122,18 @@ class JobStatus(dramatiq.Middleware):
             remove_outputs(settings.output_dir, job_id)
             emit("cancelled", **fields)
             return
+        if exception is None and result is None:
+            # Only a cancellation or a lost lease (both seen above) end without a result;
+            # recording "succeeded" with no outputs would be a lie.
+            logger.error("render_preview returned no result for job %s", job_id)
+            error = {
+                "type": "internal_error",
+                "message": "the render returned no result; see the worker log",
+                "retryable": False,
+            }
+            self._finish(job_id, token, "failed", data=error)
+            emit("failed", error=error, **fields)
+            return
         if exception is None:
             # The actor's return value: ``{"outputs": [...]}`` with render facts in .stats.
             _verdict, state = self._finish(job_id, token, "succeeded", data=result)
@@ -129,7 +141,7 @@ class JobStatus(dramatiq.Middleware):
                 remove_outputs(settings.output_dir, job_id)
                 emit("cancelled", **fields)
             elif state == "succeeded":
-                stats = getattr(result, "stats", None) or {}
+                stats = result.stats if isinstance(result, JobResult) else {}
                 emit("succeeded", result=result, **stats, **fields)
             return
 
@@ -153,13 +165,10 @@ class JobStatus(dramatiq.Middleware):
 
     def _record(self, message: Any, job_id: str) -> None:
         payload = payload_of(message)
-        priority = payload.get("priority") if isinstance(payload, dict) else None
-        get_store(self.settings).create(
+        get_store(self.settings).record_refused(
             job_id,
-            fp="unrecorded",
-            priority=priority if priority in PRIORITIES else "normal",
+            priority=payload.get("priority") if isinstance(payload, dict) else None,
             queue=canonical_queue(message.queue_name),
-            metadata={},
         )
 
     def _finish(

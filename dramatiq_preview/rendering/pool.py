@@ -55,9 +55,10 @@ Checkpoint = Callable[[int | None], None]
 TICK_SECONDS = 0.25
 #: How long a new child may take to import Wand and say it is ready.
 START_TIMEOUT_SECONDS = 30.0
-#: Pool size when neither ``processes`` nor ``PREVIEW_RENDER_PROCESSES`` says (Dramatiq's
-#: default thread count); children are only started when that many renders overlap.
-DEFAULT_PROCESSES = 8
+#: Pool size when neither ``processes``, ``PREVIEW_RENDER_PROCESSES`` nor a booted worker's
+#: thread count says (a direct ``render_preview(payload)`` call or a script); children are
+#: only started when that many renders overlap.
+DEFAULT_PROCESSES = 2
 
 # Error types a child may report, mapped back to our classes.  Anything else is a crash.
 _CHILD_ERRORS: dict[str, type[PreviewError]] = {
@@ -185,7 +186,8 @@ class Renderer:
       settings: ``render_memory_mb``, ``max_pixels``, ``render_recycle_after`` and
         ``render_processes`` are used.
       processes: Pool size; overrides ``PREVIEW_RENDER_PROCESSES``.  When both are 0/None,
-        :data:`DEFAULT_PROCESSES`.  Pass the worker's thread count.
+        the booted worker's thread count (:func:`set_worker_threads`), else
+        :data:`DEFAULT_PROCESSES`.
       child_env: Extra environment variables for the children (tests use it to enable
         the test hooks); by default children inherit this process's environment.
     """

@@ -30,6 +30,7 @@ from preview_http import (
     raw_request,
     source_root,
 )
+from support import wait_until
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from dramatiq_preview.testing import free_port
@@ -55,13 +56,14 @@ def live() -> Iterator[LiveServer]:
 
 
 def wait_final(http: httpx.Client, status_url: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status: dict[str, Any] = http.get(status_url).json()
-        if status["state"] in ("succeeded", "failed", "cancelled"):
-            return status
-        time.sleep(0.05)
-    raise TimeoutError(status_url)
+    status: dict[str, Any] = wait_until(
+        lambda: http.get(status_url).json(),
+        lambda status: status["state"] in ("succeeded", "failed", "cancelled"),
+        timeout=timeout,
+        interval=0.05,
+        what=f"a final state at {status_url}",
+    )
+    return status
 
 
 def image_info(data: bytes) -> tuple[str, int, int]:

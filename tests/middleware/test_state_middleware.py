@@ -154,3 +154,17 @@ def test_a_message_refused_on_receipt_is_recorded_as_failed(stack: Stack, job_id
     status = stack.store.get(job_id)
     assert status["state"] == "failed"
     assert status["error"]["type"] == "invalid_payload"
+
+
+def test_an_actor_that_returns_no_result_fails_the_job_instead_of_succeeding(
+    stack: Stack, job_id: str
+) -> None:
+    # Given an actor that ends without a result and without a cancellation or lost lease
+    stack.body[0] = lambda p: None
+    stack.actor.send(payload(job_id))
+    # When it is processed
+    stack.run()
+    # Then the job is not reported as a success with no outputs
+    status = stack.store.get(job_id)
+    assert status["state"] == "failed"
+    assert status["error"]["type"] == "internal_error"
