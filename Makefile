@@ -26,7 +26,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(MAKE) deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e ".[flask,rabbitmq,test,dev]"
+	$(PIP) install -q -c constraints.txt -e ".[flask,rabbitmq,s3,test,dev]"
 	touch $(STAMP)
 
 venv: $(STAMP)

