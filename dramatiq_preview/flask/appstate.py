@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from flask import Flask, Request
 
@@ -27,6 +28,45 @@ EXTENSION_KEY = "dramatiq_preview"
 #: The host's hook: ``authorize(request) -> bool``; False answers 403.
 Authorize = Callable[[Request], bool]
 
+#: How many serialised OpenAPI documents an app keeps, one per server URL.
+OPENAPI_CACHE_SIZE = 8
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LruCache(Generic[K, V]):
+    """A thread-safe mapping that keeps its ``maxsize`` most recently used entries.
+
+    For values keyed by what a client sends: however many keys come, it holds ``maxsize``.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be at least 1")
+        self.maxsize = maxsize
+        self._entries: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        """The value of ``key`` (now the most recently used), or None."""
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        """Store ``value`` under ``key``, dropping the least recently used entry if full."""
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.maxsize:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
 
 @dataclass
 class AppState:
@@ -39,7 +79,12 @@ class AppState:
     url_prefix: str | None = None
     #: The endpoint prefix of the mounted blueprint (``dramatiq_preview.``).
     endpoint_prefix: str = ""
-    openapi_cache: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    #: The OpenAPI document, built once, without its server URL: that URL starts with
+    #: ``SCRIPT_NAME``, which a client can choose (a header under gunicorn,
+    #: ``X-Forwarded-Prefix`` behind ProxyFix), so it is filled in per request.
+    openapi_base: dict[str, Any] | None = None
+    #: The serialised documents of the last few server URLs: bounded, whatever clients send.
+    openapi_cache: LruCache[str, str] = field(default_factory=lambda: LruCache(OPENAPI_CACHE_SIZE))
     _metrics: WebMetrics | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

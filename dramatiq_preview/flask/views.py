@@ -4,6 +4,11 @@ Every response under the prefix is JSON, errors included (``{"error", "message",
 except the rendered files and the Prometheus exposition.  Unmatched URLs under the prefix
 (404, 405) never reach blueprint error handlers, so an app-level ``before_request`` hook,
 filtered by path, answers them; the host's own URLs are left alone.
+
+Nothing a client sends decides where a URL we answer with points: the URLs we build are
+paths that start with one ``/`` (``SCRIPT_NAME`` may come from a request header), and a URL
+werkzeug would redirect (``//`` in the path) is a 404 instead of a redirect to the ``Host``
+the client named.
 """
 
 from __future__ import annotations
@@ -14,11 +19,19 @@ import logging
 import os
 import re
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, g, request, send_file, url_for
-from werkzeug.exceptions import ClientDisconnected, HTTPException, default_exceptions
+from werkzeug.exceptions import (
+    ClientDisconnected,
+    HTTPException,
+    RequestedRangeNotSatisfiable,
+    default_exceptions,
+)
+from werkzeug.http import parse_date, parse_etags, quote_etag
 from werkzeug.routing import RequestRedirect
 
 from ..errors import (
@@ -44,6 +57,13 @@ OUTPUT_MAX_AGE = 3600
 RETRY_AFTER = 5
 
 _JOB_ID_RE = ecma_regex(JOB_ID_PATTERN)
+#: More digits than any output index can have (a job has at most 8 outputs).
+_MAX_INDEX_DIGITS = 6
+#: Characters kept as they are in the ``SCRIPT_NAME`` part of the URLs we build: RFC 3986's
+#: ``pchar`` and ``/``, and ``%``, because proxies send prefixes already percent-encoded.
+_PATH_SAFE = "/%!$&'()*+,;=:@-._~"
+#: One byte range, the only kind we serve (RFC 9110 14.1.1; the unit is case-insensitive).
+_BYTE_RANGE = re.compile(r"bytes=[ \t]*(?:([0-9]+)-([0-9]*)|-([0-9]+))[ \t]*", re.IGNORECASE)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _ERROR_CODES = {
     400: "bad_request",
@@ -90,7 +110,8 @@ def add_routes(bp: Blueprint) -> None:
     bp.add_url_rule("/job", "submit_job", submit_job, methods=["POST"])
     bp.add_url_rule("/job/<job_id>/status", "job_status", job_status, methods=["GET"])
     bp.add_url_rule("/job/<job_id>/cancel", "cancel_job", cancel_job, methods=["POST"])
-    bp.add_url_rule("/job/<job_id>/outputs/<int:index>", "job_output", job_output, methods=["GET"])
+    # A string, not <int:>: werkzeug's int converter also takes fullwidth or Arabic-Indic digits.
+    bp.add_url_rule("/job/<job_id>/outputs/<index>", "job_output", job_output, methods=["GET"])
     bp.add_url_rule("/worker/health", "worker_health", worker_health, methods=["GET"])
     bp.add_url_rule("/metrics", "metrics", metrics, methods=["GET"])
     bp.add_url_rule("/openapi.json", "openapi", openapi, methods=["GET"])
@@ -141,6 +162,29 @@ def _checked_job_id(job_id: str) -> str:
     return job_id
 
 
+def _script_root() -> str:
+    """``SCRIPT_NAME`` as the start of a path on this host: ``""`` or ``"/a/b"``.
+
+    SCRIPT_NAME can come from the client (a ``SCRIPT_NAME`` header under gunicorn,
+    ``X-Forwarded-Prefix`` through ProxyFix).  Leading slashes collapse into one and
+    backslashes, spaces and control characters are percent-encoded, so it can never start
+    a URL like ``//evil.example/...`` or ``/\\evil.example/...``, which clients read as
+    another host.
+    """
+    root = quote(request.script_root, safe=_PATH_SAFE).strip("/")
+    return "/" + root if root else ""
+
+
+def local_url(endpoint: str, **values: Any) -> str:
+    """``url_for(endpoint, **values)`` as a path on this host, whatever SCRIPT_NAME says."""
+    url = url_for(endpoint, **values)
+    root = request.script_root
+    # url_for puts SCRIPT_NAME in front as it is; put the safe one there instead.
+    if url.startswith(root + "/"):
+        url = _script_root() + url[len(root) :]
+    return url
+
+
 def _endpoint_name() -> str:
     rule = request.url_rule
     if rule is None or rule.endpoint is None:
@@ -158,7 +202,7 @@ def _before_app_request() -> Response | None:
     g._preview_started = time.perf_counter()
     exc = request.routing_exception
     if isinstance(exc, HTTPException):
-        # 404, 405, and the 308 werkzeug answers for "//" or a missing slash: all JSON.
+        # 404, 405, and the 308 werkzeug answers for "//" (a 404 here): all JSON.
         return _on_http_exception(exc)
     return None
 
@@ -193,7 +237,9 @@ def _authenticate() -> None:
     token = state.settings.api_token
     if token is not None:
         scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-        given = credentials.strip().encode("utf-8", "surrogateescape")
+        # Only the spaces and tabs of RFC 9110's OWS go: str.strip() would also drop a
+        # non-breaking space or other Unicode whitespace after a right token.
+        given = credentials.strip(" \t").encode("utf-8", "surrogateescape")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given, token.encode("utf-8")):
             challenge = 'Bearer realm="dramatiq-preview"'
             if credentials:
@@ -212,13 +258,19 @@ def _authenticate() -> None:
 
 
 def _on_http_exception(exc: HTTPException) -> Response:
+    if isinstance(exc, RequestRedirect):
+        # werkzeug redirects "/api/preview//job" to an absolute URL built from the Host
+        # header, before any authentication: answer without sending anybody anywhere.
+        return error_response(
+            404,
+            "not_found",
+            "no route at this URL; paths under this API take single slashes and no "
+            "trailing slash, and are never redirected",
+        )
     status = exc.code or 500
     code = _ERROR_CODES.get(status) or re.sub(r"\W+", "_", (exc.name or "error").lower())
     headers = [(k, v) for k, v in exc.get_headers(request.environ) if k.lower() != "content-type"]
     message = exc.description or exc.name
-    if isinstance(exc, RequestRedirect):
-        headers.append(("Location", exc.new_url))
-        message = f"this resource lives at {exc.new_url}"
     if status == 503:
         headers.append(("Retry-After", str(RETRY_AFTER)))
     return error_response(status, code, message, headers)
@@ -266,7 +318,15 @@ def _read_body(limit: int) -> bytes:
     while True:
         try:
             chunk = stream.read(min(65536, limit + 1 - total))
-        except (OSError, ClientDisconnected):  # a malformed chunked body, a client gone
+        except ClientDisconnected:
+            raise ApiError(400, "invalid_json", "the request body could not be read") from None
+        except HTTPException:
+            raise  # 413 for a chunked body over the host's MAX_CONTENT_LENGTH
+        except Exception as exc:
+            # A malformed chunked body: werkzeug's server raises OSError, gunicorn its own
+            # InvalidChunkSize, ChunkMissingTerminator..., which are not OSErrors.  Whatever
+            # the server raises, the body could not be read: the client's error, not ours.
+            logger.info("unreadable request body (%s)", type(exc).__name__)
             raise ApiError(400, "invalid_json", "the request body could not be read") from None
         if not chunk:
             return b"".join(chunks)
@@ -286,6 +346,19 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # RFC 8259 leaves duplicate names to the parser (Python keeps the last, others the
+    # first): refused, so that a proxy or WAF in front never reads another payload than ours.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r} in an object")
+            seen.add(key)
+    return obj
+
+
 def submit_job() -> Response:
     """POST /job: validate, de-duplicate, record and enqueue one job."""
     state = _state()
@@ -301,7 +374,9 @@ def submit_job() -> Response:
         )
     body = _read_body(limit)
     try:
-        payload = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        payload = json.loads(
+            body.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_unique_keys
+        )
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         reason = str(exc) if not isinstance(exc, RecursionError) else "nested too deeply"
         raise ApiError(
@@ -310,7 +385,7 @@ def submit_job() -> Response:
     # Validation is the JSON Schema's, inside submit(): the check the CLI and the worker
     # make, with the same messages.  The OpenAPI document embeds that same schema.
     submission = state.client.submit(payload)
-    status_url = url_for(".job_status", job_id=submission.job_id)
+    status_url = local_url(".job_status", job_id=submission.job_id)
     body_out: dict[str, Any] = {
         "jobId": submission.job_id,
         "state": submission.state,
@@ -331,7 +406,7 @@ def job_status(job_id: str) -> Response:
     result = status.get("result")
     if result:
         for index, output in enumerate(result.get("outputs") or []):
-            output["url"] = url_for(".job_output", job_id=job_id, index=index)
+            output["url"] = local_url(".job_output", job_id=job_id, index=index)
     return json_response(STATUS.dump(status))
 
 
@@ -341,10 +416,18 @@ def cancel_job(job_id: str) -> Response:
     return json_response(CANCEL_RESPONSE.dump(answer), 202)
 
 
-def job_output(job_id: str, index: int) -> Response:
+def _checked_index(job_id: str, text: str) -> int:
+    # Only ASCII digits: str.isdigit() and int() also take fullwidth or Arabic-Indic ones.
+    if not (text.isascii() and text.isdigit()) or len(text) > _MAX_INDEX_DIGITS:
+        raise ApiError(404, "not_found", f"job {_short(job_id)} has no output {_short(text)}")
+    return int(text)
+
+
+def job_output(job_id: str, index: str) -> Response:
     """GET /job/{jobId}/outputs/{index}: a rendered file, only from PREVIEW_OUTPUT_DIR."""
     state = _state()
-    status = state.client.status(_checked_job_id(job_id))
+    number = _checked_index(_checked_job_id(job_id), index)
+    status = state.client.status(job_id)
     if status["state"] != "succeeded":
         raise ApiError(
             404,
@@ -352,10 +435,10 @@ def job_output(job_id: str, index: int) -> Response:
             f"job {_short(job_id)} has no outputs: it is {status['state']}, not succeeded",
         )
     outputs = (status.get("result") or {}).get("outputs") or []
-    if index >= len(outputs):
+    if number >= len(outputs):
         raise ApiError(404, "not_found", f"job {_short(job_id)} has {len(outputs)} output(s)")
-    entry = outputs[index]
-    missing = ApiError(404, "not_found", f"output {index} of job {_short(job_id)} is missing")
+    entry = outputs[number]
+    missing = ApiError(404, "not_found", f"output {number} of job {_short(job_id)} is missing")
     path = entry.get("path") if isinstance(entry, dict) else None
     if not isinstance(path, str) or "\0" in path:
         raise missing
@@ -367,18 +450,128 @@ def job_output(job_id: str, index: int) -> Response:
         raise missing
     kind = entry.get("format")
     mimetype = CONTENT_TYPES.get(kind if isinstance(kind, str) else "", "application/octet-stream")
-    response = send_file(target, mimetype=mimetype, conditional=True, etag=True)
-    if response.status_code == 412:
-        # Werkzeug sets 412 for a failed If-Match but keeps the file as the body.
-        response.close()
-        raise ApiError(
-            412, "precondition_failed", "If-Match does not match the output's current ETag"
-        )
+    # Not conditional=True: werkzeug serves a Range before it checks If-Match and
+    # If-None-Match, and answers 416 for ranges RFC 9110 says to ignore.
+    response = send_file(target, mimetype=mimetype, conditional=False, etag=True)
     response.cache_control.no_cache = None
     response.cache_control.public = False
     response.cache_control.private = True
     response.cache_control.max_age = OUTPUT_MAX_AGE
+    try:
+        return _conditional(response, target.stat().st_size)
+    except BaseException:
+        response.close()
+        raise
+
+
+def _conditional(response: Response, size: int) -> Response:
+    """Answer a file's preconditions, then its Range, in RFC 9110's order (13.2.2).
+
+    If-Match (or else If-Unmodified-Since) that fails: 412.  If-None-Match (or else
+    If-Modified-Since) that matches: 304.  Then, for GET, one byte range, when If-Range
+    (if any) names the current file: 206, or 416 when it starts past the end.  Other units,
+    invalid ranges and several ranges are ignored: 200 with the whole file.  HEAD answers
+    as GET would without a Range.
+
+    Raises:
+      ApiError: 412 ``precondition_failed``.
+      RequestedRangeNotSatisfiable: 416 (its ``Content-Range`` says the size).
+    """
+    etag, _ = response.get_etag()
+    modified = response.last_modified
+    headers = request.headers
+    if_match = headers.get("If-Match")
+    if if_match is not None:
+        # Strong comparison; "*" matches any existing file.
+        if etag is None or not parse_etags(if_match).contains(etag):
+            raise ApiError(
+                412, "precondition_failed", "If-Match does not match the output's current ETag"
+            )
+    elif _later(modified, headers.get("If-Unmodified-Since")):
+        raise ApiError(412, "precondition_failed", "the output changed after If-Unmodified-Since")
+    if_none_match = headers.get("If-None-Match")
+    if if_none_match is not None:
+        # Weak comparison; "*" matches any existing file.
+        not_modified = etag is not None and parse_etags(if_none_match).contains_weak(etag)
+    else:
+        since = parse_date(headers.get("If-Modified-Since"))
+        not_modified = since is not None and modified is not None and modified <= since
+    if not_modified:
+        _drop_body(response)
+        response.status_code = 304
+        return response
+    response.accept_ranges = "bytes"
+    if request.method == "HEAD":
+        _drop_body(response)
+        return response
+    value = headers.get("Range")
+    if value is None or size == 0:
+        return response
+    if not _if_range_holds(headers.get("If-Range"), etag, modified):
+        return response
+    span = _byte_range(value, size)
+    if span is None:
+        return response
+    start, stop = span
+    if start >= stop:
+        raise RequestedRangeNotSatisfiable(length=size)
+    # werkzeug wraps the file for the range; the only header it sees is the range checked here.
+    environ = {"REQUEST_METHOD": "GET", "HTTP_RANGE": f"bytes={start}-{stop - 1}"}
+    response.make_conditional(environ, accept_ranges=True, complete_length=size)
     return response
+
+
+def _drop_body(response: Response) -> None:
+    # No body goes out (304, HEAD) and werkzeug never closes a body it does not send:
+    # close the file now, and leave an empty body for after_request hooks that read it.
+    body, response.response = response.response, []
+    close = getattr(body, "close", None)
+    if close is not None:
+        close()
+
+
+def _later(modified: datetime | None, header: str | None) -> bool:
+    """Whether the file changed after the HTTP-date ``header`` (an invalid date: no)."""
+    date = parse_date(header)
+    return date is not None and modified is not None and modified > date
+
+
+def _if_range_holds(value: str | None, etag: str | None, modified: datetime | None) -> bool:
+    """Whether If-Range, if any, names the current file (an ETag compared strongly, or the
+    exact Last-Modified date); when it does not, the Range is ignored."""
+    if value is None:
+        return True
+    value = value.strip(" \t")
+    if value.startswith(('"', "W/")):
+        return etag is not None and value == quote_etag(etag)
+    date = parse_date(value)
+    return date is not None and modified is not None and date == modified
+
+
+def _byte_range(value: str, size: int) -> tuple[int, int] | None:
+    """The ``(start, stop)`` of a single byte range over ``size`` bytes, or None to ignore it.
+
+    ``start >= stop`` means unsatisfiable: it starts past the end, or asks for no bytes.
+    """
+    match = _BYTE_RANGE.fullmatch(value)
+    if match is None:
+        return None
+    first, last, suffix = match.groups()
+    if suffix is not None:
+        length = _bounded_int(suffix)
+        return (max(size - length, 0), size) if length else (size, size)
+    start = _bounded_int(first)
+    if last:
+        end = _bounded_int(last)
+        if end < start:
+            return None  # "2-1" is not a valid range: ignored, like any invalid one
+        return (start, min(end + 1, size)) if start < size else (size, size)
+    return (start, size) if start < size else (size, size)
+
+
+def _bounded_int(digits: str) -> int:
+    # int() refuses more than 4300 digits; any number this long is past the end of a file.
+    return int(digits) if len(digits) <= 18 else 10**18
 
 
 def worker_health() -> Response:
@@ -400,11 +593,18 @@ def metrics() -> Response:
 
 
 def openapi() -> Response:
-    """GET /openapi.json: the OpenAPI document (cached per ``SCRIPT_NAME`` and mount point)."""
+    """GET /openapi.json: the OpenAPI document, whose server URL is this request's.
+
+    The document is built once per app; its JSON is kept for the last few server URLs
+    (``SCRIPT_NAME`` + prefix), a bounded cache, because clients can choose SCRIPT_NAME.
+    """
     state = _state()
-    key = (request.script_root, state.url_prefix or "")
-    document = state.openapi_cache.get(key)
-    if document is None:
-        document = openapi_document(current_app, state, server_url=request.script_root)
-        state.openapi_cache[key] = document
-    return json_response(document)
+    server_url = _script_root() + (state.url_prefix or "")
+    text = state.openapi_cache.get(server_url)
+    if text is None:
+        base = state.openapi_base
+        if base is None:
+            base = state.openapi_base = openapi_document(current_app, state)
+        text = json.dumps({**base, "servers": [{"url": server_url}]})
+        state.openapi_cache.put(server_url, text)
+    return current_app.response_class(text, mimetype="application/json")

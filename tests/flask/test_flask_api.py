@@ -513,11 +513,14 @@ def test_wrong_methods_under_the_prefix_are_json_405s_with_allow(
     assert allowed <= {m.strip() for m in response.headers["Allow"].split(",")}
 
 
-def test_a_redirect_under_the_prefix_is_json_too(client: FlaskClient) -> None:
+def test_a_url_werkzeug_would_redirect_is_a_json_404_under_the_prefix(
+    client: FlaskClient,
+) -> None:
+    # werkzeug answers "//" with a 308 to an absolute URL built from the Host header
+    # (issue 19); under the prefix it is a 404 instead, with no Location.
     response = client.get(f"{PREFIX}//worker/health")
-    assert response.status_code == 308
-    assert response.headers["Location"].endswith(f"{PREFIX}/worker/health")
-    assert response.json["error"] == "permanent_redirect"
+    assert_error(response, 404, "not_found")
+    assert "Location" not in response.headers
 
 
 def test_the_hosts_own_404s_and_handlers_are_left_alone() -> None:

@@ -5,9 +5,11 @@ werkzeug's threaded server runs in this process; the example app also runs under
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -140,8 +142,6 @@ def test_a_chunked_upload_is_cut_off_at_the_limit(live: LiveServer) -> None:
 
 
 def test_a_small_chunked_upload_is_accepted(live: LiveServer) -> None:
-    import json
-
     body = json.dumps(job()).encode()
     response = raw_request(
         live.port,
@@ -292,3 +292,66 @@ def test_submit_samples_renders_every_sample_over_http(
     assert result.stdout.count(" succeeded ") == count
     assert len(list(tmp_path.rglob("*.webp"))) == count
     assert len(list(tmp_path.rglob("*.jpg"))) == count
+
+
+def raw_exchange(url: str, request: bytes) -> tuple[int, bytes]:
+    """Send ``request`` byte for byte over one connection; the status and the whole answer."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status_line = answer.split(b"\r\n", 1)[0]
+    return int(status_line.split()[1]), answer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"zz\r\n{}\r\n0\r\n\r\n",  # not a hex chunk size
+        b"2\r\n{}xxxxxxxx\r\n0\r\n\r\n",  # a chunk longer than its size
+        b"-2\r\n{}\r\n0\r\n\r\n",  # a negative size
+        b"1" * 200 + b"\r\n{}\r\n0\r\n\r\n",  # a size no reader can take
+        b"2;\x00\r\n{}\r\n0\r\n\r\n",  # a NUL in a chunk extension
+        b"5\r\n{}",  # cut off mid-chunk
+    ],
+    ids=["bad size", "overlong chunk", "negative size", "huge size", "bad extension", "cut off"],
+)
+def test_a_malformed_chunked_body_is_invalid_json_under_gunicorn(
+    gunicorn_example: str, body: bytes
+) -> None:
+    # Given a POST /job whose chunked body breaks the chunked coding, sent byte for byte
+    head = (
+        f"POST {PREFIX}/job HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    # When gunicorn hands it to the app
+    status, answer = raw_exchange(gunicorn_example, head + body)
+    # Then the answer is the documented JSON 400, never a 500 or a traceback
+    assert status == 400, answer[:500]
+    assert b'"invalid_json"' in answer and b"Traceback" not in answer
+
+
+@pytest.mark.slow
+def test_a_script_name_header_never_makes_a_url_to_another_host_under_gunicorn(
+    gunicorn_example: str,
+) -> None:
+    # Given gunicorn, which takes SCRIPT_NAME from a request header (from 127.0.0.1)
+    payload = json.dumps(job()).encode()
+    request = (
+        f"POST //evil.example{PREFIX}/job HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "SCRIPT_NAME: //evil.example\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+    ).encode() + payload
+    # When a job is submitted with SCRIPT_NAME set to "//evil.example"
+    status, answer = raw_exchange(gunicorn_example, request)
+    # Then the status URL and Location are paths on this host, not protocol-relative URLs
+    assert status == 202, answer[:500]
+    head, _, body = answer.partition(b"\r\n\r\n")
+    location = [line for line in head.split(b"\r\n") if line.lower().startswith(b"location:")]
+    assert location and location[0].split(b":", 1)[1].strip().startswith(b"/evil.example/")
+    assert json.loads(body)["statusUrl"].startswith(f"/evil.example{PREFIX}/job/")
