@@ -48,17 +48,84 @@ def _parse_bool(name: str, raw: str) -> bool:
 
 def _parse_url(name: str, raw: str, schemes: set[str]) -> str:
     text = raw.strip()
+    # Every message shows the URL redacted, never urlsplit's own words: they quote the
+    # authority or the port, which is where a misplaced password ends up.
+    shown = redact_url(text)
     try:
         parts = urlsplit(text)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError as exc:
-        raise ConfigError(name, f"not a valid URL ({exc})") from None
+        reason = "malformed IPv6 address" if "IPv6" in str(exc) else "malformed host"
+        raise ConfigError(name, f"not a valid URL ({reason}): {shown!r}") from None
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        hint = "; percent-encode any / ? # @ in the password" if "@" in text else ""
+        raise ConfigError(
+            name, f"not a valid URL (the port must be a number from 0 to 65535{hint}): {shown!r}"
+        ) from None
     if parts.scheme not in schemes:
         allowed = ", ".join(sorted(f"{s}://" for s in schemes))
-        raise ConfigError(name, f"URL must start with one of {allowed}, got {text!r}")
+        raise ConfigError(name, f"URL must start with one of {allowed}, got {shown!r}")
     if parts.scheme != "unix" and not parts.hostname:
-        raise ConfigError(name, f"URL has no host: {text!r}")
+        raise ConfigError(name, f"URL has no host: {shown!r}")
     return text
+
+
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+_SECRET_PARAM_RE = re.compile(r"pass|secret|token|key", re.IGNORECASE)
+_SECRET_FIELD_SUFFIXES = ("_token", "_secret", "_password")
+REDACTED = "***"
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit to print: ``redis://:***@cache:6379/0``.  Never raises, malformed or not.
+
+    * The user information (everything between ``://`` and the *last* ``@``, so that a
+      password with an unencoded ``/ ? # @`` is covered whole) becomes ``user:***``, or
+      ``***`` when it has no ``:`` (a lone user information may be a password).
+    * A port that is not a number is replaced, with everything after it, by ``***``: a URL
+      whose ``@host`` was left out reads its password as the port.
+    * The values of query arguments whose name contains ``pass``, ``secret``, ``token`` or
+      ``key`` (redis-py reads ``?password=``) become ``***``.
+
+    Text without ``scheme://`` is redacted the same way, as an authority.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or not _SCHEME_RE.fullmatch(scheme):
+        scheme, sep, rest = "", "", url
+    userinfo, at, rest = rest.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        userinfo = f"{user}:{REDACTED}" if colon and not re.search(r"[/?#]", user) else REDACTED
+    port = _port_start(rest)
+    if port is not None:
+        return f"{scheme}{sep}{userinfo}{at}{rest[:port]}{REDACTED}"
+    return f"{scheme}{sep}{userinfo}{at}{_redact_query(rest)}"
+
+
+def _port_start(rest: str) -> int | None:
+    """Where the port of ``host[:port][/path...]`` starts, if it is there and not a number."""
+    authority = rest[: min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))]
+    if authority.startswith("["):
+        close = authority.find("]")
+        colon = -1 if close < 0 else authority.find(":", close)
+    else:
+        colon = authority.find(":")
+    port = authority[colon + 1 :]
+    return colon + 1 if colon >= 0 and port and not port.isdecimal() else None
+
+
+def _redact_query(rest: str) -> str:
+    path, question, query = rest.partition("?")
+    if not question:
+        return rest
+    query, hash_, fragment = query.partition("#")
+    items = []
+    for item in query.split("&"):
+        key, equals, _ = item.partition("=")
+        secret = equals and _SECRET_PARAM_RE.search(key)
+        items.append(f"{key}={REDACTED}" if secret else item)
+    return f"{path}?{'&'.join(items)}{hash_}{fragment}"
 
 
 def _parse_hosts(name: str, raw: str) -> frozenset[str]:
@@ -108,6 +175,7 @@ class Settings:
     max_payload_bytes: int = 65536
     max_source_bytes: int = 52428800
     max_pixels: int = 100_000_000
+    max_output_bytes: int = 52428800
     time_limit_ms: int = 60000
     max_retries: int = 5
     min_backoff_ms: int = 1000
@@ -132,6 +200,19 @@ class Settings:
         # Settings built directly spell hosts as the parsed ones do (IPv6 compressed).
         hosts = frozenset(canonical_host(h) for h in self.allowed_url_hosts)
         object.__setattr__(self, "allowed_url_hosts", hosts)
+
+    def __repr__(self) -> str:
+        # Settings end up in log lines and in tracebacks that show locals: URLs are shown
+        # by redact_url, tokens, secrets and passwords not at all.
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith("_url") and isinstance(value, str):
+                value = redact_url(value)
+            elif f.name.endswith(_SECRET_FIELD_SUFFIXES) and value is not None:
+                value = REDACTED
+            shown.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     @property
     def broker_kind(self) -> str:
@@ -260,6 +341,7 @@ _SPECS = [
     _Spec("PREVIEW_MAX_PAYLOAD_BYTES", "max_payload_bytes", _int(256, 16 * 1024 * 1024)),
     _Spec("PREVIEW_MAX_SOURCE_BYTES", "max_source_bytes", _int(1)),
     _Spec("PREVIEW_MAX_PIXELS", "max_pixels", _int(1)),
+    _Spec("PREVIEW_MAX_OUTPUT_BYTES", "max_output_bytes", _int(1)),
     _Spec("PREVIEW_TIME_LIMIT_MS", "time_limit_ms", _int(100)),
     _Spec("PREVIEW_MAX_RETRIES", "max_retries", _int(0, 1000)),
     _Spec("PREVIEW_MIN_BACKOFF_MS", "min_backoff_ms", _int(1)),

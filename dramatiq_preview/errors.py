@@ -129,6 +129,16 @@ class PageOutOfRange(PermanentError):
     type = "page_out_of_range"
 
 
+class OutputTooLarge(PermanentError):
+    """The job's outputs together would exceed ``PREVIEW_MAX_OUTPUT_BYTES``.
+
+    Raised before the write that would cross the cap; the outputs already written for the
+    job are deleted first, so none of them is kept.
+    """
+
+    type = "output_too_large"
+
+
 class RenderMemoryExceeded(PermanentError):
     type = "memory_limit"
 
@@ -208,6 +218,7 @@ __all__ = [
     "JobCancelled",
     "JobConflict",
     "JobNotFound",
+    "OutputTooLarge",
     "PageOutOfRange",
     "PermanentError",
     "PreviewError",

@@ -14,7 +14,7 @@ from typing import Any
 
 from .config import get_settings
 from .delivery import JobContext, LeaseLost, current_job
-from .errors import JobCancelled
+from .errors import JobCancelled, OutputTooLarge
 from .models import JobResult, JobSpec
 from .rendering import get_renderer
 from .sources import open_source
@@ -67,6 +67,11 @@ def run_job(payload: dict[str, Any]) -> JobResult | None:
     except JobCancelled:
         remove_outputs(settings.output_dir, spec.job_id)
         return None
+    except OutputTooLarge:
+        # The renderer deleted what it wrote; this also takes what an earlier delivery
+        # left (and the job's directory): a job over the cap keeps none of its outputs.
+        remove_outputs(settings.output_dir, spec.job_id)
+        raise
     return JobResult([o.to_dict() for o in outputs], stats)
 
 

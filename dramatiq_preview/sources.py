@@ -7,7 +7,9 @@ opens a path itself), the source's size and its real format from magic bytes.
 Path guard: the path is resolved (``realpath``) and must stay inside the root; ``..``,
 absolute paths and symlinks leaving the root are refused before anything is opened.  The
 file is then opened with ``O_NOFOLLOW`` and the descriptor's ``/proc/self/fd`` link is checked
-again, so a directory swapped for a symlink between the check and the open is caught.
+again, so a directory swapped for a symlink between the check and the open is caught.  A
+path names what ``open(2)`` would: ``img.png/``, ``img.png/.`` and ``img.png/x`` are not the
+file ``img.png`` (source not found), while ``./img.png`` is.
 
 URL guard: only ``http``/``https`` to a host in ``PREVIEW_ALLOWED_URL_HOSTS``.  The host is
 resolved here and every address is checked (loopback, private, link-local, unspecified,
@@ -191,11 +193,19 @@ def open_path(relative: str, settings: Settings) -> LocalSource:
         # Say nothing about where a symlink points.
         raise SourceForbidden("the source path leaves PREVIEW_SOURCE_ROOT")
     shown = repr(relative[:200])
+    # As open(2) reads it, a path ending in "/" or "/." names a directory: "img.png/" is
+    # ENOTDIR for a file, never the file.  realpath drops that tail; it is put back here.
+    if relative.rsplit("/", 1)[-1] in ("", "."):
+        target = target.rstrip("/") + "/"
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
     try:
         fd = os.open(target, flags)
     except FileNotFoundError:
         raise SourceNotFound(f"source file {shown} not found") from None
+    except NotADirectoryError:
+        raise SourceNotFound(
+            f"source file {shown} not found: a part of it is not a directory"
+        ) from None
     except IsADirectoryError:
         raise SourceNotFound(f"source {shown} is a directory, not a file") from None
     except OSError as exc:

@@ -22,7 +22,7 @@ from dramatiq_preview import (
     submit_preview,
 )
 from dramatiq_preview.errors import StateStoreUnavailable
-from dramatiq_preview.testing import RedisServer, wait_for_state
+from dramatiq_preview.testing import RedisServer, free_port, wait_for_state
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -349,3 +349,40 @@ def test_the_cve_2022_44268_png_renders_without_the_named_file(
     data = read_output(output_dir, status, 0)
     assert b"root:" not in data and b"/bin/" not in data
     assert b"profile" not in data.lower()
+
+
+def test_a_job_over_the_output_byte_cap_fails_at_once_and_keeps_no_output(
+    redis_server: RedisServer,
+    start_worker: Any,
+    source_root: Path,
+    output_dir: Path,
+    job_id: str,
+    tmp_path: Path,
+) -> None:
+    # Given a worker whose PREVIEW_MAX_OUTPUT_BYTES holds one 128x128 noise PNG (about
+    # 58 KB) but not three
+    env = {
+        "PREVIEW_NAMESPACE": "outputcap",
+        "PREVIEW_BROKER_URL": redis_server.url,
+        "PREVIEW_MAX_OUTPUT_BYTES": "80000",
+        "dramatiq_prom_port": str(free_port()),
+        "dramatiq_prom_db": str(tmp_path / "prom"),
+    }
+    start_worker(env=env, threads=1)
+    name = put(source_root, "e2e/noise.png", imagegen.png(imagegen.noise(128, 128)))
+    outputs = [{"width": 128, "height": 128, "format": "png"}] * 3
+    client = PreviewClient(Settings.from_mapping(env))
+    try:
+        # When a job asks for three of them
+        client.submit({"jobId": job_id, "source": {"path": name}, "outputs": outputs})
+        status = wait_for_state(client.status, job_id, timeout=60)
+    finally:
+        client.close()
+    # Then it failed permanently on its first attempt, and none of its outputs is kept
+    assert status["state"] == "failed", status
+    assert status["attempts"] == 1, "a permanent error must not be retried"
+    assert status["error"]["type"] == "output_too_large"
+    assert status["error"]["retryable"] is False
+    assert "PREVIEW_MAX_OUTPUT_BYTES" in status["error"]["message"]
+    assert status["result"] is None
+    assert [p for p in (output_dir / job_id).rglob("*") if p.is_file()] == []

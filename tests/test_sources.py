@@ -161,6 +161,33 @@ def test_missing_files_and_directories_are_not_found(tree: tuple[Path, Path]) ->
         open_source(path_job("sub"), settings)
 
 
+@pytest.mark.parametrize(
+    "path",
+    ["img.png/", "img.png/.", "img.png//", "img.png/./", "sub/nested.png/", "img.png/x.png"],
+)
+def test_a_file_named_as_a_directory_is_not_found(tree: tuple[Path, Path], path: str) -> None:
+    """Issue 19: given a regular file "img.png", when the path goes on past it ("img.png/",
+    "img.png/.", "img.png/x.png"), then it is not a path to that file (the kernel would say
+    ENOTDIR, and an S3 key "img.png/" is another key): source_not_found, permanent, and the
+    message names only the path given."""
+    root, _ = tree
+    with pytest.raises(SourceNotFound, match="not a directory") as caught:
+        open_source(path_job(path), Settings(source_root=root))
+    assert not caught.value.retryable
+    assert repr(path) in caught.value.message
+    assert_clean(caught.value, str(root))
+
+
+def test_dot_segments_before_a_file_name_it_as_the_kernel_does(tree: tuple[Path, Path]) -> None:
+    """Given "./img.png" and "sub/./nested.png", then they open the file, as open(2) would:
+    only a path that ends in "/" or "." (or goes past a file) names a directory."""
+    root, _ = tree
+    settings = Settings(source_root=root)
+    for path in ("./img.png", "sub/./nested.png"):
+        with open_source(path_job(path), settings) as source:
+            assert source.read_bytes() == PNG
+
+
 def test_special_files_are_refused_without_blocking(tree: tuple[Path, Path]) -> None:
     """Given a FIFO in the root, when opened, then it is refused at once (no blocking read)."""
     root, _ = tree

@@ -23,6 +23,7 @@ from pathlib import Path
 from ..config import get_settings
 from ..models import JobSpec, RenderedOutput, relative_output_path
 from ..storage import atomic_write
+from .budget import OutputBudget
 from .child import prepare_environment
 from .pool import Renderer, RenderSource, close_renderer, get_renderer, set_worker_threads
 
@@ -49,6 +50,7 @@ def render_in_process(
     max_pixels: int | None = None,
     memory_mb: int | None = None,
     deadline: float | None = None,
+    max_output_bytes: int | None = None,
 ) -> list[RenderedOutput]:
     """Render like :meth:`Renderer.render`, but in this process: no time or memory cap.
 
@@ -57,24 +59,33 @@ def render_in_process(
 
     Parameters:
       spec, source, destinations, checkpoint: as for :meth:`Renderer.render`.
-      max_pixels, memory_mb: limits (default: the process-wide settings).
+      max_pixels, memory_mb, max_output_bytes: limits (default: the process-wide
+        settings).
       deadline: only bounds the PDF rasteriser subprocess.
+
+    Raises:
+      OutputTooLarge: the outputs together would exceed ``max_output_bytes``; the ones
+        already written are deleted.
+      PreviewError: as :meth:`Renderer.render`.
     """
     fresh = "wand.api" not in sys.modules
     if fresh:
         prepare_environment()
     from . import engine  # optional: wand, which the web process lacks; after the line above
 
-    if max_pixels is None or memory_mb is None:
+    if max_pixels is None or memory_mb is None or max_output_bytes is None:
         settings = get_settings()
         max_pixels = settings.max_pixels if max_pixels is None else max_pixels
         memory_mb = settings.render_memory_mb if memory_mb is None else memory_mb
+        if max_output_bytes is None:
+            max_output_bytes = settings.max_output_bytes
     limits = engine.Limits(max_pixels=max_pixels, memory_mb=memory_mb)
     if fresh:
         engine.configure(limits)
     if len(destinations) != len(spec.outputs):
         raise ValueError("need one destination per output")
     total = len(spec.outputs)
+    budget = OutputBudget(max_output_bytes, total)
     results: dict[int, RenderedOutput] = {}
     written: list[Path] = []
     try:
@@ -90,6 +101,7 @@ def render_in_process(
                     checkpoint(30)
                 continue
             output = spec.outputs[item.index]
+            budget.take(len(item.data))
             atomic_write(destinations[item.index], item.data)
             written.append(destinations[item.index])
             results[item.index] = RenderedOutput(

@@ -17,6 +17,7 @@ Test hooks (a job id starting with ``test-hook-sleep``, ``test-hook-crash`` or
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import resource
@@ -31,6 +32,7 @@ from typing import Any
 from ..errors import PreviewError, RenderCrashed, RenderMemoryExceeded
 from ..models import JobSpec, OutputSpec
 from . import sandbox
+from .budget import OutputBudget
 from .deathsig import die_with_parent
 from .protocol import Channel, ChannelClosed
 
@@ -156,23 +158,30 @@ def main(argv: list[str]) -> int:
                 outputs=tuple(OutputSpec(**o) for o in job["outputs"]),
             )
             deadline = time.monotonic() + float(message["timeout"])
+            # Counted here too: a job over the cap stops at the first output that crosses
+            # it, which is neither sent nor followed by more encoding, and this process
+            # stays in the pool (the pool counts again, not trusting us).
+            budget = OutputBudget(int(message["max_output_bytes"]), len(spec.outputs))
             _run_hook(spec.job_id)
             remaining = len(spec.outputs)
-            for item in engine.render(fd, int(message["size"]), spec, limits, deadline=deadline):
-                if item is None:
-                    channel.send({"event": "decoded"})
-                    continue
-                remaining -= 1
-                channel.send(
-                    {
-                        "event": "output",
-                        "index": item.index,
-                        "width": item.width,
-                        "height": item.height,
-                    },
-                    item.data,
-                    hold=remaining == 0,  # goes out together with "done"
-                )
+            outputs = engine.render(fd, int(message["size"]), spec, limits, deadline=deadline)
+            with contextlib.closing(outputs):
+                for item in outputs:
+                    if item is None:
+                        channel.send({"event": "decoded"})
+                        continue
+                    budget.take(len(item.data))
+                    remaining -= 1
+                    channel.send(
+                        {
+                            "event": "output",
+                            "index": item.index,
+                            "width": item.width,
+                            "height": item.height,
+                        },
+                        item.data,
+                        hold=remaining == 0,  # goes out together with "done"
+                    )
             channel.send({"event": "done"})
         except ChannelClosed:
             return 0

@@ -31,7 +31,7 @@ import mmap
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,7 @@ from wand.exceptions import (
     WandException,
 )
 from wand.image import Image
+from wand.version import QUANTUM_DEPTH, configure_options
 
 from ..errors import (
     CorruptSource,
@@ -78,6 +79,14 @@ MAX_FRAMES = 1000
 MAX_SIDE = 64000
 #: Largest output side the schema allows; enlargements never need more.
 _MAX_OUTPUT_AREA = 4096 * 4096
+#: What a render child keeps of PREVIEW_RENDER_MEMORY_MB for allocations outside
+#: ImageMagick's pixel caches, at most (see :func:`cache_memory`).
+_NON_CACHE_RESERVE = 256 * 1024 * 1024
+#: Bytes of one pixel in ImageMagick 6's pixel cache (four channels of one quantum: 8 at
+#: Q16, 16 with HDRI) and of one colormap index (one quantum, 4 bytes with HDRI).
+_QUANTUM_BYTES = 4 if "HDRI" in str(configure_options().get("FEATURES", "")) else QUANTUM_DEPTH // 8
+_PIXEL_BYTES = 4 * _QUANTUM_BYTES
+_INDEX_BYTES = _QUANTUM_BYTES
 #: libwebp's speed/size trade-off (0 fastest .. 6 smallest).  2 encodes a 1024 px preview
 #: about 2.8x faster than libwebp's default 4 for about the same size and within 0.5 dB PSNR
 #: (docs/performance.md).
@@ -111,17 +120,42 @@ class Encoded:
     height: int
 
 
+def cache_memory(limits: Limits) -> int:
+    """Bytes ImageMagick's pixel caches may hold at once (its ``memory`` and ``map``).
+
+    The rest of ``memory_mb`` is left to everything else under the child's address-space
+    cap (decoder buffers, the mapped source, encoded outputs, Python): 1/4 of it, at most
+    :data:`_NON_CACHE_RESERVE`.  The default 2048 MiB thus gives 1792 MiB, enough for a
+    colormapped 100 Mpx decode (:func:`_decode_peak`: 1.8 GB), which 3/4 (1536 MiB) was not.
+    """
+    memory = limits.memory_mb * 1024 * 1024
+    return max(memory * 3 // 4, memory - _NON_CACHE_RESERVE)
+
+
 def configure(limits: Limits) -> None:
     """Lower ImageMagick's resource limits for this process (the policy holds the ceilings)."""
     from wand.resource import limits as magick
 
-    memory = limits.memory_mb * 1024 * 1024
     # The pixel cache lives in RAM: no disk cache (the policy sets disk to 0), no mmapped
-    # files beyond the memory cap.  Exceeding them is a clean ResourceLimitError.
-    magick["memory"] = memory * 3 // 4
-    magick["map"] = memory * 3 // 4
+    # files beyond the memory cap.  Exceeding them is a ResourceLimitError, or, when a
+    # coder swallows it, a failed read (see _decode_peak).
+    magick["memory"] = cache_memory(limits)
+    magick["map"] = cache_memory(limits)
     magick["area"] = max(limits.max_pixels, _MAX_OUTPUT_AREA) * 2
     magick["thread"] = 1
+
+
+def _decode_peak(columns: int, rows: int) -> int:
+    """The most pixel cache the decode of a ``columns`` x ``rows`` frame may hold at once.
+
+    ImageMagick 6 reads colormapped images (palette PNG, greyscale PNG of 8 bits or fewer,
+    GIF, palette BMP and TIFF) by opening a plain cache, then reopening it with a colormap
+    index per pixel, copying from the first: both are held for a moment.  When that second
+    cache is refused, the refusal is recorded on the image being read, which the coder
+    discards, so the read fails with no exception at all.
+    """
+    pixels = columns * rows
+    return pixels * _PIXEL_BYTES + pixels * (_PIXEL_BYTES + _INDEX_BYTES)
 
 
 def render(
@@ -131,7 +165,7 @@ def render(
     limits: Limits,
     *,
     deadline: float | None = None,
-) -> Iterator[Encoded | None]:
+) -> Generator[Encoded | None, None, None]:
     """Decode the source behind ``fd`` once and yield its outputs, largest first.
 
     Yields ``None`` once, when the source is decoded, then one :class:`Encoded` per output.
@@ -173,7 +207,9 @@ def _render(
         coder = INPUT_CODERS[kind]
         columns, rows, transposed, frames = _ping(source, coder, page, limits)
         with _quiet():
-            decoded = _decode(source, coder, page, frames, spec.outputs, columns, rows, transposed)
+            decoded = _decode(
+                source, coder, page, frames, spec.outputs, columns, rows, transposed, limits
+            )
     with decoded as image:
         _check_unchanged(fd, size)
         yield None
@@ -360,6 +396,7 @@ def _decode(
     columns: int,
     rows: int,
     transposed: bool,
+    limits: Limits,
 ) -> _Decoded:
     owner = Image()
     image: Image = owner  # the frame to render: owner, or a composited copy
@@ -383,6 +420,9 @@ def _decode(
         _prepare_read(owner, coder, selector)
         if not source.read_into(owner.wand, ping=False):
             owner.raise_exception()
+            if _decode_peak(columns, rows) > cache_memory(limits):
+                # Nothing was said: most likely the refused colormapped cache, not the file.
+                raise RenderMemoryExceeded(memory_message(limits))
             raise CorruptSource(f"the {coder.upper()} source cannot be decoded")
         # A GIF or WebP frame may be a rectangle at an offset on a larger canvas: what a
         # browser shows is the canvas, transparent where the first frame does not cover it,

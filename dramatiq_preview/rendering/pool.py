@@ -32,6 +32,7 @@ from typing import Protocol
 from ..config import Settings
 from ..errors import (
     CorruptSource,
+    OutputTooLarge,
     PageOutOfRange,
     PreviewError,
     RenderCrashed,
@@ -44,6 +45,7 @@ from ..errors import (
 )
 from ..models import JobSpec, RenderedOutput, relative_output_path
 from ..storage import atomic_write
+from .budget import OutputBudget
 from .child import TEST_HOOKS_ENV, magick_environment
 from .protocol import Channel, ChannelClosed, ProtocolError
 
@@ -65,6 +67,7 @@ _CHILD_ERRORS: dict[str, type[PreviewError]] = {
     cls.type: cls
     for cls in (
         CorruptSource,
+        OutputTooLarge,
         PageOutOfRange,
         RenderCrashed,
         RenderMemoryExceeded,
@@ -177,14 +180,15 @@ class _Options:
     memory_mb: int
     max_pixels: int
     recycle_after: int
+    max_output_bytes: int
 
 
 class Renderer:
     """Renders jobs in a pool of child processes.  Thread-safe; one per worker process.
 
     Parameters:
-      settings: ``render_memory_mb``, ``max_pixels``, ``render_recycle_after`` and
-        ``render_processes`` are used.
+      settings: ``render_memory_mb``, ``max_pixels``, ``max_output_bytes``,
+        ``render_recycle_after`` and ``render_processes`` are used.
       processes: Pool size; overrides ``PREVIEW_RENDER_PROCESSES``.  When both are 0/None,
         the booted worker's thread count (:func:`set_worker_threads`), else
         :data:`DEFAULT_PROCESSES`.
@@ -244,6 +248,8 @@ class Renderer:
           RenderTimeout: the deadline passed (transient).
           RenderMemoryExceeded: the address-space cap was hit (permanent).
           RenderCrashed: the child died (permanent).
+          OutputTooLarge: the outputs together would exceed ``max_output_bytes``
+            (permanent); none of them is kept.
           PermanentError: the source is unsupported, corrupt, too large or lacks the page.
           StorageError: an output could not be written (transient).
         """
@@ -398,6 +404,7 @@ class Renderer:
     ) -> list[RenderedOutput]:
         total = len(spec.outputs)
         results: dict[int, RenderedOutput] = {}
+        budget = OutputBudget(self.options.max_output_bytes, total)
         job = {
             "job_id": spec.job_id,
             "page": spec.page,
@@ -417,7 +424,13 @@ class Renderer:
             raise _ReportedError(RenderTimeout("the render time limit passed"), healthy=True)
         try:
             child.channel.send(
-                {"op": "render", "job": job, "size": int(source.size), "timeout": remaining},
+                {
+                    "op": "render",
+                    "job": job,
+                    "size": int(source.size),
+                    "timeout": remaining,
+                    "max_output_bytes": self.options.max_output_bytes,
+                },
                 fds=[int(source.fd)],
             )
         except ChannelClosed:
@@ -454,6 +467,12 @@ class Renderer:
                     raise _ReportedError(
                         RenderCrashed("the render process sent a bad output"), healthy=False
                     )
+                try:
+                    budget.take(len(payload))
+                except OutputTooLarge as exc:
+                    # The child counts too and should have stopped before this output: it
+                    # did not, so it does not render another job.
+                    raise _ReportedError(exc, healthy=False) from None
                 output = spec.outputs[index]
                 atomic_write(destinations[index], payload)
                 written.append(destinations[index])
@@ -540,6 +559,7 @@ def _options_for(settings: Settings, processes: int | None) -> _Options:
         memory_mb=settings.render_memory_mb,
         max_pixels=settings.max_pixels,
         recycle_after=settings.render_recycle_after,
+        max_output_bytes=settings.max_output_bytes,
     )
 
 

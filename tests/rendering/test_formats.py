@@ -458,3 +458,41 @@ def test_render_in_process_matches_the_pool(renderer: Renderer, workspace: Works
             cancelled, source, destinations(workspace.out, cancelled), checkpoint=cancel
         )
     assert workspace.files(cancelled) == []
+
+
+def test_render_in_process_enforces_the_output_byte_cap(workspace: Workspace) -> None:
+    """Issue 19: given PREVIEW_MAX_OUTPUT_BYTES one byte short of a job's outputs, when the
+    job is rendered in-process, then it fails with output_too_large and keeps no output."""
+    from dataclasses import replace
+
+    from dramatiq_preview.config import get_settings, set_settings
+    from dramatiq_preview.errors import PermanentError
+    from dramatiq_preview.rendering import render_in_process
+    from dramatiq_preview.sources import open_source
+    from dramatiq_preview.storage import destinations
+
+    name = workspace.add("inproc/noise.png", g.png(g.noise(48, 48)))
+    outputs = [OutputSpec(48, 48, "png"), OutputSpec(32, 32, "webp")]
+    spec = workspace.job(name, outputs)
+    with open_source(spec, workspace.settings) as source:
+        total = sum(
+            r.bytes for r in render_in_process(spec, source, destinations(workspace.out, spec))
+        )
+
+    previous = get_settings()
+    set_settings(replace(previous, max_output_bytes=total - 1))
+    try:
+        capped = workspace.job(name, outputs)
+        seen: list[int | None] = []
+        with (
+            open_source(capped, workspace.settings) as source,
+            pytest.raises(PermanentError) as caught,
+        ):
+            render_in_process(
+                capped, source, destinations(workspace.out, capped), checkpoint=seen.append
+            )
+    finally:
+        set_settings(previous)
+    assert (caught.value.type, caught.value.retryable) == ("output_too_large", False)
+    assert 60 in seen  # the first output was written before the cap was reached
+    assert workspace.files(capped) == []

@@ -182,6 +182,51 @@ def test_large_but_allowed_image_fails_on_a_small_memory_cap(workspace: Workspac
         pool.close()
 
 
+@pytest.mark.slow
+def test_a_100_mpx_greyscale_png_renders_under_the_default_memory_cap(
+    renderer: Renderer, workspace: Workspace
+) -> None:
+    """Issue 19: given a valid 10000x10000 greyscale PNG (exactly the default
+    PREVIEW_MAX_PIXELS) and the default PREVIEW_RENDER_MEMORY_MB, when rendered, then it
+    renders (it used to be reported corrupt_source: ImageMagick reads such a PNG with a
+    colormap, holding two pixel caches at once, more than the memory it was allowed)."""
+    assert workspace.settings.max_pixels == 100_000_000
+    assert workspace.settings.render_memory_mb == 2048
+    name = workspace.add("hostile/grey-100mpx.png", g.png_grey_fast(10000, 10000))
+    spec = workspace.job(name, [OutputSpec(256, 256, "png"), OutputSpec(64, 64, "jpeg")])
+    big, small = workspace.render(renderer, spec, timeout=60)
+    assert (big.width, big.height, small.width, small.height) == (256, 256, 64, 64)
+    for result in (big, small):
+        path = workspace.out / result.path
+        assert close_to(pixel(path, 2, result.height // 2)[:3], g.BLACK[:3], 5)
+        assert close_to(pixel(path, result.width - 3, result.height // 2)[:3], g.WHITE[:3], 5)
+
+
+def test_a_greyscale_png_too_large_for_the_memory_cap_is_memory_limit_not_corrupt(
+    workspace: Workspace,
+) -> None:
+    """Issue 19: given a valid 4000x4000 greyscale PNG whose colormapped decode needs more
+    pixel cache than a 256 MiB cap allows (while an RGB one of that size fits), when
+    rendered, then RenderMemoryExceeded (memory_limit), not CorruptSource."""
+    from dataclasses import replace
+
+    from dramatiq_preview.errors import RenderMemoryExceeded
+
+    settings = replace(workspace.settings, render_memory_mb=256)
+    small = Workspace(workspace.root, workspace.out, settings)
+    pool = Renderer(settings, processes=1)
+    try:
+        name = small.add("hostile/grey-16mpx.png", g.png_grey_fast(4000, 4000))
+        spec = small.job(name, [OutputSpec(64, 64, "png")])
+        with pytest.raises(RenderMemoryExceeded) as caught:
+            small.render(pool, spec)
+        assert caught.value.type == "memory_limit"
+        assert "256 MiB" in caught.value.message
+        assert small.files(spec) == []
+    finally:
+        pool.close()
+
+
 def test_policy_denies_what_we_do_not_use() -> None:
     """Given ImageMagick loaded with the shipped policy, when handed MVG, MSL, SVG, PostScript,
     PDF, text or a pseudo-format directly (bypassing our magic-byte check), then it refuses."""

@@ -17,7 +17,13 @@ import pytest
 from render_helpers import Workspace, close_to, pixel
 
 from dramatiq_preview.config import Settings
-from dramatiq_preview.errors import JobCancelled, RenderCrashed, RenderMemoryExceeded, RenderTimeout
+from dramatiq_preview.errors import (
+    JobCancelled,
+    PermanentError,
+    RenderCrashed,
+    RenderMemoryExceeded,
+    RenderTimeout,
+)
 from dramatiq_preview.models import OutputSpec
 from dramatiq_preview.rendering import Renderer, close_renderer, get_renderer
 from dramatiq_preview.rendering.child import TEST_HOOKS_ENV
@@ -142,6 +148,43 @@ def test_progress_is_reported_per_stage(renderer: Renderer, workspace: Workspace
     seen: list[int | None] = []
     workspace.render(renderer, spec, checkpoint=seen.append)
     assert [p for p in seen if p is not None] == [30, 60, 90]
+
+
+def test_outputs_over_the_byte_cap_fail_permanently_and_none_is_kept(
+    renderer: Renderer, workspace: Workspace
+) -> None:
+    """Issue 19: given three outputs of T bytes together, when PREVIEW_MAX_OUTPUT_BYTES is
+    T - 1, then the job fails permanently with output_too_large once the first two are
+    written, those two are deleted, and the same child renders the next job; at exactly T
+    the job succeeds."""
+    name = workspace.add("pool/noise.png", g.png(g.noise(48, 48)))
+    outputs = [OutputSpec(48, 48, "png"), OutputSpec(40, 40, "png"), OutputSpec(32, 32, "png")]
+    total = sum(r.bytes for r in workspace.render(renderer, workspace.job(name, outputs)))
+
+    exact = Renderer(replace(workspace.settings, max_output_bytes=total), processes=1)
+    try:
+        rendered = workspace.render(exact, workspace.job(name, outputs))
+        assert sum(r.bytes for r in rendered) == total
+    finally:
+        exact.close()
+
+    capped = Renderer(replace(workspace.settings, max_output_bytes=total - 1), processes=1)
+    try:
+        capped.warm()
+        [child] = capped.child_pids()
+        spec = workspace.job(name, outputs)
+        seen: list[int | None] = []
+        with pytest.raises(PermanentError) as caught:
+            workspace.render(capped, spec, checkpoint=seen.append)
+        assert (caught.value.type, caught.value.retryable) == ("output_too_large", False)
+        assert f"{total - 1} bytes" in caught.value.message
+        assert "PREVIEW_MAX_OUTPUT_BYTES" in caught.value.message
+        assert [p for p in seen if p is not None] == [30, 50, 70]  # two outputs were written
+        assert workspace.files(spec) == []
+        _good(workspace, capped)
+        assert capped.child_pids() == [child]
+    finally:
+        capped.close()
 
 
 def test_an_exception_in_the_waiting_thread_kills_the_child(
