@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -32,6 +33,9 @@ from .state import get_store
 from .validation import validation_issues
 
 EXIT_OK, EXIT_REFUSED, EXIT_UNREADABLE, EXIT_UNAVAILABLE, EXIT_CONFIG = 0, 1, 2, 3, 4
+
+#: The longest ``health --timeout``: a probe that needs longer is a down backend.
+MAX_HEALTH_TIMEOUT = 60.0
 
 
 class _Unreadable(Exception):
@@ -158,6 +162,26 @@ def _cmd_dlq(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) 
     return EXIT_OK
 
 
+def _health_timeout(text: str) -> float:
+    """The ``health --timeout`` argument: seconds, more than 0 and at most 60.
+
+    Raises:
+      argparse.ArgumentTypeError: anything else (argparse exits 2 with the message), so a
+        mistyped timeout is never reported as "degraded" (1) or "down" (3).
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError("must be a finite number of seconds")
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    if value > MAX_HEALTH_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_HEALTH_TIMEOUT:g} seconds")
+    return value
+
+
 def _cmd_health(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     report = check_health(get_settings(), actor_broker(), timeout=args.timeout)
     print(json.dumps(report.body, indent=2), file=out)
@@ -189,7 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_cancel)
 
     p = sub.add_parser("health", help="print the health report; exit 0 ok, 1 degraded, 3 down")
-    p.add_argument("--timeout", type=float, default=1.0, help="seconds (default 1)")
+    p.add_argument(
+        "--timeout",
+        type=_health_timeout,
+        default=1.0,
+        help=f"seconds, more than 0 and at most {MAX_HEALTH_TIMEOUT:g} (default 1)",
+    )
     p.set_defaults(func=_cmd_health)
 
     p = sub.add_parser("dlq", help="inspect and replay the dead-letter queue")

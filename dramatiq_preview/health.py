@@ -108,7 +108,11 @@ def check_health(
       timeout: the most this call may take, in seconds; a backend that has not answered by
         then counts as unreachable.
 
-    Never raises for an unreachable backend: that is reported as ``down``.
+    Never raises for an unreachable backend (or one that refuses our password): that is
+    reported as ``down``.
+
+    Raises:
+      ValueError: ``timeout`` is not a finite number of seconds greater than 0.
     """
     snap = probe(settings, broker, timeout=timeout)
     reasons: list[dict[str, str]] = []
@@ -190,10 +194,18 @@ def check_health(
 def probe(settings: Settings, broker: dramatiq.Broker, *, timeout: float = 1.0) -> Snapshot:
     """Read the state store, the broker and the workers concurrently, within ``timeout``.
 
-    A source that fails or does not answer in time is reported as not ok, with the type of
-    the error (never its text, which may name hosts or credentials); the numbers it would
-    have given are ``None``.
+    A source that fails or does not answer in time is reported as not ok, with a
+    description of the error (never its text, which may name hosts or credentials); the
+    numbers it would have given are ``None``.
+
+    Raises:
+      ValueError: ``timeout`` is not a finite number of seconds greater than 0.
     """
+    # NaN fails both comparisons; beyond TIMEOUT_MAX the joins below overflow.
+    if not 0 < timeout <= threading.TIMEOUT_MAX:
+        raise ValueError(
+            f"timeout must be a finite number of seconds greater than 0, got {timeout}"
+        )
     kind = _broker_kind(broker)
     hb_timeout = int(getattr(broker, "heartbeat_timeout", settings.broker_heartbeat_timeout_ms))
     sock_timeout = max(0.05, timeout * _SOCKET_SHARE)
@@ -445,8 +457,23 @@ def _broker_kind(broker: dramatiq.Broker) -> str:
 
 
 def _describe(error: BaseException, timeout: float) -> str:
+    """What went wrong, in words that never quote the error's text (it may name hosts)."""
     if isinstance(error, (ProbeTimeout, redis.TimeoutError)):
         return f"no answer within {timeout * 1000:.0f} ms"
+    # Before ConnectionError: redis-py's AuthenticationError is one.  Redis answers
+    # WRONGPASS "invalid username-password pair" (or "invalid password" before Redis 6) to
+    # a refused password, NOAUTH to a command sent without one.  pika's class is looked up
+    # by name, pika being optional; it is raised when RabbitMQ refuses the login.
+    names = {cls.__name__ for cls in type(error).__mro__}
+    if isinstance(error, redis.AuthenticationError) and "invalid" not in str(error).lower():
+        return "authentication failed: the server requires a password"
+    if isinstance(error, redis.AuthenticationError) or "ProbableAuthenticationError" in names:
+        return "authentication failed: wrong user name or password"
+    if (
+        isinstance(error, redis.exceptions.NoPermissionError)
+        or "ProbableAccessDeniedError" in names
+    ):
+        return "permission denied: the user may not run what the health check needs"
     if isinstance(error, redis.ConnectionError):
         return "connection refused or lost"
     return type(error).__name__

@@ -10,6 +10,10 @@ Workers started with ``dramatiq`` apply the format in every worker process throu
 :class:`~dramatiq_preview.middleware.log_format.LogFormat` middleware.  A web process (or
 a worker started programmatically) owns its logging: call :func:`configure_logging` after
 its own logging set-up, or put :class:`JsonFormatter` in its ``dictConfig``.
+
+Whatever the format, the same middleware keeps job payloads (signed source URLs, metadata)
+out of Dramatiq's own lines in every worker, in-process ones included: a ``render_preview``
+message is printed as ``render_preview(jobId=..., message_id=...)``.
 """
 
 from __future__ import annotations

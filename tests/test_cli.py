@@ -197,3 +197,42 @@ def test_validate_reports_hostile_json_as_invalid(tmp_path: Path, text: str, exp
     code, out, _ = run("validate", write(tmp_path, text))
     assert code == 1
     assert "invalid JSON" in out and expected in out
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("inf", "must be a finite number of seconds"),
+        ("1e308", "must be at most 60 seconds"),
+        ("61", "must be at most 60 seconds"),
+        ("nan", "must be a finite number of seconds"),
+        ("-1", "must be more than 0 seconds"),
+        ("0", "must be more than 0 seconds"),
+        ("soon", "not a number of seconds: 'soon'"),
+    ],
+)
+def test_health_refuses_a_timeout_that_is_not_a_sane_number_of_seconds(
+    value: str, expected: str
+) -> None:
+    # Given a --timeout that is infinite, not a number, not positive or absurdly long
+    err = io.StringIO()
+    # When the command line is parsed / Then it is a usage error (exit 2), not "degraded"
+    # (1) or "down" (3), and it says what is wrong
+    with pytest.raises(SystemExit) as info, contextlib.redirect_stderr(err):
+        main(["health", "--timeout", value])
+    assert info.value.code == 2
+    assert f"argument --timeout: {expected}" in err.getvalue()
+
+
+def test_health_with_an_infinite_timeout_exits_2_without_a_traceback() -> None:
+    result = cli_subprocess("health", "--timeout", "inf")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "argument --timeout: must be a finite number of seconds" in result.stderr
+    assert result.stdout == ""
+
+
+def test_health_accepts_a_timeout_within_the_bounds(redis_server: RedisServer) -> None:
+    code, out, _ = run("health", "--timeout", "60")
+    assert json.loads(out)["redis"]["ok"] is True
+    assert code in (0, 1)

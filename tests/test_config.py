@@ -119,3 +119,100 @@ def test_empty_values_mean_unset() -> None:
     s = Settings.from_env({"PREVIEW_SOURCE_ROOT": "", "PREVIEW_API_TOKEN": "  "})
     assert s.source_root is None
     assert s.api_token is None
+
+
+# -- secrets never appear in messages (issue 19) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected", "shown"),
+    [
+        # The issue's case: the host was left out, the password stayed.
+        ("PREVIEW_REDIS_URL", "redis://:S3cretPw@", "URL has no host", "'redis://:***@'"),
+        ("PREVIEW_BROKER_URL", "amqp://guest:S3cretPw@", "URL has no host", "amqp://guest:***@"),
+        # "@host" left out: what follows the user's colon is read as the port.
+        ("PREVIEW_REDIS_URL", "redis://user:S3cretPw", "not a valid URL", "redis://user:***"),
+        # An unencoded "/" or "#" in the password ends the authority early: a port error.
+        ("PREVIEW_REDIS_URL", "redis://:S3c/retPw@cache:6379/0", "not a valid URL", ":***@"),
+        ("PREVIEW_REDIS_URL", "redis://:S3c#retPw@cache:6379/0", "not a valid URL", ":***@"),
+        ("PREVIEW_REDIS_URL", "redis://:S3c?retPw@cache/0", "not a valid URL", ":***@"),
+        # A scheme that is refused, or none at all.
+        ("PREVIEW_BROKER_URL", "kafka://u:S3cretPw@mq:9092", "URL must start with", "u:***@mq"),
+        ("PREVIEW_REDIS_URL", ":S3cretPw@cache:6379", "URL must start with", ":***@cache:6379"),
+        ("PREVIEW_REDIS_URL", "cache:S3cretPw", "URL must start with", "cache:***"),
+        # A password as a query argument (redis-py reads ?password=).
+        ("PREVIEW_REDIS_URL", "redis:///0?password=S3cretPw", "URL has no host", "password=***"),
+        # A malformed IPv6 literal.
+        ("PREVIEW_REDIS_URL", "redis://:S3cretPw@[::1/0", "not a valid URL", ":***@[::1/0"),
+    ],
+)
+def test_a_refused_url_is_shown_without_its_password(
+    name: str, value: str, expected: str, shown: str
+) -> None:
+    # Given a malformed URL that carries a password / When parsing
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({name: value})
+    message = str(info.value)
+    # Then the error names the variable and the problem, and shows the URL redacted
+    assert message.startswith(f"{name}: ")
+    assert expected in message
+    assert shown in message
+    for fragment in ("S3cretPw", "S3c", "retPw"):
+        assert fragment not in message
+
+
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        ("redis://:S3cretPw@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("rediss://app:S3cretPw@cache.example:6380/1", "rediss://app:***@cache.example:6380/1"),
+        ("amqp://guest:S3cretPw@mq:5672/%2F", "amqp://guest:***@mq:5672/%2F"),
+        ("redis://S3cretPw@cache:6379/0", "redis://***@cache:6379/0"),
+        ("unix://:S3cretPw@/run/redis.sock?db=1", "unix://:***@/run/redis.sock?db=1"),
+        ("redis://cache/0?db=1&password=S3cretPw", "redis://cache/0?db=1&password=***"),
+        ("redis://[2001:db8::1]:6379/0", "redis://[2001:db8::1]:6379/0"),
+        ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+    ],
+)
+def test_redact_url_hides_the_password_and_keeps_the_rest(url: str, redacted: str) -> None:
+    from dramatiq_preview import config
+
+    assert config.redact_url(url) == redacted
+
+
+def test_the_settings_repr_hides_passwords_and_the_api_token() -> None:
+    # Given settings with a password in each URL and an API token
+    s = Settings.from_env(
+        {
+            "PREVIEW_REDIS_URL": "redis://:S3cretPw@cache:6379/0",
+            "PREVIEW_BROKER_URL": "amqp://guest:S3cretPw@mq:5672/%2F",
+            "PREVIEW_API_TOKEN": "T0ken-T0ken-T0ken-T0ken",
+        }
+    )
+    # When they are printed (a log line, a traceback with locals)
+    text = repr(s)
+    # Then neither secret shows; the values themselves are intact
+    assert "S3cretPw" not in text and "T0ken" not in text
+    assert "redis://:***@cache:6379/0" in text and "api_token='***'" in text
+    assert s.redis_url == "redis://:S3cretPw@cache:6379/0"
+
+
+# -- the per-job output byte cap (issue 19) -------------------------------------------------
+
+
+def test_max_output_bytes_defaults_to_the_contract_and_is_parsed() -> None:
+    # Given no setting / Then the contract's default (50 MiB)
+    assert Settings.from_env({}).max_output_bytes == 52428800
+    # Given a value in the environment or the Flask config / Then it is used
+    assert Settings.from_env({"PREVIEW_MAX_OUTPUT_BYTES": " 1048576 "}).max_output_bytes == 2**20
+    overridden = Settings.from_mapping({"PREVIEW_MAX_OUTPUT_BYTES": 4096}, {})
+    assert overridden.max_output_bytes == 4096
+    assert Settings().env_names()["max_output_bytes"] == "PREVIEW_MAX_OUTPUT_BYTES"
+
+
+@pytest.mark.parametrize("value", ["lots", "1.5", "0", "-1", "50MB"])
+def test_a_bad_max_output_bytes_names_the_variable(value: str) -> None:
+    # Given a value that is not a positive integer / When parsing / Then start-up stops
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"PREVIEW_MAX_OUTPUT_BYTES": value})
+    assert str(info.value).startswith("PREVIEW_MAX_OUTPUT_BYTES: ")

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+import redis
 from dramatiq.brokers.redis import RedisBroker
 from support import wait_until
 
@@ -346,3 +351,110 @@ def test_an_unreachable_rabbitmq_is_down_quickly(redis_server: RedisServer) -> N
     assert time.monotonic() - started < 1.5
     assert [r["code"] for r in report.body["reasons"]] == ["broker_unreachable"]
     assert report.body["broker"]["kind"] == "rabbitmq"
+
+
+@pytest.fixture
+def password_redis() -> Iterator[tuple[int, str]]:
+    """``(port, password)`` of a redis-server of this test alone started with
+    ``--requirepass`` (``testing.RedisServer`` has no option for it); stopped by its pid."""
+    executable = shutil.which("redis-server")
+    assert executable, "the tests need redis-server"
+    port, password = free_port(), "Pw-" + uuid.uuid4().hex
+    with tempfile.TemporaryDirectory(prefix="preview-redis-auth-") as data:
+        args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        process = subprocess.Popen(
+            [executable, *args, "--dir", data, "--requirepass", password],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            with redis.Redis(host="127.0.0.1", port=port, password=password) as client:
+                wait_until(client.ping, ignore=(redis.ConnectionError,), what="redis-server")
+            yield port, password
+        finally:
+            os.kill(process.pid, signal.SIGTERM)
+            process.wait(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("a wrong password", "authentication failed: wrong user name or password"),
+        ("no password", "authentication failed: the server requires a password"),
+    ],
+)
+def test_a_refused_password_is_reported_as_an_authentication_failure(
+    make_broker: Any, password_redis: tuple[int, str], given: str, expected: str
+) -> None:
+    # Given Redis (state store and broker) that wants a password, and settings with a
+    # wrong one or none
+    port, password = password_redis
+    wrong = "Wr0ng-" + uuid.uuid4().hex
+    userinfo = f":{wrong}@" if given == "a wrong password" else ""
+    settings = settings_for(f"redis://{userinfo}127.0.0.1:{port}/0", namespace())
+    # When health is checked
+    report = check_health(settings, make_broker(settings))
+    # Then it is down, and says that the password was refused, not that the connection was
+    assert (report.status, report.http_status) == ("down", 503)
+    assert report.body["redis"]["error"] == expected
+    assert report.body["broker"]["error"] == expected
+    assert expected in report.body["reasons"][0]["message"]
+    # And neither password shows
+    text = json.dumps(report.body)
+    assert wrong not in text and password not in text
+    # And with the right password the same server is reachable
+    right = settings_for(f"redis://:{password}@127.0.0.1:{port}/0", namespace())
+    report = check_health(right, make_broker(right))
+    assert report.body["redis"]["ok"] and report.body["broker"]["ok"], report.body
+
+
+@pytest.mark.rabbitmq
+def test_a_refused_rabbitmq_login_is_reported_as_an_authentication_failure(
+    redis_server: RedisServer,
+) -> None:
+    url = _rabbitmq_url()
+    if url is None:
+        pytest.skip("no RabbitMQ at PREVIEW_TEST_AMQP_URL")
+    # Given a RabbitMQ broker URL with a wrong password
+    parts = urlsplit(url)
+    wrong = "Wr0ng-" + uuid.uuid4().hex
+    netloc = f"{parts.username or 'guest'}:{wrong}@{parts.hostname}:{parts.port or 5672}"
+    bad = urlunsplit(parts._replace(netloc=netloc))
+    settings = settings_for(redis_server.url, namespace(), PREVIEW_BROKER_URL=bad)
+    # When health is checked / Then the broker is down because the login was refused
+    report = check_health(settings, build_broker(settings))
+    assert [r["code"] for r in report.body["reasons"]] == ["broker_unreachable"]
+    assert report.body["broker"]["error"].startswith("authentication failed")
+    assert wrong not in json.dumps(report.body)
+
+
+def test_a_user_without_the_permissions_the_check_needs_is_reported_as_such(
+    make_broker: Any, password_redis: tuple[int, str]
+) -> None:
+    # Given a Redis user that may connect and PING but run nothing else (an ACL)
+    port, password = password_redis
+    limited = "Lim-" + uuid.uuid4().hex
+    with redis.Redis(host="127.0.0.1", port=port, password=password) as admin:
+        admin.acl_setuser(
+            "limited",
+            enabled=True,
+            passwords=[f"+{limited}"],
+            keys=["*"],
+            commands=["+@connection"],
+        )
+    settings = settings_for(f"redis://limited:{limited}@127.0.0.1:{port}/0", namespace())
+    # When health is checked / Then it is down, saying that permission was denied
+    report = check_health(settings, make_broker(settings))
+    assert report.status == "down"
+    expected = "permission denied: the user may not run what the health check needs"
+    assert report.body["redis"]["error"] == expected
+    assert limited not in json.dumps(report.body)
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), float("nan"), 0.0, -1.0, 1e308])
+def test_a_timeout_that_is_not_a_positive_number_of_seconds_is_refused(
+    make_broker: Any, redis_server: RedisServer, timeout: float
+) -> None:
+    settings = settings_for(redis_server.url, namespace())
+    with pytest.raises(ValueError, match="timeout must be a finite number of seconds"):
+        check_health(settings, make_broker(settings), timeout=timeout)
