@@ -112,12 +112,8 @@ def _cmd_submit(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextI
     payload, ok = _load(args.file, stdin, err)
     if not ok:
         return EXIT_REFUSED
-    try:
-        submission = submit_preview(payload)
-    except InvalidPayload as exc:
-        for issue in exc.issues:
-            print(f"{issue.path or '(root)'}: {issue.message}", file=err)
-        return EXIT_REFUSED
+    # An invalid payload is reported by main(), one line per issue (exit 1).
+    submission = submit_preview(payload)
     print(submission.job_id, file=out)
     if submission.duplicate:
         print(f"duplicate: job {submission.job_id} is {submission.state}", file=err)

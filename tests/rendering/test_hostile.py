@@ -7,7 +7,9 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import imagegen as g
@@ -157,17 +159,24 @@ def test_png_text_chunk_naming_a_file_does_not_leak_it(
         assert not any(chunk in data for chunk in (b"tEXt", b"zTXt", b"iTXt"))
 
 
+@contextmanager
+def capped(workspace: Workspace, *, memory_mb: int) -> Iterator[tuple[Workspace, Renderer]]:
+    """The workspace with PREVIEW_RENDER_MEMORY_MB set to ``memory_mb``, and a one-child
+    pool under that cap (closed afterwards)."""
+    settings = replace(workspace.settings, render_memory_mb=memory_mb)
+    pool = Renderer(settings, processes=1)
+    try:
+        yield Workspace(workspace.root, workspace.out, settings), pool
+    finally:
+        pool.close()
+
+
 def test_large_but_allowed_image_fails_on_a_small_memory_cap(workspace: Workspace) -> None:
     """Given a 6000x6000 PNG (36 Mpx, under PREVIEW_MAX_PIXELS) and a 256 MiB render cap,
     when rendered, then RenderMemoryExceeded (permanent) and the pool renders the next job."""
-    from dataclasses import replace
-
     from dramatiq_preview.errors import RenderMemoryExceeded
 
-    settings = replace(workspace.settings, render_memory_mb=256)
-    small = Workspace(workspace.root, workspace.out, settings)
-    pool = Renderer(settings, processes=1)
-    try:
+    with capped(workspace, memory_mb=256) as (small, pool):
         name = small.add("hostile/big-black.png", g.png_solid_fast(6000, 6000))
         spec = small.job(name, [OutputSpec(64, 64, "png")])
         with pytest.raises(RenderMemoryExceeded) as caught:
@@ -178,8 +187,6 @@ def test_large_but_allowed_image_fails_on_a_small_memory_cap(workspace: Workspac
         good = small.add("hostile/good.png", g.png(g.quadrants(20, 20)))
         [result] = small.render(pool, small.job(good, [OutputSpec(20, 20, "png")]))
         assert result.width == 20
-    finally:
-        pool.close()
 
 
 @pytest.mark.slow
@@ -208,14 +215,9 @@ def test_a_greyscale_png_too_large_for_the_memory_cap_is_memory_limit_not_corrup
     """Issue 19: given a valid 4000x4000 greyscale PNG whose colormapped decode needs more
     pixel cache than a 256 MiB cap allows (while an RGB one of that size fits), when
     rendered, then RenderMemoryExceeded (memory_limit), not CorruptSource."""
-    from dataclasses import replace
-
     from dramatiq_preview.errors import RenderMemoryExceeded
 
-    settings = replace(workspace.settings, render_memory_mb=256)
-    small = Workspace(workspace.root, workspace.out, settings)
-    pool = Renderer(settings, processes=1)
-    try:
+    with capped(workspace, memory_mb=256) as (small, pool):
         name = small.add("hostile/grey-16mpx.png", g.png_grey_fast(4000, 4000))
         spec = small.job(name, [OutputSpec(64, 64, "png")])
         with pytest.raises(RenderMemoryExceeded) as caught:
@@ -223,8 +225,6 @@ def test_a_greyscale_png_too_large_for_the_memory_cap_is_memory_limit_not_corrup
         assert caught.value.type == "memory_limit"
         assert "256 MiB" in caught.value.message
         assert small.files(spec) == []
-    finally:
-        pool.close()
 
 
 def test_policy_denies_what_we_do_not_use() -> None:
