@@ -161,6 +161,54 @@ def canonical_host(host: str) -> str:
     return text
 
 
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_KEY_SEGMENT_RE = re.compile(r"^[^\x00-\x1f\x7f]+$")
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """An ``s3://bucket[/prefix]`` root: every key this library reads or writes under it
+    starts with ``prefix/`` (or is any key of the bucket when the prefix is empty)."""
+
+    bucket: str
+    prefix: str = ""
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    @classmethod
+    def parse(cls, name: str, raw: str) -> S3Location:
+        """Parse ``s3://bucket[/prefix]``; ``name`` is the variable named in errors.
+
+        Raises:
+          ConfigError: not a valid bucket name, or a prefix with ``..``, ``.``, empty
+            segments or control characters.
+        """
+        text = raw.strip()
+        rest = text[len("s3://") :]
+        bucket, _, prefix = rest.partition("/")
+        if not _BUCKET_RE.fullmatch(bucket) or ".." in bucket:
+            raise ConfigError(
+                name,
+                f"{bucket!r} is not a valid S3 bucket name (3-63 lower-case letters, digits, "
+                "dots and hyphens)",
+            )
+        prefix = prefix.strip("/")
+        if prefix:
+            segments = prefix.split("/")
+            if any(s in ("", ".", "..") or not _KEY_SEGMENT_RE.fullmatch(s) for s in segments):
+                raise ConfigError(
+                    name,
+                    f"the prefix {prefix!r} must not contain empty, '.' or '..' segments "
+                    "or control characters",
+                )
+        return cls(bucket=bucket, prefix=prefix)
+
+
+#: Where sources are read from or outputs written to: a local directory or an S3 prefix.
+StorageRoot = Path | S3Location
+
+
 @dataclass(frozen=True)
 class Settings:
     """The parsed configuration.  Build it with :meth:`from_env` or :meth:`from_mapping`."""
@@ -168,8 +216,8 @@ class Settings:
     redis_url: str = "redis://localhost:6379/0"
     broker_url: str = "redis://localhost:6379/0"
     namespace: str = "dramatiq_preview"
-    source_root: Path | None = None
-    output_dir: Path = Path("previews")
+    source_root: StorageRoot | None = None
+    output_dir: StorageRoot = Path("previews")
     allowed_url_hosts: frozenset[str] = frozenset()
     allow_private_networks: bool = False
     max_payload_bytes: int = 65536
@@ -195,6 +243,8 @@ class Settings:
     broker_heartbeat_timeout_ms: int = 60000
     broker_maintenance_chance: int = 1000
     progress_interval_ms: int = 500
+    output_url_ttl_seconds: int = 900
+    gc_interval_seconds: int = 3600
 
     def __post_init__(self) -> None:
         # Settings built directly spell hosts as the parsed ones do (IPv6 compressed).
@@ -301,6 +351,15 @@ def _path(name: str, raw: str) -> Path:
     return Path(text).expanduser()
 
 
+def _root(name: str, raw: str) -> StorageRoot:
+    """A local directory, or ``s3://bucket[/prefix]``."""
+    if raw.strip().lower().startswith("s3://"):
+        if not raw.strip().startswith("s3://"):
+            raise ConfigError(name, f"write the scheme in lower case: s3://, got {raw!r}")
+        return S3Location.parse(name, raw)
+    return _path(name, raw)
+
+
 def _prefix(name: str, raw: str) -> str:
     text = raw.strip().rstrip("/")
     if not text.startswith("/") or not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", text):
@@ -334,8 +393,8 @@ _SPECS = [
         lambda n, r: _parse_url(n, r, _REDIS_SCHEMES | {"amqp", "amqps"}),
     ),
     _Spec("PREVIEW_NAMESPACE", "namespace", _namespace),
-    _Spec("PREVIEW_SOURCE_ROOT", "source_root", _path),
-    _Spec("PREVIEW_OUTPUT_DIR", "output_dir", _path),
+    _Spec("PREVIEW_SOURCE_ROOT", "source_root", _root),
+    _Spec("PREVIEW_OUTPUT_DIR", "output_dir", _root),
     _Spec("PREVIEW_ALLOWED_URL_HOSTS", "allowed_url_hosts", _parse_hosts),
     _Spec("PREVIEW_ALLOW_PRIVATE_NETWORKS", "allow_private_networks", _parse_bool),
     _Spec("PREVIEW_MAX_PAYLOAD_BYTES", "max_payload_bytes", _int(256, 16 * 1024 * 1024)),
@@ -360,6 +419,9 @@ _SPECS = [
     _Spec("PREVIEW_BROKER_HEARTBEAT_TIMEOUT_MS", "broker_heartbeat_timeout_ms", _int(1000)),
     _Spec("PREVIEW_BROKER_MAINTENANCE_CHANCE", "broker_maintenance_chance", _int(0, 1_000_000)),
     _Spec("PREVIEW_PROGRESS_INTERVAL_MS", "progress_interval_ms", _int(0)),
+    # SigV4 presigned URLs live at most 7 days; 0 streams outputs through the web process.
+    _Spec("PREVIEW_OUTPUT_URL_TTL_SECONDS", "output_url_ttl_seconds", _int(0, 7 * 86400)),
+    _Spec("PREVIEW_GC_INTERVAL_SECONDS", "gc_interval_seconds", _int(0)),
 ]
 
 ENV_NAMES = tuple(spec.env for spec in _SPECS)

@@ -149,6 +149,16 @@ class RenderCrashed(PermanentError):
     type = "render_crashed"
 
 
+class StorageForbidden(PermanentError):
+    """Storage refused the credentials or a permission, or its bucket does not exist.
+
+    The message names the bucket and the refusal (``s3:GetObject`` denied, a signature that
+    does not match the secret key...); retrying would be refused the same way.
+    """
+
+    type = "storage_forbidden"
+
+
 class WorkerLost(PermanentError):
     """The worker process died ``PREVIEW_MAX_DELIVERIES`` times while rendering this job."""
 
@@ -166,6 +176,8 @@ class SourceUnavailable(TransientError):
 
 
 class StorageError(TransientError):
+    """Storage did not answer, answered 5xx or throttled, or the disk refused a write."""
+
     type = "storage_error"
 
 

@@ -63,7 +63,7 @@ class _Strong:
 
 
 def _log(event: str, fields: dict[str, Any]) -> None:
-    if event == "duplicate":
+    if event in ("duplicate", "storage"):
         return
     extra = {
         "job_id": fields.get("job_id"),

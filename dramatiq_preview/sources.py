@@ -1,15 +1,14 @@
-"""Sources: a file under ``PREVIEW_SOURCE_ROOT`` or an ``http(s)`` URL, with their guards.
+"""Sources: a path under ``PREVIEW_SOURCE_ROOT`` or an ``http(s)`` URL, with their guards.
 
 :func:`open_source` turns a job's source into a :class:`LocalSource`: an open, read-only file
 descriptor the renderer hands to its child process (over a Unix socket, so the child never
 opens a path itself), the source's size and its real format from magic bytes.
 
-Path guard: the path is resolved (``realpath``) and must stay inside the root; ``..``,
-absolute paths and symlinks leaving the root are refused before anything is opened.  The
-file is then opened with ``O_NOFOLLOW`` and the descriptor's ``/proc/self/fd`` link is checked
-again, so a directory swapped for a symlink between the check and the open is caught.  A
-path names what ``open(2)`` would: ``img.png/``, ``img.png/.`` and ``img.png/x`` are not the
-file ``img.png`` (source not found), while ``./img.png`` is.
+Path sources are read through the storage of the root (:mod:`dramatiq_preview.storage`): a
+local directory (``realpath`` guard, ``O_NOFOLLOW`` and a re-check of the opened descriptor)
+or an S3 prefix (the key is ``prefix/path``, never outside the prefix; the object is spooled
+into an unlinked temporary file, so the child gets a descriptor either way and never network
+access or credentials).
 
 URL guard: only ``http``/``https`` to a host in ``PREVIEW_ALLOWED_URL_HOSTS``.  The host is
 resolved here and every address is checked (loopback, private, link-local, unspecified,
@@ -31,22 +30,20 @@ import ipaddress
 import os
 import socket
 import ssl
-import stat
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import certifi
 import httpx
 
 from .config import Settings, canonical_host
-from .errors import SourceForbidden, SourceNotFound, SourceTooLarge, SourceUnavailable
+from .errors import SourceForbidden, SourceNotFound, SourceUnavailable
 from .models import JobSpec
 from .rendering.formats import SNIFF_BYTES, sniff
+from .storage import open_storage, spool, too_large
 
 MAX_REDIRECTS = 5
 _REDIRECT_STATUSES = {301, 302, 303, 307, 308}
@@ -164,7 +161,7 @@ def open_source(
       SourceUnavailable: Timeout, connection failure, 5xx, 408 or 429 (transient).
     """
     if spec.source_path is not None:
-        return open_path(spec.source_path, settings)
+        return open_path(spec.source_path, settings, spool_dir=spool_dir, deadline=deadline)
     if spec.source_url is not None:
         return fetch_url(spec.source_url, settings, spool_dir=spool_dir, deadline=deadline)
     raise SourceNotFound("the job has no source")
@@ -173,68 +170,28 @@ def open_source(
 # --- path sources ----------------------------------------------------------------------
 
 
-def open_path(relative: str, settings: Settings) -> LocalSource:
-    """Open ``relative`` under ``settings.source_root``; see :func:`open_source`."""
+def open_path(
+    relative: str,
+    settings: Settings,
+    *,
+    spool_dir: Path | None = None,
+    deadline: float | None = None,
+) -> LocalSource:
+    """Open ``relative`` under ``settings.source_root`` (a directory or an S3 prefix); see
+    :func:`open_source`.  An S3 object is spooled into an unlinked file in ``spool_dir``."""
     if settings.source_root is None:
         raise SourceForbidden("path sources are disabled: PREVIEW_SOURCE_ROOT is not set")
-    if not relative or "\x00" in relative:
-        raise SourceForbidden("the source path is empty or contains a NUL byte")
+    if deadline is None:
+        deadline = time.monotonic() + settings.time_limit_ms / 1000
+    storage = open_storage(settings.source_root, settings)
+    fd, size = storage.open_source(
+        relative, max_bytes=settings.max_source_bytes, spool_dir=spool_dir, deadline=deadline
+    )
     try:
-        relative.encode("utf-8")
-    except UnicodeEncodeError:
-        raise SourceForbidden("the source path is not valid Unicode text") from None
-    if relative.startswith("/"):
-        raise SourceForbidden("the source path must be relative to PREVIEW_SOURCE_ROOT")
-    if ".." in relative.split("/"):
-        raise SourceForbidden("the source path must not contain '..'")
-    root = os.path.realpath(settings.source_root)
-    target = os.path.realpath(os.path.join(root, relative))
-    if not _inside(target, root):
-        # Say nothing about where a symlink points.
-        raise SourceForbidden("the source path leaves PREVIEW_SOURCE_ROOT")
-    shown = repr(relative[:200])
-    # As open(2) reads it, a path ending in "/" or "/." names a directory: "img.png/" is
-    # ENOTDIR for a file, never the file.  realpath drops that tail; it is put back here.
-    if relative.rsplit("/", 1)[-1] in ("", "."):
-        target = target.rstrip("/") + "/"
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-    try:
-        fd = os.open(target, flags)
-    except FileNotFoundError:
-        raise SourceNotFound(f"source file {shown} not found") from None
-    except NotADirectoryError:
-        raise SourceNotFound(
-            f"source file {shown} not found: a part of it is not a directory"
-        ) from None
-    except IsADirectoryError:
-        raise SourceNotFound(f"source {shown} is a directory, not a file") from None
-    except OSError as exc:
-        # ELOOP: the last component became a symlink after the check.
-        raise SourceForbidden(f"source file {shown} cannot be opened ({exc.strerror})") from None
-    try:
-        # The descriptor, not the name, is what we read: check where it really points.
-        opened = os.readlink(f"/proc/self/fd/{fd}")
-        if not _inside(opened, root):
-            raise SourceForbidden("the source path leaves PREVIEW_SOURCE_ROOT")
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise SourceNotFound(f"source {shown} is a directory, not a file")
-        if not stat.S_ISREG(info.st_mode):
-            raise SourceForbidden(f"source {shown} is not a regular file")
-        if info.st_size > settings.max_source_bytes:
-            raise SourceTooLarge(
-                f"the source is {info.st_size} bytes; at most "
-                f"{settings.max_source_bytes} are allowed (PREVIEW_MAX_SOURCE_BYTES)"
-            )
-        os.set_blocking(fd, True)
-        return _from_fd(fd, relative, info.st_size)
+        return _from_fd(fd, relative, size)
     except BaseException:
         os.close(fd)
         raise
-
-
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 # --- URL sources -----------------------------------------------------------------------
@@ -471,21 +428,13 @@ def _download(
             raise SourceNotFound(f"{shown} answered HTTP {status}, expected 200")
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > settings.max_source_bytes:
-            raise _too_large(settings, declared=int(declared))
+            raise too_large(settings.max_source_bytes, declared=int(declared))
         return _spool(response, settings, spool_dir, deadline, shown)
     finally:
         response.close()
 
 
 _UA = "dramatiq-preview"
-
-
-def _too_large(settings: Settings, *, declared: int | None = None) -> SourceTooLarge:
-    size = f"{declared} bytes" if declared is not None else "larger than allowed"
-    return SourceTooLarge(
-        f"the source is {size}; at most {settings.max_source_bytes} bytes are allowed "
-        "(PREVIEW_MAX_SOURCE_BYTES)"
-    )
 
 
 def _spool(
@@ -495,27 +444,20 @@ def _spool(
     deadline: float,
     shown: str,
 ) -> LocalSource:
-    spool: IO[bytes] = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 - fd outlives it
     try:
-        total = 0
-        try:
-            for chunk in response.iter_raw(_CHUNK):
-                total += len(chunk)
-                if total > settings.max_source_bytes:
-                    raise _too_large(settings)
-                if time.monotonic() > deadline:
-                    raise SourceUnavailable(f"{shown} took too long to download")
-                spool.write(chunk)
-        except httpx.TimeoutException:
-            raise SourceUnavailable(f"{shown} timed out while downloading") from None
-        except httpx.HTTPError as exc:
-            raise SourceUnavailable(
-                f"{shown} broke off while downloading ({type(exc).__name__})"
-            ) from None
-        spool.flush()
-        fd = os.dup(spool.fileno())
-    finally:
-        spool.close()
+        fd, _ = spool(
+            response.iter_raw(_CHUNK),
+            max_bytes=settings.max_source_bytes,
+            spool_dir=spool_dir,
+            deadline=deadline,
+            shown=shown,
+        )
+    except httpx.TimeoutException:
+        raise SourceUnavailable(f"{shown} timed out while downloading") from None
+    except httpx.HTTPError as exc:
+        raise SourceUnavailable(
+            f"{shown} broke off while downloading ({type(exc).__name__})"
+        ) from None
     try:
         return _from_fd(fd, shown)
     except BaseException:

@@ -108,3 +108,24 @@ def source_server() -> Iterator[Any]:
     server = SourceServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[Any]:
+    """A private SeaweedFS S3 server (``weed mini``) for the whole session.
+
+    Tests that stop it start their own :class:`~dramatiq_preview.testing.S3Server`.
+    """
+    from dramatiq_preview.testing import S3Server
+
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The S3 server's ``AWS_*`` variables set in this process (for in-process storage);
+    pass ``s3_server.environment()`` to workers started by the test."""
+    for name, value in s3_server.environment().items():
+        monkeypatch.setenv(name, value)
+    return s3_server

@@ -442,6 +442,8 @@ def job_output(job_id: str, index: str) -> Response:
     path = entry.get("path") if isinstance(entry, dict) else None
     if not isinstance(path, str) or "\0" in path:
         raise missing
+    if not isinstance(state.settings.output_dir, Path):
+        raise ApiError(501, "not_implemented", "S3 outputs are served in a later step")
     root = Path(os.path.realpath(state.settings.output_dir))
     target = Path(os.path.realpath(root / path))
     # realpath resolves "..", absolute paths and symlinks: whatever the record says, only

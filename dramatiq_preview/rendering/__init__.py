@@ -13,16 +13,13 @@ loaded by render children (:mod:`.child`) and by :func:`render_in_process` only.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 
 from ..config import get_settings
 from ..models import JobSpec, RenderedOutput, relative_output_path
-from ..storage import atomic_write
+from ..storage import JobOutputs
 from .budget import OutputBudget
 from .child import prepare_environment
 from .pool import Renderer, RenderSource, close_renderer, get_renderer, set_worker_threads
@@ -44,7 +41,7 @@ __all__ = [
 def render_in_process(
     spec: JobSpec,
     source: RenderSource,
-    destinations: Sequence[Path],
+    destinations: JobOutputs,
     *,
     checkpoint: Callable[[int | None], None] | None = None,
     max_pixels: int | None = None,
@@ -87,7 +84,6 @@ def render_in_process(
     total = len(spec.outputs)
     budget = OutputBudget(max_output_bytes, total)
     results: dict[int, RenderedOutput] = {}
-    written: list[Path] = []
     try:
         for item in engine.render(
             int(source.fd),
@@ -102,8 +98,7 @@ def render_in_process(
                 continue
             output = spec.outputs[item.index]
             budget.take(len(item.data))
-            atomic_write(destinations[item.index], item.data)
-            written.append(destinations[item.index])
+            destinations.write(item.index, item.data)
             results[item.index] = RenderedOutput(
                 path=relative_output_path(spec.job_id, item.index, output).as_posix(),
                 width=item.width,
@@ -114,8 +109,6 @@ def render_in_process(
             if checkpoint is not None:
                 checkpoint(30 + 60 * len(results) // total)
     except BaseException:
-        for path in written:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        destinations.discard()
         raise
     return [results[i] for i in range(total)]

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +44,7 @@ from ..errors import (
     UnsupportedFormat,
 )
 from ..models import JobSpec, RenderedOutput, relative_output_path
-from ..storage import atomic_write
+from ..storage import JobOutputs
 from .budget import OutputBudget
 from .child import TEST_HOOKS_ENV, magick_environment
 from .protocol import Channel, ChannelClosed, ProtocolError
@@ -223,7 +223,7 @@ class Renderer:
         self,
         spec: JobSpec,
         source: RenderSource,
-        destinations: Sequence[Path],
+        destinations: JobOutputs,
         *,
         deadline: float,
         checkpoint: Checkpoint | None = None,
@@ -234,7 +234,7 @@ class Renderer:
           spec: The job; its outputs, page and id.
           source: The open source (:class:`RenderSource`; a
             :class:`~dramatiq_preview.sources.LocalSource`, say).
-          destinations: Absolute path of each output, in ``spec.outputs`` order.
+          destinations: Where the outputs go (:func:`dramatiq_preview.storage.destinations`).
           deadline: ``time.monotonic()`` time by which the render must be done.
           checkpoint: Called in this thread with a percentage after each stage, and with
             ``None`` about every 0.25 s while waiting.  If it raises, the child is killed,
@@ -242,7 +242,7 @@ class Renderer:
 
         Returns:
           One :class:`RenderedOutput` per output, in request order; ``path`` is relative to
-          the output directory.
+          the output root.
 
         Raises:
           RenderTimeout: the deadline passed (transient).
@@ -252,14 +252,14 @@ class Renderer:
             (permanent); none of them is kept.
           PermanentError: the source is unsupported, corrupt, too large or lacks the page.
           StorageError: an output could not be written (transient).
+          StorageForbidden: storage refused an output (permanent).
         """
         if len(destinations) != len(spec.outputs):
             raise ValueError("need one destination per output")
         child = self._acquire(deadline, checkpoint)
-        written: list[Path] = []
         healthy = succeeded = False
         try:
-            results = self._run(child, spec, source, destinations, deadline, checkpoint, written)
+            results = self._run(child, spec, source, destinations, deadline, checkpoint)
             healthy = succeeded = True
             return results
         except _ReportedError as reported:
@@ -269,9 +269,7 @@ class Renderer:
             # Also on exceptions raised by checkpoint (cancellation, TimeLimitExceeded):
             # the child may be mid-render, so it is killed rather than reused.
             if not succeeded:
-                for path in written:
-                    with contextlib.suppress(OSError):
-                        path.unlink()
+                destinations.discard()
             self._release(child, healthy)
 
     def warm(self, count: int = 1) -> None:
@@ -397,10 +395,9 @@ class Renderer:
         child: _Child,
         spec: JobSpec,
         source: RenderSource,
-        destinations: Sequence[Path],
+        destinations: JobOutputs,
         deadline: float,
         checkpoint: Checkpoint | None,
-        written: list[Path],
     ) -> list[RenderedOutput]:
         total = len(spec.outputs)
         results: dict[int, RenderedOutput] = {}
@@ -474,8 +471,8 @@ class Renderer:
                     # did not, so it does not render another job.
                     raise _ReportedError(exc, healthy=False) from None
                 output = spec.outputs[index]
-                atomic_write(destinations[index], payload)
-                written.append(destinations[index])
+                # A storage error propagates: the child, still rendering, is not reused.
+                destinations.write(index, payload)
                 results[index] = RenderedOutput(
                     path=relative_output_path(spec.job_id, index, output).as_posix(),
                     width=int(message.get("width", 0)),
