@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dramatiq_preview.config import Settings
+from dramatiq_preview.config import S3Location, Settings
 from dramatiq_preview.errors import ConfigError
 
 
@@ -29,6 +29,7 @@ def test_defaults_match_the_contract() -> None:
     assert s.url_prefix == "/api/preview"
     assert s.health_max_age_seconds == 300
     assert s.log_format == "text"
+    assert (s.output_url_ttl_seconds, s.gc_interval_seconds) == (900, 3600)
 
 
 def test_broker_url_defaults_to_the_redis_url() -> None:
@@ -99,6 +100,13 @@ def test_mapping_overrides_win_over_the_environment() -> None:
         ("PREVIEW_LOG_FORMAT", "xml", "must be one of text, json"),
         ("PREVIEW_API_TOKEN", "short", "at least 16 characters"),
         ("PREVIEW_MAX_DELIVERIES", "0", "must be between 1 and 1000"),
+        ("PREVIEW_OUTPUT_DIR", "s3://Bad_Bucket/x", "not a valid S3 bucket name"),
+        ("PREVIEW_OUTPUT_DIR", "s3://", "not a valid S3 bucket name"),
+        ("PREVIEW_SOURCE_ROOT", "s3://uploads/a/../b", "must not contain empty, '.' or '..'"),
+        ("PREVIEW_SOURCE_ROOT", "s3://uploads/a//b", "must not contain empty, '.' or '..'"),
+        ("PREVIEW_SOURCE_ROOT", "S3://uploads", "write the scheme in lower case"),
+        ("PREVIEW_OUTPUT_URL_TTL_SECONDS", "604801", "must be between 0 and 604800"),
+        ("PREVIEW_GC_INTERVAL_SECONDS", "-1", "must be >= 0"),
     ],
 )
 def test_a_bad_value_names_the_variable(name: str, value: str, expected: str) -> None:
@@ -216,3 +224,33 @@ def test_a_bad_max_output_bytes_names_the_variable(value: str) -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env({"PREVIEW_MAX_OUTPUT_BYTES": value})
     assert str(info.value).startswith("PREVIEW_MAX_OUTPUT_BYTES: ")
+
+
+@pytest.mark.parametrize(
+    ("raw", "bucket", "prefix", "shown"),
+    [
+        ("s3://previews", "previews", "", "s3://previews"),
+        ("s3://previews/", "previews", "", "s3://previews"),
+        (
+            "s3://my.bucket-1/tenant/out/",
+            "my.bucket-1",
+            "tenant/out",
+            "s3://my.bucket-1/tenant/out",
+        ),
+        (" s3://uploads/u ", "uploads", "u", "s3://uploads/u"),
+    ],
+)
+def test_roots_take_an_s3_url(raw: str, bucket: str, prefix: str, shown: str) -> None:
+    # Given an s3:// root / When parsed
+    s = Settings.from_env({"PREVIEW_OUTPUT_DIR": raw, "PREVIEW_SOURCE_ROOT": raw})
+    # Then it is a bucket and a prefix without slashes at either end, shown as given
+    assert s.output_dir == S3Location(bucket, prefix)
+    assert s.source_root == S3Location(bucket, prefix)
+    assert str(s.output_dir) == shown
+
+
+def test_a_root_without_the_s3_scheme_stays_a_local_path() -> None:
+    # Given paths that merely contain "s3" / When parsed / Then they are directories
+    s = Settings.from_env({"PREVIEW_OUTPUT_DIR": "s3/out", "PREVIEW_SOURCE_ROOT": "/srv/s3:/x"})
+    assert s.output_dir == Path("s3/out")
+    assert s.source_root == Path("/srv/s3:/x")

@@ -329,3 +329,22 @@ def test_importing_the_package_does_not_load_wand() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_render_children_get_no_cloud_credentials() -> None:
+    # Given a worker environment with AWS credentials, an S3 endpoint and a Redis password
+    from dramatiq_preview.rendering.pool import child_environment
+
+    worker_env = {
+        "PATH": "/usr/bin",
+        "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "s3cr3t",
+        "AWS_SESSION_TOKEN": "token",
+        "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:8333",
+        "AWS_PROFILE": "prod",
+        "PREVIEW_REDIS_URL": "redis://:pw@redis:6379/0",
+    }
+    # When the environment of a render child is derived from it
+    env = child_environment(worker_env)
+    # Then none of them reaches the child
+    assert env == {"PATH": "/usr/bin"}
