@@ -7,7 +7,9 @@ document states exactly the rules the server validates with.  Response bodies ar
 with apispec from the marshmallow schemas of :mod:`.schemas`; only summaries and the list of
 answers per route are written here.  The document describes the app it is served by: the
 security scheme appears when ``PREVIEW_API_TOKEN`` is set, 403 answers when an ``authorize``
-hook is installed, and the server URL includes ``SCRIPT_NAME`` and the mount prefix.
+hook is installed, the 307 of a download when outputs are in S3 and served by presigned URLs
+(``PREVIEW_OUTPUT_URL_TTL_SECONDS`` > 0), and the server URL includes ``SCRIPT_NAME`` and
+the mount prefix.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask
 
 from .._version import __version__
+from ..config import S3Location
 from ..models import CONTENT_TYPES
 from ..validation import load_schema
 from .appstate import AppState
@@ -55,6 +58,31 @@ _UNAVAILABLE = {
     "headers": {"Retry-After": {"schema": {"type": "integer"}}},
 }
 _NOT_FOUND = _error("No job with this id (`not_found`).")
+#: The 307 of a download from S3 by presigned URL (added when the app serves outputs so).
+_REDIRECT = {
+    "description": (
+        "The output is in S3: follow `Location`, a presigned URL valid for "
+        "PREVIEW_OUTPUT_URL_TTL_SECONDS, to get the file with its image content type "
+        "(`Range` may be sent there). Not cacheable: the URL expires."
+    ),
+    "headers": {
+        "Location": {"required": True, "schema": {"type": "string", "format": "uri"}},
+        "ETag": {"schema": {"type": "string"}},
+        "Cache-Control": {"schema": {"type": "string", "const": "private, no-store"}},
+    },
+    "content": {
+        _JSON: {
+            "schema": {
+                "type": "object",
+                "required": ["url", "expiresInSeconds"],
+                "properties": {
+                    "url": {"type": "string", "format": "uri"},
+                    "expiresInSeconds": {"type": "integer", "minimum": 1},
+                },
+            }
+        }
+    },
+}
 #: Links from a submit answer to the routes that take its jobId (clients and fuzzers follow them).
 _LINKS = {
     name: {"operationId": op, "parameters": {"jobId": "$response.body#/jobId"}}
@@ -180,14 +208,29 @@ OPERATIONS: dict[str, tuple[str, list[dict[str, Any]], dict[str, Any]]] = {
                         for ct in CONTENT_TYPES.values()
                     },
                 },
-                "304": {"description": "Not modified (`If-None-Match` matched the ETag)."},
+                "304": {
+                    "description": (
+                        "Not modified (`If-None-Match` matched the ETag, or the file did not "
+                        "change since `If-Modified-Since`)."
+                    ),
+                    "headers": {"ETag": {"schema": {"type": "string"}}},
+                },
                 "404": _error(
-                    "No such job, the job has not succeeded, or no output at this index "
-                    "(`not_found`)."
+                    "No such job, the job has not succeeded, no output at this index, or "
+                    "its file is missing (`not_found`)."
                 ),
-                "412": _error("`If-Match` does not match the ETag (`precondition_failed`)."),
+                "412": _error(
+                    "`If-Match` does not match the ETag, or the file changed after "
+                    "`If-Unmodified-Since` (`precondition_failed`)."
+                ),
                 "416": _error("The `Range` cannot be served (`requested_range_not_satisfiable`)."),
-                "503": _UNAVAILABLE,
+                "503": {
+                    **_error(
+                        "Redis or the broker is unreachable, or the output storage (S3) did "
+                        "not answer or refused the credentials (`unavailable`)."
+                    ),
+                    "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                },
             },
         },
     ),
@@ -246,6 +289,12 @@ OPERATIONS: dict[str, tuple[str, list[dict[str, Any]], dict[str, Any]]] = {
         },
     ),
 }
+
+
+def _redirects(state: AppState) -> bool:
+    """Whether downloads answer 307 to presigned URLs (outputs in S3, a URL lifetime)."""
+    settings = state.settings
+    return isinstance(settings.output_dir, S3Location) and settings.output_url_ttl_seconds > 0
 
 
 def embedded_json_schema(schema: dict[str, Any], name: str) -> dict[str, Any]:
@@ -333,6 +382,8 @@ def openapi_document(app: Flask, state: AppState, *, server_url: str = "") -> di
                 }
             if state.authorize is not None:
                 operation["responses"]["403"] = _error("The host refused access (`forbidden`).")
+        if name == "job_output" and _redirects(state):
+            operation["responses"]["307"] = copy.deepcopy(_REDIRECT)
         path = _RULE_ARG.sub(
             lambda m: "{" + _PARAMETER_NAMES.get(m.group(1), m.group(1)) + "}",
             rule.rule[len(prefix) :],

@@ -8,7 +8,8 @@ filtered by path, answers them; the host's own URLs are left alone.
 Nothing a client sends decides where a URL we answer with points: the URLs we build are
 paths that start with one ``/`` (``SCRIPT_NAME`` may come from a request header), and a URL
 werkzeug would redirect (``//`` in the path) is a 404 instead of a redirect to the ``Host``
-the client named.
+the client named.  The one absolute URL we answer with, the presigned S3 URL of an output's
+307, is built from the AWS configuration (endpoint, bucket) and the job's own key.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, g, request, send_file, url_for
+from werkzeug.datastructures import ContentRange
 from werkzeug.exceptions import (
     ClientDisconnected,
     HTTPException,
@@ -41,9 +44,12 @@ from ..errors import (
     JobNotFound,
     PreviewError,
     StateStoreUnavailable,
+    StorageError,
+    StorageForbidden,
 )
 from ..health import check_health
 from ..models import CONTENT_TYPES
+from ..storage import Storage, StoredObject, open_storage
 from ..validation import ecma_regex
 from .appstate import AppState, get_state
 from .openapi import openapi_document
@@ -424,7 +430,27 @@ def _checked_index(job_id: str, text: str) -> int:
 
 
 def job_output(job_id: str, index: str) -> Response:
-    """GET /job/{jobId}/outputs/{index}: a rendered file, only from PREVIEW_OUTPUT_DIR."""
+    """GET /job/{jobId}/outputs/{index}: a rendered file, only from PREVIEW_OUTPUT_DIR.
+
+    Only the job's own outputs are ever served, whatever its record says: on disk, the
+    record's ``path`` must resolve (``realpath``) to a regular file inside
+    ``PREVIEW_OUTPUT_DIR/{jobId}/``; in S3 it must be exactly ``{jobId}/{name}`` (no ``..``,
+    no leading ``/``, no NUL), the key ``prefix/{jobId}/{name}``.  Anything else is a 404.
+
+    Preconditions are answered first, against the file's (or the object's) ETag and
+    modification time, as RFC 9110 13.2.2 orders them: a failed If-Match or
+    If-Unmodified-Since is a 412, a matching If-None-Match or If-Modified-Since a 304.
+    Then an S3 output is answered in one of two ways:
+
+    * ``PREVIEW_OUTPUT_URL_TTL_SECONDS`` > 0: a 307 to a presigned URL valid that long,
+      with ``Cache-Control: private, no-store`` (the URL expires; the Range, if any, goes
+      to S3 with the redirected request).  HEAD answers the same.
+    * ``PREVIEW_OUTPUT_URL_TTL_SECONDS`` = 0: the bytes, streamed from S3 through this
+      process chunk by chunk, with the headers and Range handling (206, 416) of a local file.
+
+    An S3 that does not answer, or that refuses our credentials or permissions, is a 503
+    ``unavailable`` whose message names the bucket and the refusal.
+    """
     state = _state()
     number = _checked_index(_checked_job_id(job_id), index)
     status = state.client.status(job_id)
@@ -442,16 +468,28 @@ def job_output(job_id: str, index: str) -> Response:
     path = entry.get("path") if isinstance(entry, dict) else None
     if not isinstance(path, str) or "\0" in path:
         raise missing
-    if not isinstance(state.settings.output_dir, Path):
-        raise ApiError(501, "not_implemented", "S3 outputs are served in a later step")
-    root = Path(os.path.realpath(state.settings.output_dir))
+    kind = entry.get("format")
+    mimetype = CONTENT_TYPES.get(kind if isinstance(kind, str) else "", "application/octet-stream")
+    output_dir = state.settings.output_dir
+    if not isinstance(output_dir, Path):
+        if not _is_own_key(job_id, path):
+            raise missing
+        try:
+            return _s3_output(open_storage(output_dir, state.settings), path, mimetype, missing)
+        except StorageForbidden as exc:
+            # Retrying will not help until an operator fixes the credentials or the bucket.
+            logger.error("answering 503 for output %s: %s", path, exc.message)
+            raise ApiError(503, "unavailable", exc.message) from None
+        except StorageError as exc:
+            logger.warning("answering 503 for output %s: %s", path, exc.message)
+            headers = {"Retry-After": str(RETRY_AFTER)}
+            raise ApiError(503, "unavailable", exc.message, headers=headers) from None
+    root = Path(os.path.realpath(output_dir))
     target = Path(os.path.realpath(root / path))
     # realpath resolves "..", absolute paths and symlinks: whatever the record says, only
     # a regular file inside this job's directory of PREVIEW_OUTPUT_DIR is ever served.
     if not target.is_relative_to(root / job_id) or not target.is_file():
         raise missing
-    kind = entry.get("format")
-    mimetype = CONTENT_TYPES.get(kind if isinstance(kind, str) else "", "application/octet-stream")
     # Not conditional=True: werkzeug serves a Range before it checks If-Match and
     # If-None-Match, and answers 416 for ranges RFC 9110 says to ignore.
     response = send_file(target, mimetype=mimetype, conditional=False, etag=True)
@@ -466,14 +504,102 @@ def job_output(job_id: str, index: str) -> Response:
         raise
 
 
+def _is_own_key(job_id: str, path: str) -> bool:
+    """Whether ``path`` is exactly ``{job_id}/{name}``: one name inside this job's prefix.
+
+    S3 has no realpath to resolve a record's path with, and keys are plain strings
+    (``a/../b`` is a key of its own to S3 but not to every proxy or copy tool), so the path
+    must already be the only shape a worker writes.
+    """
+    head, slash, name = path.partition("/")
+    return (
+        head == job_id
+        and bool(slash)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\0" not in name
+    )
+
+
+def _s3_output(storage: Storage, key: str, mimetype: str, missing: ApiError) -> Response:
+    """Answer for the output stored under ``key`` (see :func:`job_output`).
+
+    Raises:
+      ApiError: 404 ``missing``, 412, or 503 when the object changed while being read.
+      RequestedRangeNotSatisfiable: 416.
+      StorageError, StorageForbidden: from storage.
+    """
+    info = storage.head(key)
+    if info is None:
+        raise missing
+    etag = info.etag
+    # HTTP dates have whole seconds: a listing's milliseconds would defeat If-Modified-Since.
+    modified = info.modified.replace(microsecond=0) if info.modified is not None else None
+    ttl = _state().settings.output_url_ttl_seconds
+    location = storage.presigned_url(key, ttl) if ttl > 0 else None
+    response = current_app.response_class(status=200)
+    if etag is not None:
+        response.set_etag(etag)
+    response.cache_control.private = True
+    if location is not None:
+        # The URL expires: neither the client nor a shared cache may keep this answer.
+        response.cache_control.no_store = True
+    else:
+        response.cache_control.max_age = OUTPUT_MAX_AGE
+    if _not_modified(etag, modified):
+        response.status_code = 304
+        return response
+    if location is not None:
+        response.status_code = 307
+        response.headers["Location"] = location
+        response.mimetype = "application/json"
+        response.set_data(json.dumps({"url": location, "expiresInSeconds": ttl}))
+        return response
+    response.last_modified = modified
+    response.accept_ranges = "bytes"
+    response.mimetype = mimetype
+    if request.method == "HEAD":
+        response.content_length = info.size
+        return response
+    span = _requested_span(etag, modified, info.size)
+    stored = storage.get(key, span)
+    if stored is None:
+        raise missing
+    if stored.info.etag != etag:
+        # Rewritten between HEAD and GET (a retried delivery): the checks above and the
+        # range were for the old object.  Rare enough to let the client ask again.
+        stored.close()
+        raise ApiError(
+            503,
+            "unavailable",
+            "the output changed while it was being read; try again",
+            headers={"Retry-After": "1"},
+        )
+    response.response = _chunks_of(stored)
+    response.call_on_close(stored.close)  # also when no chunk is ever asked for
+    if span is None:
+        response.content_length = stored.info.size
+    else:
+        start, stop = span
+        response.status_code = 206
+        response.content_length = stop - start
+        response.content_range = ContentRange("bytes", start, stop, stored.info.size)
+    return response
+
+
+def _chunks_of(stored: StoredObject) -> Iterator[bytes]:
+    # One chunk in memory at a time; the connection to S3 goes back to the pool at the end.
+    try:
+        yield from stored.chunks
+    finally:
+        stored.close()
+
+
 def _conditional(response: Response, size: int) -> Response:
     """Answer a file's preconditions, then its Range, in RFC 9110's order (13.2.2).
 
-    If-Match (or else If-Unmodified-Since) that fails: 412.  If-None-Match (or else
-    If-Modified-Since) that matches: 304.  Then, for GET, one byte range, when If-Range
-    (if any) names the current file: 206, or 416 when it starts past the end.  Other units,
-    invalid ranges and several ranges are ignored: 200 with the whole file.  HEAD answers
-    as GET would without a Range.
+    See :func:`_not_modified` and :func:`_requested_span`.  HEAD answers as GET would
+    without a Range.
 
     Raises:
       ApiError: 412 ``precondition_failed``.
@@ -481,6 +607,34 @@ def _conditional(response: Response, size: int) -> Response:
     """
     etag, _ = response.get_etag()
     modified = response.last_modified
+    if _not_modified(etag, modified):
+        _drop_body(response)
+        response.status_code = 304
+        return response
+    response.accept_ranges = "bytes"
+    if request.method == "HEAD":
+        _drop_body(response)
+        return response
+    span = _requested_span(etag, modified, size)
+    if span is None:
+        return response
+    start, stop = span
+    # werkzeug wraps the file for the range; the only header it sees is the range checked here.
+    environ = {"REQUEST_METHOD": "GET", "HTTP_RANGE": f"bytes={start}-{stop - 1}"}
+    response.make_conditional(environ, accept_ranges=True, complete_length=size)
+    return response
+
+
+def _not_modified(etag: str | None, modified: datetime | None) -> bool:
+    """The preconditions of a file with this ETag and modification time: whether the client
+    has it already (304).
+
+    If-Match (or else If-Unmodified-Since) that fails: 412.  If-None-Match (or else
+    If-Modified-Since) that matches: True.
+
+    Raises:
+      ApiError: 412 ``precondition_failed``.
+    """
     headers = request.headers
     if_match = headers.get("If-Match")
     if if_match is not None:
@@ -494,33 +648,33 @@ def _conditional(response: Response, size: int) -> Response:
     if_none_match = headers.get("If-None-Match")
     if if_none_match is not None:
         # Weak comparison; "*" matches any existing file.
-        not_modified = etag is not None and parse_etags(if_none_match).contains_weak(etag)
-    else:
-        since = parse_date(headers.get("If-Modified-Since"))
-        not_modified = since is not None and modified is not None and modified <= since
-    if not_modified:
-        _drop_body(response)
-        response.status_code = 304
-        return response
-    response.accept_ranges = "bytes"
-    if request.method == "HEAD":
-        _drop_body(response)
-        return response
+        return etag is not None and parse_etags(if_none_match).contains_weak(etag)
+    since = parse_date(headers.get("If-Modified-Since"))
+    return since is not None and modified is not None and modified <= since
+
+
+def _requested_span(
+    etag: str | None, modified: datetime | None, size: int
+) -> tuple[int, int] | None:
+    """The ``(start, stop)`` to serve of a file of ``size`` bytes, or None for all of it.
+
+    One byte range of a GET, when If-Range (if any) names the current file.  Other units,
+    invalid ranges and several ranges are ignored.
+
+    Raises:
+      RequestedRangeNotSatisfiable: 416, the range starts past the end (its
+        ``Content-Range`` says the size).
+    """
+    headers = request.headers
     value = headers.get("Range")
-    if value is None or size == 0:
-        return response
+    if request.method != "GET" or value is None or size == 0:
+        return None
     if not _if_range_holds(headers.get("If-Range"), etag, modified):
-        return response
+        return None
     span = _byte_range(value, size)
-    if span is None:
-        return response
-    start, stop = span
-    if start >= stop:
+    if span is not None and span[0] >= span[1]:
         raise RequestedRangeNotSatisfiable(length=size)
-    # werkzeug wraps the file for the range; the only header it sees is the range checked here.
-    environ = {"REQUEST_METHOD": "GET", "HTTP_RANGE": f"bytes={start}-{stop - 1}"}
-    response.make_conditional(environ, accept_ranges=True, complete_length=size)
-    return response
+    return span
 
 
 def _drop_body(response: Response) -> None:
