@@ -1,4 +1,4 @@
-"""Health of a dramatiq-preview deployment: Redis, the broker, the priority lanes, the workers.
+"""Health of a dramatiq-preview deployment: Redis, the broker, the lanes, the workers, storage.
 
 :func:`check_health` answers ``GET {prefix}/worker/health``; :func:`probe` gathers the same
 numbers for the scrape-time gauges of :mod:`dramatiq_preview.metrics`.
@@ -13,11 +13,20 @@ included, so each worker process also keeps a presence entry (``{ns}:workers``, 
 :class:`~dramatiq_preview.middleware.presence.Presence`); a worker is live when both are
 fresh.  For RabbitMQ the count is
 the number of consumers on the busiest lane.
+
+Storage (the output root, and the source root when it is another one) is checked by
+:meth:`~dramatiq_preview.storage.Storage.ping` in a daemon thread of its own, waited for
+against the same deadline.  At most one check per root is in flight: a check that outlives
+one deadline (an S3 endpoint that does not answer, held by boto3's own connect and read
+timeouts) is joined by the next health check instead of being started again, so a hung
+storage never piles up threads.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -32,8 +41,10 @@ from dramatiq.brokers.redis import RedisBroker
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .config import Settings
+from .config import S3Location, Settings, StorageRoot
+from .errors import PreviewError, StorageError, StorageForbidden
 from .names import QUEUES, presence_key
+from .storage import LocalStorage, Storage, open_storage
 
 logger = logging.getLogger("dramatiq_preview.health")
 
@@ -62,6 +73,27 @@ class LaneStats:
 
 
 @dataclass(frozen=True)
+class StorageCheck:
+    """One check of a storage root (see :func:`probe`).
+
+    ``kind`` is ``local`` or ``s3``; ``latency_ms`` is how long the check took when it
+    succeeded (``None`` otherwise); ``error`` says what went wrong, in words safe to show on
+    a public route (a local path is replaced by the name of its variable); ``refused`` is
+    true when storage answered but refused (credentials, permissions, a missing bucket).
+    """
+
+    kind: str
+    ok: bool
+    latency_ms: float | None
+    error: str | None
+    refused: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON object of the health body: ``{"ok", "kind", "latencyMs", "error"}``."""
+        return {"ok": self.ok, "kind": self.kind, "latencyMs": self.latency_ms, "error": self.error}
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """One reading of the state store, the broker and the workers (see :func:`probe`)."""
 
@@ -76,6 +108,10 @@ class Snapshot:
     live_workers: int | None
     heartbeat_timeout_ms: int
     checked_at: float = field(default_factory=time.time)
+    #: The output root (``PREVIEW_OUTPUT_DIR``), when :func:`probe` was asked to check storage.
+    storage: StorageCheck | None = None
+    #: The source root (``PREVIEW_SOURCE_ROOT``) when it is set and another root.
+    source_storage: StorageCheck | None = None
 
 
 @dataclass(frozen=True)
@@ -83,9 +119,9 @@ class HealthReport:
     """The answer of :func:`check_health`.
 
     ``status`` is ``ok``, ``degraded`` (a problem that does not stop jobs from being
-    accepted: no live worker, dead letters, an old waiting job) or ``down`` (Redis or the
-    broker unreachable).  ``http_status`` is 503 when down, else 200.  ``body`` is the JSON
-    object the health route returns.
+    accepted: no live worker, dead letters, an old waiting job, output or source storage
+    unreachable or refused) or ``down`` (Redis or the broker unreachable).  ``http_status``
+    is 503 when down, else 200.  ``body`` is the JSON object the health route returns.
     """
 
     status: Status
@@ -100,21 +136,22 @@ class ProbeTimeout(Exception):
 def check_health(
     settings: Settings, broker: dramatiq.Broker, *, timeout: float = 1.0
 ) -> HealthReport:
-    """Check Redis, the broker, the lanes and the workers, within ``timeout`` seconds.
+    """Check Redis, the broker, the lanes, the workers and storage, within ``timeout`` seconds.
 
     Parameters:
-      settings: where the state store is and the ``PREVIEW_HEALTH_MAX_AGE_SECONDS`` limit.
+      settings: where the state store and the storage roots are, and the
+        ``PREVIEW_HEALTH_MAX_AGE_SECONDS`` limit.
       broker: the broker the workers consume (Redis or RabbitMQ).
       timeout: the most this call may take, in seconds; a backend that has not answered by
         then counts as unreachable.
 
     Never raises for an unreachable backend (or one that refuses our password): that is
-    reported as ``down``.
+    reported as ``down`` (Redis, the broker) or ``degraded`` (storage).
 
     Raises:
       ValueError: ``timeout`` is not a finite number of seconds greater than 0.
     """
-    snap = probe(settings, broker, timeout=timeout)
+    snap = probe(settings, broker, timeout=timeout, storage=True)
     reasons: list[dict[str, str]] = []
     if not snap.redis_ok:
         reasons.append(
@@ -130,6 +167,18 @@ def check_health(
             )
         )
     status: Status = "down" if reasons else "ok"
+    # Storage does not depend on Redis: its problems are reported whatever the status.
+    for code, role, variable, check in (
+        ("storage_unavailable", "output", "PREVIEW_OUTPUT_DIR", snap.storage),
+        ("source_storage_unavailable", "source", "PREVIEW_SOURCE_ROOT", snap.source_storage),
+    ):
+        if check is not None and not check.ok:
+            what = "refused access" if check.refused else "is unreachable"
+            reasons.append(
+                _reason(
+                    code, f"the {role} storage ({variable}, {check.kind}) {what}: {check.error}"
+                )
+            )
     if status == "ok":
         if snap.live_workers == 0:
             reasons.append(_reason("no_live_workers", "no worker has sent a heartbeat recently"))
@@ -188,15 +237,24 @@ def check_health(
         "workers": {"live": snap.live_workers, "heartbeatTimeoutMs": snap.heartbeat_timeout_ms},
         "limits": {"maxOldestJobAgeSeconds": settings.health_max_age_seconds},
     }
+    if snap.storage is not None:
+        body["storage"] = snap.storage.as_dict()
+    if snap.source_storage is not None:
+        body["sourceStorage"] = snap.source_storage.as_dict()
     return HealthReport(status=status, http_status=503 if status == "down" else 200, body=body)
 
 
-def probe(settings: Settings, broker: dramatiq.Broker, *, timeout: float = 1.0) -> Snapshot:
+def probe(
+    settings: Settings, broker: dramatiq.Broker, *, timeout: float = 1.0, storage: bool = False
+) -> Snapshot:
     """Read the state store, the broker and the workers concurrently, within ``timeout``.
 
     A source that fails or does not answer in time is reported as not ok, with a
     description of the error (never its text, which may name hosts or credentials); the
     numbers it would have given are ``None``.
+
+    With ``storage``, the output root and (when set and another root) the source root are
+    checked too, against the same deadline (the scrape-time gauges leave them out).
 
     Raises:
       ValueError: ``timeout`` is not a finite number of seconds greater than 0.
@@ -210,6 +268,8 @@ def probe(settings: Settings, broker: dramatiq.Broker, *, timeout: float = 1.0) 
     hb_timeout = int(getattr(broker, "heartbeat_timeout", settings.broker_heartbeat_timeout_ms))
     sock_timeout = max(0.05, timeout * _SOCKET_SHARE)
     now_ms = int(time.time() * 1000)
+    deadline = time.monotonic() + timeout
+    storage_pings = _start_storage_pings(settings) if storage else {}
 
     state_client = _url_client(settings.redis_url, sock_timeout)
     tasks: dict[str, Callable[[], Any]] = {
@@ -221,7 +281,10 @@ def probe(settings: Settings, broker: dramatiq.Broker, *, timeout: float = 1.0) 
         tasks["broker"] = lambda: _probe_redis_broker(broker_client, namespace, now_ms, hb_timeout)
     elif kind == "rabbitmq":
         tasks["broker"] = lambda: _probe_rabbitmq(broker, sock_timeout)
-    results = _run_all(tasks, timeout)
+    results = _run_all(tasks, deadline)
+    storage_checks = {
+        name: _storage_check(ping, deadline, timeout) for name, ping in storage_pings.items()
+    }
 
     state: Any = results["redis"]
     redis_ok = not isinstance(state, BaseException)
@@ -264,6 +327,8 @@ def probe(settings: Settings, broker: dramatiq.Broker, *, timeout: float = 1.0) 
         lanes=lanes,
         live_workers=live,
         heartbeat_timeout_ms=hb_timeout,
+        storage=storage_checks.get("storage"),
+        source_storage=storage_checks.get("sourceStorage"),
     )
 
 
@@ -364,7 +429,7 @@ def _probe_rabbitmq(broker: dramatiq.Broker, sock_timeout: float) -> dict[str, A
     return {"latency_ms": round(latency, 3), "queues": counts, "consumers": consumers}
 
 
-def _run_all(tasks: Mapping[str, Callable[[], Any]], timeout: float) -> dict[str, Any]:
+def _run_all(tasks: Mapping[str, Callable[[], Any]], deadline: float) -> dict[str, Any]:
     """Run each task in a daemon thread; a task unfinished at the deadline gets ProbeTimeout.
 
     Daemon threads, not an executor: a hung socket must never hold up the caller (or the
@@ -382,12 +447,166 @@ def _run_all(tasks: Mapping[str, Callable[[], Any]], timeout: float) -> dict[str
         threading.Thread(target=run, args=(name, fn), name=f"preview-health-{name}", daemon=True)
         for name, fn in tasks.items()
     ]
-    deadline = time.monotonic() + timeout
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
     return {name: results.get(name, ProbeTimeout()) for name in tasks}
+
+
+# -- storage -------------------------------------------------------------------------------
+
+
+class _StoragePing:
+    """One storage check running in a daemon thread; ``done`` is set when it has ended."""
+
+    def __init__(
+        self, kind: str, variable: str, storage: Storage | None, check: Callable[[], None]
+    ) -> None:
+        self.kind = kind
+        self.variable = variable
+        self.storage = storage
+        self.check = check
+        self.done = threading.Event()
+        self.latency_ms: float | None = None
+        self.error: BaseException | None = None
+        self.key: Any = None
+
+    @classmethod
+    def failed(cls, kind: str, variable: str, error: BaseException) -> _StoragePing:
+        """A check that could not even start (the root cannot be opened)."""
+        ping = cls(kind, variable, None, lambda: None)
+        ping.error = error
+        ping.done.set()
+        return ping
+
+    def start(self) -> _StoragePing:
+        name = f"preview-health-{self.variable.lower()}"
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+        return self
+
+    def _run(self) -> None:
+        started = time.perf_counter()
+        try:
+            self.check()
+        except Exception as exc:
+            self.error = exc
+        else:
+            self.latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        finally:
+            with _pings_lock:
+                if _pings.get(self.key) is self:
+                    del _pings[self.key]
+            self.done.set()
+
+
+#: The storage checks in flight, by storage and check: one at a time per root.
+_pings: dict[Any, _StoragePing] = {}
+_pings_lock = threading.Lock()
+
+
+def _forget_pings() -> None:
+    # A forked child has none of its parent's threads: their checks would never end.
+    global _pings_lock
+    _pings.clear()
+    _pings_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pings)
+
+
+def _start_storage_pings(settings: Settings) -> dict[str, _StoragePing]:
+    """Start (or join) the checks of the output root and, if it is another one, the source
+    root; keys are the names of the health body (``storage``, ``sourceStorage``)."""
+    roots: dict[str, tuple[str, StorageRoot, bool]] = {
+        "storage": ("PREVIEW_OUTPUT_DIR", settings.output_dir, True),
+    }
+    source = settings.source_root
+    if source is not None and not _same_root(source, settings.output_dir):
+        roots["sourceStorage"] = ("PREVIEW_SOURCE_ROOT", source, False)
+    pings: dict[str, _StoragePing] = {}
+    for name, (variable, root, writable) in roots.items():
+        kind = "s3" if isinstance(root, S3Location) else "local"
+        try:
+            storage = open_storage(root, settings)
+        except Exception as exc:
+            pings[name] = _StoragePing.failed(kind, variable, exc)
+            continue
+        key = (storage, writable)
+        with _pings_lock:
+            ping = _pings.get(key)
+            if ping is None:
+                check = storage.ping
+                if not writable and isinstance(storage, LocalStorage):
+                    check = _readable_check(storage)
+                ping = _StoragePing(storage.kind, variable, storage, check)
+                ping.key = key
+                _pings[key] = ping.start()
+        pings[name] = ping
+    return pings
+
+
+def _readable_check(storage: LocalStorage) -> Callable[[], None]:
+    """The check of a local source root: sources are only read, so it need not be writable
+    (``Storage.ping`` checks that outputs can be written)."""
+
+    def check() -> None:
+        with storage.timed("ping"):
+            root = storage.root
+            if not root.exists():
+                raise StorageError(f"{root} does not exist")
+            if not root.is_dir():
+                raise StorageError(f"{root} is not a directory")
+            if not os.access(root, os.R_OK | os.X_OK):
+                raise StorageError(f"{root} is not readable by this process")
+
+    return check
+
+
+def _same_root(a: StorageRoot, b: StorageRoot) -> bool:
+    if isinstance(a, S3Location) or isinstance(b, S3Location):
+        return a == b
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _storage_check(ping: _StoragePing, deadline: float, timeout: float) -> StorageCheck:
+    if not ping.done.wait(max(0.0, deadline - time.monotonic())):
+        error: BaseException = ProbeTimeout()
+    elif ping.error is None:
+        return StorageCheck(kind=ping.kind, ok=True, latency_ms=ping.latency_ms, error=None)
+    else:
+        error = ping.error
+    return StorageCheck(
+        kind=ping.kind,
+        ok=False,
+        latency_ms=None,
+        error=_describe_storage(error, timeout, ping),
+        refused=isinstance(error, StorageForbidden),
+    )
+
+
+#: An absolute path in an error message (it would show the server's layout on a public route).
+_PATH_RE = re.compile(r"(?<![\w.~])/[^\s'\"]*")
+
+
+def _describe_storage(error: BaseException, timeout: float, ping: _StoragePing) -> str:
+    """What went wrong with a storage check, safe for a public route.
+
+    Our storage errors are written for people and name the bucket and what S3 refused, never
+    an endpoint or a credential; a local directory is named by its variable.  Other errors
+    are named by their class only.
+    """
+    if isinstance(error, ProbeTimeout):
+        return f"no answer within {timeout * 1000:.0f} ms"
+    if isinstance(error, PreviewError):
+        message = error.message
+        if isinstance(ping.storage, LocalStorage):
+            message = message.replace(str(ping.storage.root), ping.variable)
+            message = _PATH_RE.sub(f"the nearest existing parent of {ping.variable}", message)
+        return message
+    if isinstance(error, ImportError):
+        return "boto3 is not installed: install dramatiq-preview[s3] for s3:// roots"
+    return type(error).__name__
 
 
 # -- clients -----------------------------------------------------------------------------
@@ -493,6 +712,7 @@ __all__ = [
     "LaneStats",
     "ProbeTimeout",
     "Snapshot",
+    "StorageCheck",
     "check_health",
     "probe",
 ]

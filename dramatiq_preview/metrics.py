@@ -9,6 +9,9 @@
   ``preview_live_workers``, ``preview_redis_up`` and ``preview_broker_up``.
 * Web metrics (:class:`WebMetrics`, one per Flask app): ``preview_http_requests_total`` and
   ``preview_http_request_duration_seconds`` by endpoint, method and status.
+* Storage metrics (:class:`StorageMetrics`), updated from ``storage`` events in workers and web
+  processes alike: ``preview_storage_seconds{backend,operation}`` and
+  ``preview_storage_errors_total{backend,operation,error}``.
 
 Workers expose the job metrics next to Dramatiq's own through the
 :class:`~dramatiq_preview.middleware.prometheus.Metrics` middleware.  ``prometheus_client`` is
@@ -16,7 +19,8 @@ imported late on purpose: in a worker it must first see ``PROMETHEUS_MULTIPROC_D
 is only set at process boot.
 
 Labels are low-cardinality by construction: a job id never becomes a label, and input
-formats and stages outside known sets are reported as ``other``.
+formats, stages, storage backends, operations and error types outside known sets are
+reported as ``other``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import dramatiq
 
 from .config import Settings
+from .errors import PreviewError
 from .events import subscribe
 from .health import probe
 
@@ -62,6 +67,25 @@ SOURCE_BYTES_BUCKETS = (
     104_857_600,
 )
 HTTP_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+#: From a local write (well under a millisecond) to an S3 call at its read timeout.
+STORAGE_SECONDS_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    15.0,
+    30.0,
+)
+STORAGE_BACKENDS = frozenset({"local", "s3"})
+STORAGE_OPERATIONS = frozenset({"get", "put", "delete", "list", "head", "ping"})
 
 #: Every metric name this library exports (the dashboard and alert tests check against it).
 PREVIEW_METRICS = frozenset(
@@ -79,6 +103,8 @@ PREVIEW_METRICS = frozenset(
         "preview_broker_up",
         "preview_http_requests_total",
         "preview_http_request_duration_seconds",
+        "preview_storage_seconds",
+        "preview_storage_errors_total",
     }
 )
 #: The metrics of Dramatiq's ``Prometheus`` middleware, exported by workers next to ours.
@@ -141,6 +167,10 @@ class JobMetrics:
         # Every outcome exists from the start, so rate() and ratios work before it happens.
         for outcome in JOB_OUTCOMES.values():
             self.jobs.labels(outcome)
+        self._storage = StorageMetrics(registry)
+        # Attributes of their own, so that the in-process exposition finds them too.
+        self.storage_seconds = self._storage.seconds
+        self.storage_errors = self._storage.errors
         subscribe(self.observe)
 
     def observe(self, event: str, fields: dict[str, Any]) -> None:
@@ -166,6 +196,71 @@ class JobMetrics:
         size = fields.get("source_bytes")
         if isinstance(size, int) and size >= 0:
             self.source_bytes.labels(fmt).observe(size)
+
+
+# -- storage metrics -------------------------------------------------------------------------
+
+
+class StorageMetrics:
+    """``preview_storage_seconds`` and ``preview_storage_errors_total``, from ``storage``
+    events (one per storage call, see :meth:`dramatiq_preview.storage.Storage.timed`).
+
+    Every call is timed, whatever its outcome; a call that raised is also counted in
+    ``preview_storage_errors_total`` under its error type (``storage_error``,
+    ``storage_forbidden``, ``source_not_found``...; ``other`` for an error type this library
+    does not define).  Subscribed for as long as the instance is referenced.
+
+    Parameters:
+      registry: where to register them.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        from prometheus_client import Counter, Histogram
+
+        self.seconds = Histogram(
+            "preview_storage_seconds",
+            "Time of a storage call (every outcome), by backend and operation.",
+            ["backend", "operation"],
+            buckets=STORAGE_SECONDS_BUCKETS,
+            registry=registry,
+        )
+        self.errors = Counter(
+            "preview_storage_errors_total",
+            "Storage calls that failed, by backend, operation and error type.",
+            ["backend", "operation", "error"],
+            registry=registry,
+        )
+        subscribe(self.observe)
+
+    def observe(self, event: str, fields: dict[str, Any]) -> None:
+        """Time (and, when it failed, count) one storage call."""
+        if event != "storage":
+            return
+        backend = _bounded(fields.get("backend"), STORAGE_BACKENDS)
+        operation = _bounded(fields.get("operation"), STORAGE_OPERATIONS)
+        seconds = fields.get("seconds")
+        if isinstance(seconds, (int, float)) and seconds >= 0:
+            self.seconds.labels(backend, operation).observe(seconds)
+        outcome = fields.get("outcome", "ok")
+        if outcome != "ok":
+            self.errors.labels(backend, operation, _bounded(outcome, _error_types())).inc()
+
+
+def _error_types() -> frozenset[str]:
+    """Every error type of :mod:`dramatiq_preview.errors`, and ``error`` (any other exception)."""
+    global _ERROR_TYPES
+    if _ERROR_TYPES is None:
+        found = {"error"}
+        pending: list[type[PreviewError]] = [PreviewError]
+        while pending:
+            cls = pending.pop()
+            found.add(cls.type)
+            pending.extend(cls.__subclasses__())
+        _ERROR_TYPES = frozenset(found)
+    return _ERROR_TYPES
+
+
+_ERROR_TYPES: frozenset[str] | None = None
 
 
 def _bounded(value: Any, known: frozenset[str]) -> str:
@@ -262,7 +357,8 @@ class QueueCollector:
 
 
 class WebMetrics:
-    """Metrics of one web app: its requests, duplicates submitted, and the scrape-time gauges.
+    """Metrics of one web app: its requests, duplicates submitted, its storage calls (serving
+    outputs, the health check) and the scrape-time gauges.
 
     Each instance has its own ``CollectorRegistry``, so several apps in one process (or in
     one test session) never clash.  When the web server runs several processes with
@@ -293,6 +389,7 @@ class WebMetrics:
             registry=self.registry,
         )
         self.duplicates = _DuplicateCounter(self.registry)
+        self.storage = StorageMetrics(self.registry)
         self.queues = QueueCollector(settings, broker)
         self.registry.register(self.queues)
 
@@ -471,6 +568,7 @@ __all__ = [
     "PREVIEW_METRICS",
     "JobMetrics",
     "QueueCollector",
+    "StorageMetrics",
     "WebMetrics",
     "multiprocess_base",
     "prepare_run_directory",

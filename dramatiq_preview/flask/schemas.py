@@ -122,6 +122,15 @@ class ValidationErrorSchema(ErrorSchema):
     details = fields.List(fields.Nested(IssueSchema), required=True)
 
 
+class StorageHealthSchema(Schema):
+    """One storage root in the health body."""
+
+    ok = fields.Boolean(required=True)
+    kind = fields.String(required=True, metadata={"enum": ["local", "s3"]})
+    latencyMs = fields.Float(required=True, allow_none=True)
+    error = fields.String(required=True, allow_none=True)
+
+
 class HealthSchema(Schema):
     """The body of ``GET /worker/health``; see docs/http-api.md for every key."""
 
@@ -129,6 +138,13 @@ class HealthSchema(Schema):
         unknown = INCLUDE
 
     status = fields.String(required=True, metadata={"enum": ["ok", "degraded", "down"]})
+    storage = fields.Nested(
+        StorageHealthSchema, metadata={"description": "The output root (PREVIEW_OUTPUT_DIR)."}
+    )
+    sourceStorage = fields.Nested(
+        StorageHealthSchema,
+        metadata={"description": "The source root, when it is set and another root."},
+    )
 
 
 SUBMIT_RESPONSE = SubmitResponseSchema()
@@ -142,6 +158,7 @@ __all__ = [
     "ErrorSchema",
     "HealthSchema",
     "StatusSchema",
+    "StorageHealthSchema",
     "SubmitResponseSchema",
     "ValidationErrorSchema",
 ]
