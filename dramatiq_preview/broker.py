@@ -36,6 +36,7 @@ from .middleware import (
     Presence,
     RenderPool,
 )
+from .middleware.retention import Retention
 from .names import QUEUES
 
 logger = logging.getLogger("dramatiq_preview.broker")
@@ -88,6 +89,9 @@ def attach_middleware(broker: dramatiq.Broker, settings: Settings | None = None)
             broker.add_middleware(middleware_class(settings=settings), before=Retries)
     if RenderPool not in present:
         broker.add_middleware(RenderPool(settings=settings))
+    if Retention not in present:
+        # Its hooks run only in worker processes: a web process never sweeps.
+        broker.add_middleware(Retention(settings=settings))
     _attach_observability(broker, settings)
     for queue_name in QUEUES.values():
         broker.declare_queue(queue_name)

@@ -1,8 +1,9 @@
 """The ``dramatiq-preview`` command.
 
 Exit codes: 0 success; 1 the input or the request was refused (invalid payload, unknown
-job, conflict); 2 the input file could not be read or the command line is wrong; 3 Redis or
-the broker is unavailable; 4 the configuration is invalid.
+job, conflict; for ``gc``, storage refused the credentials or the permission); 2 the input
+file could not be read or the command line is wrong; 3 Redis, the broker or (``gc``) the
+output storage is unavailable; 4 the configuration is invalid.
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ from .errors import (
     JobConflict,
     JobNotFound,
     StateStoreUnavailable,
+    StorageError,
+    StorageForbidden,
 )
 from .health import check_health
+from .retention import SweepReport, sweep
 from .state import get_store
 from .validation import validation_issues
 
@@ -184,6 +188,43 @@ def _cmd_health(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextI
     return {"ok": EXIT_OK, "degraded": EXIT_REFUSED}.get(report.status, EXIT_UNAVAILABLE)
 
 
+def _cmd_gc(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    # An operator asked: sweep now, without the workers' lock (a sweep running elsewhere at
+    # the same time only deletes the same orphans twice).
+    settings = get_settings()
+    report = SweepReport(dry_run=args.dry_run)
+    paths: list[str] = []
+
+    def listed(key: str) -> None:
+        if args.json:
+            paths.append(key)
+        else:
+            print(key, file=out, flush=True)
+
+    try:
+        sweep(
+            settings,
+            dry_run=args.dry_run,
+            on_output=listed if args.dry_run else None,
+            report=report,
+        )
+    except (StorageForbidden, StorageError) as exc:
+        refused = isinstance(exc, StorageForbidden)
+        what = "refused" if refused else "unavailable"
+        print(f"dramatiq-preview gc: output storage {what}: {exc.message}", file=err)
+        if report.outputs:
+            print(f"{report.summary()} before the error", file=err)
+        return EXIT_REFUSED if refused else EXIT_UNAVAILABLE
+    if args.json:
+        body = report.to_dict()
+        if args.dry_run:
+            body["paths"] = paths
+        print(json.dumps(body), file=out)
+    else:
+        print(report.summary(), file=out)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dramatiq-preview",
@@ -226,6 +267,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--all", action="store_true", help="requeue every dead job")
     dlq.add_parser("purge", help="delete every dead message")
     p.set_defaults(func=_cmd_dlq)
+
+    p = sub.add_parser(
+        "gc",
+        help="delete the outputs of jobs whose record expired",
+        description=(
+            "Delete, on disk or in S3, every output under PREVIEW_OUTPUT_DIR whose job record "
+            "no longer exists. Workers run the same sweep every PREVIEW_GC_INTERVAL_SECONDS, "
+            "one at a time; this command runs at once, whether or not a worker holds the lock."
+        ),
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="list the outputs that would go; remove nothing"
+    )
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(func=_cmd_gc)
     return parser
 
 

@@ -40,6 +40,12 @@ def presence_key(namespace: str) -> str:
     return f"{namespace}:workers"
 
 
+def gc_lock_key(namespace: str) -> str:
+    """The lock a worker takes (``SET NX EX interval``) before a retention sweep: whoever
+    sets it sweeps, and no other worker does until it expires."""
+    return f"{namespace}:gc:lock"
+
+
 __all__ = [
     "ACTOR_NAME",
     "BUSY_TRIES",
@@ -47,6 +53,7 @@ __all__ = [
     "QUEUES",
     "RECORDED",
     "canonical_queue",
+    "gc_lock_key",
     "presence_key",
     "queue_for",
 ]

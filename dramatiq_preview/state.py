@@ -26,7 +26,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
@@ -405,6 +405,19 @@ class JobStore:
         if "state" not in raw:
             return None
         return status_from_record(job_id, raw)
+
+    def existing(self, job_ids: Sequence[str]) -> set[str]:
+        """Which of ``job_ids`` still have a record, in one round trip (retention)."""
+        ids = list(job_ids)
+
+        def run() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.exists(self.job_key(job_id))
+            return pipe.execute()
+
+        found = self._guard(run) if ids else []
+        return {job_id for job_id, count in zip(ids, found, strict=True) if count}
 
     def oldest_waiting(self, queue: str) -> float | None:
         """Age in seconds of the oldest job waiting to start on ``queue`` (None if none)."""

@@ -56,6 +56,8 @@ BASE_ENV = {
     "PREVIEW_FETCH_READ_TIMEOUT_MS": "2000",
     "PREVIEW_BROKER_HEARTBEAT_TIMEOUT_MS": "2000",
     "PREVIEW_BROKER_MAINTENANCE_CHANCE": "200000",
+    # Workers of many namespaces share OUTPUT_DIR here: a sweep would take the others' outputs.
+    "PREVIEW_GC_INTERVAL_SECONDS": "0",
     # Dramatiq's Prometheus exposition of test workers: loopback, a free port, a temp dir.
     "dramatiq_prom_host": "127.0.0.1",
     "dramatiq_prom_port": str(_free_port()),

@@ -171,7 +171,7 @@ def test_help_lists_every_subcommand() -> None:
     with pytest.raises(SystemExit) as info, contextlib.redirect_stdout(out):
         main(["--help"])
     assert info.value.code == 0
-    for name in ("validate", "submit", "status", "cancel", "dlq"):
+    for name in ("validate", "submit", "status", "cancel", "dlq", "health", "gc"):
         assert name in out.getvalue()
 
 

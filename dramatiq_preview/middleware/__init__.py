@@ -7,6 +7,7 @@
 * :class:`Metrics` — Dramatiq's ``Prometheus`` plus our job metrics (docs/observability.md).
 * :class:`Presence` — the registry of live worker processes, for the health check.
 * :class:`LogFormat` — ``PREVIEW_LOG_FORMAT`` in every worker process.
+* :class:`Retention` — the periodic sweep of expired jobs' outputs, one worker at a time.
 
 They import only the layers below them (state, storage, rendering, observability, names);
 :mod:`dramatiq_preview.broker` assembles them, never the reverse.
@@ -17,6 +18,7 @@ from .log_format import LogFormat
 from .presence import Presence
 from .prometheus import Metrics
 from .render_pool import RenderPool
+from .retention import Retention
 from .status import JobStatus
 from .validation import PayloadValidation
 
@@ -28,4 +30,5 @@ __all__ = [
     "PayloadValidation",
     "Presence",
     "RenderPool",
+    "Retention",
 ]

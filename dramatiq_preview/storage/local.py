@@ -155,24 +155,27 @@ class LocalStorage(Storage):
 
     def job_ids(self) -> Iterator[str]:
         try:
-            entries = list(os.scandir(self.root))
+            entries = os.scandir(self.root)
         except FileNotFoundError:
             return
         except OSError as exc:
             raise StorageError(f"cannot list {self.root.name}: {exc.strerror or exc}") from None
-        for entry in entries:
-            if (
-                JOB_ID_RE.fullmatch(entry.name)
-                and entry.name not in (".", "..")
-                and entry.is_dir(follow_symlinks=False)
-            ):
-                yield entry.name
+        # One entry at a time: an output root holds one directory per retained job.
+        with entries:
+            for entry in entries:
+                if (
+                    JOB_ID_RE.fullmatch(entry.name)
+                    and entry.name not in (".", "..")
+                    and entry.is_dir(follow_symlinks=False)
+                ):
+                    yield entry.name
 
     def head(self, key: str) -> ObjectInfo | None:
-        target = self._inside_file(key)
-        if target is None:
-            return None
-        info = target.stat()
+        with self.timed("head"):
+            target = self._inside_file(key)
+            if target is None:
+                return None
+            info = target.stat()
         return ObjectInfo(
             key=key,
             size=info.st_size,
