@@ -83,6 +83,7 @@ _TIMING = textwrap.dedent(
     from dramatiq_preview.rendering import Renderer, render_in_process
     from dramatiq_preview.rendering.engine import WEBP_METHOD
     from dramatiq_preview.sources import open_source
+    from dramatiq_preview.storage import destinations
 
     root, out, rounds = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
     pyvips.cache_set_max(0)
@@ -97,7 +98,7 @@ _TIMING = textwrap.dedent(
     renderer.warm()
 
     def dests(spec):
-        return [out / spec.job_id / f"{{i}}.webp" for i in range(len(spec.outputs))]
+        return destinations(out, spec)
 
     def pool(spec):
         with open_source(spec, settings) as source:
@@ -178,12 +179,13 @@ _MEMORY = textwrap.dedent(
         from dramatiq_preview.rendering import render_in_process
         from dramatiq_preview.config import Settings
         from dramatiq_preview.sources import open_source
+        from dramatiq_preview.storage import destinations
         settings = Settings(source_root=root)
         def render(name):
             spec = JobSpec(job_id="m", source_path=name,
                            outputs=(OutputSpec(256, 256, "webp", quality={q}),))
             with open_source(spec, settings) as source:
-                render_in_process(spec, source, [out / "m" / "0.webp"],
+                render_in_process(spec, source, destinations(out, spec),
                                   max_pixels=10**8, memory_mb=2048)
     render("tiny.jpg")
     reset_peak()
