@@ -244,6 +244,9 @@ class S3Server:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            # weed mini takes AWS_ACCESS_KEY_ID/SECRET from its environment as an identity
+            # of its own: this process's (another server's, say) would lock out ours.
+            env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
         )
         os.makedirs(os.path.join(self._dir, "data"), exist_ok=True)
         deadline = time.monotonic() + timeout

@@ -62,3 +62,16 @@ def _no_retries() -> object:
     from botocore.config import Config
 
     return Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=1)
+
+
+def test_a_second_server_starts_while_the_first_ones_credentials_are_set(
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given this process's AWS_* pointing at the first server (as a test's worker env does)
+    for name, value in s3.environment().items():
+        monkeypatch.setenv(name, value)
+    # When a second server starts / Then it serves its own identity, not the inherited one
+    with S3Server() as other:
+        bucket = other.create_bucket()
+        other.client().put_object(Bucket=bucket, Key="k", Body=b"v")
+        assert other.client().get_object(Bucket=bucket, Key="k")["Body"].read() == b"v"

@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import SourceForbidden, SourceNotFound, SourceTooLarge, StorageError
 from .base import JOB_ID_RE, ObjectInfo, Storage, StoredObject, source_key
@@ -184,11 +185,29 @@ class LocalStorage(Storage):
         )
 
     def get(self, key: str, byte_range: tuple[int, int] | None = None) -> StoredObject | None:
-        info = self.head(key)
-        if info is None:
-            return None
-        start, stop = byte_range or (0, info.size)
-        return StoredObject(info=info, chunks=_read(self.root / key, start, stop), span=byte_range)
+        with self.timed("get"):
+            target = self._inside_file(key)
+            if target is None:
+                return None
+            try:
+                # One open: the size and the bytes come from the same file, even when a
+                # retried job replaces it (by rename) meanwhile.
+                file = open(target, "rb")  # noqa: SIM115 - closed by the StoredObject
+            except FileNotFoundError:
+                return None
+            info = os.fstat(file.fileno())
+        start, stop = byte_range or (0, info.st_size)
+        return StoredObject(
+            info=ObjectInfo(
+                key=key,
+                size=info.st_size,
+                etag=None,
+                modified=datetime.fromtimestamp(info.st_mtime, timezone.utc),
+            ),
+            chunks=_read(file, start, stop),
+            span=byte_range,
+            release=file.close,
+        )
 
     def _inside_file(self, key: str) -> Path | None:
         root = os.path.realpath(self.root)
@@ -210,12 +229,12 @@ class LocalStorage(Storage):
                 raise StorageError(f"{probe} is not writable by this process")
 
 
-def _read(path: Path, start: int, stop: int) -> Iterator[bytes]:
-    with open(path, "rb") as fh:
-        fh.seek(start)
+def _read(file: BinaryIO, start: int, stop: int) -> Iterator[bytes]:
+    with file:
+        file.seek(start)
         left = stop - start
         while left > 0:
-            chunk = fh.read(min(_CHUNK, left))
+            chunk = file.read(min(_CHUNK, left))
             if not chunk:
                 return
             left -= len(chunk)
