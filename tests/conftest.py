@@ -129,3 +129,19 @@ def s3_env(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     for name, value in s3_server.environment().items():
         monkeypatch.setenv(name, value)
     return s3_server
+
+
+@pytest.fixture
+def make_broker() -> Iterator[Any]:
+    """``make_broker(settings)``: a broker built by the library, closed after the test."""
+    from dramatiq_preview.broker import build_broker
+
+    brokers: list[Any] = []
+
+    def make(settings: Any) -> Any:
+        brokers.append(build_broker(settings))
+        return brokers[-1]
+
+    yield make
+    for broker in brokers:
+        broker.client.close()

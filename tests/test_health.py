@@ -67,20 +67,6 @@ def worker_env(ns: str, tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def make_broker() -> Iterator[Any]:
-    """``make_broker(settings)``: a broker whose connections are closed after the test."""
-    brokers: list[Any] = []
-
-    def make(settings: Settings) -> Any:
-        brokers.append(build_broker(settings))
-        return brokers[-1]
-
-    yield make
-    for broker in brokers:
-        broker.client.close()
-
-
-@pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     """A redis-server of this test alone, to stop or freeze."""
     server = RedisServer().start()

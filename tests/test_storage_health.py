@@ -17,7 +17,6 @@ from flask import Flask
 from support import wait_until
 
 from dramatiq_preview import Settings
-from dramatiq_preview.broker import build_broker
 from dramatiq_preview.flask import PreviewExtension
 from dramatiq_preview.health import check_health, presence_key
 from dramatiq_preview.testing import RedisServer, S3Server, free_port
@@ -31,20 +30,6 @@ def settings_for(redis_url: str, ns: str, **extra: str) -> Settings:
     """Settings from these values alone (not the test environment's PREVIEW_* roots)."""
     values = {"PREVIEW_REDIS_URL": redis_url, "PREVIEW_NAMESPACE": ns, **extra}
     return Settings.from_mapping(values, {})
-
-
-@pytest.fixture
-def make_broker() -> Iterator[Any]:
-    """``make_broker(settings)``: a broker whose connections are closed after the test."""
-    brokers: list[Any] = []
-
-    def make(settings: Settings) -> Any:
-        brokers.append(build_broker(settings))
-        return brokers[-1]
-
-    yield make
-    for broker in brokers:
-        broker.client.close()
 
 
 @pytest.fixture
