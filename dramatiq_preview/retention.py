@@ -29,10 +29,10 @@ from typing import Any, TypeVar
 import redis
 
 from .config import Settings
-from .errors import StateStoreUnavailable, StorageError
+from .errors import ConfigError, StateStoreUnavailable, StorageError
 from .names import gc_lock_key
 from .state import get_store
-from .storage import Storage, open_storage
+from .storage import Storage, open_storage, roots_overlap
 
 logger = logging.getLogger("dramatiq_preview.retention")
 
@@ -91,11 +91,23 @@ def sweep(
       report: filled in as the sweep goes (a new one by default).
       stop: when set, the sweep ends after the job it is on (a worker shutting down).
 
+    Only what the library writes under ``{jobId}/`` is removed (outputs and temporary
+    files: :func:`dramatiq_preview.storage.is_output_key`).  An output root belongs to one
+    deployment (namespace): a job of another namespace has no record here.
+
     Raises:
+      ConfigError: the output root is, contains or lies inside the source root.
       StateStoreUnavailable: Redis did not answer; nothing of the batch was removed.
       StorageError: storage did not answer (transient).
       StorageForbidden: storage refused the listing or the deletion.
     """
+    if roots_overlap(settings.output_dir, settings.source_root):
+        # Sources are no one's outputs: a sweep must never be able to reach them.
+        raise ConfigError(
+            "PREVIEW_OUTPUT_DIR",
+            "is, contains or lies inside PREVIEW_SOURCE_ROOT; retention sweeps only an output "
+            "root of its own",
+        )
     report = report if report is not None else SweepReport(dry_run=dry_run)
     store = get_store(settings)
     storage = open_storage(settings.output_dir, settings)
@@ -166,7 +178,7 @@ def _expire(
     if on_output is None and not dry_run:
         # One listing, not two: remove_job lists the job's keys itself.
         return _guarded(lambda: storage.remove_job(job_id))
-    keys = _guarded(lambda: storage.job_keys(job_id))
+    keys = _guarded(lambda: storage.output_keys(job_id))
     for key in keys:
         if on_output is not None:
             on_output(key)

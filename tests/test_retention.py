@@ -235,6 +235,59 @@ def test_gc_never_touches_names_that_are_not_job_ids(
     assert (out.root / "linked").is_symlink()
 
 
+@pytest.mark.parametrize("backend", ["disk", "s3"])
+def test_gc_removes_only_what_the_library_writes_under_a_job_like_name(
+    backend: str, redis_server: RedisServer, s3_server: S3Server, tmp_path: Path
+) -> None:
+    # Given an output root that also holds files of the host's under names a job id could
+    # have ("2024", "css", "42"), none of them with a job record, beside an expired job
+    ns = namespace()
+    out = DiskOutputs(tmp_path / "out") if backend == "disk" else BucketOutputs(s3_server)
+    theirs = {"2024/report.pdf", "css/site.css", "42/cat.jpg", "42/0.webp.bak", "7/x/0.png"}
+    for key in theirs:
+        out.put(key)
+    expired = new_job_id()
+    out.put(f"{expired}/0.webp")
+    out.put(f"{expired}/notes.txt")
+
+    # When gc runs
+    result = gc(PREVIEW_NAMESPACE=ns, PREVIEW_OUTPUT_DIR=out.url, **out.env())
+
+    # Then only the expired job's output went; every other file stays
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "removed 1 output(s) of 1 expired job(s)\n"
+    assert out.stored() == theirs | {f"{expired}/notes.txt"}
+
+
+@pytest.mark.parametrize(
+    ("outputs", "sources"),
+    [
+        ("{tmp}/shared", "{tmp}/shared"),
+        ("{tmp}/shared", "{tmp}/shared/uploads"),
+        ("{tmp}/shared/previews", "{tmp}/shared"),
+        ("s3://bucket-a", "s3://bucket-a/users"),
+        ("s3://bucket-a/v1", "s3://bucket-a/v1"),
+    ],
+)
+def test_gc_refuses_an_output_root_that_overlaps_the_source_root(
+    outputs: str, sources: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Given an output root that is, holds or lies inside the source root, with a file in it
+    (tmp_path / "shared" / "42").mkdir(parents=True)
+    (tmp_path / "shared" / "42" / "0.png").write_bytes(PNG)
+    env = {
+        "PREVIEW_NAMESPACE": namespace(),
+        "PREVIEW_OUTPUT_DIR": outputs.format(tmp=tmp_path),
+        "PREVIEW_SOURCE_ROOT": sources.format(tmp=tmp_path),
+    }
+    # When gc runs
+    result = gc(**env)
+    # Then it refuses as a configuration error naming both settings, and removes nothing
+    assert result.returncode == 4, result.stderr
+    assert "PREVIEW_OUTPUT_DIR" in result.stderr and "PREVIEW_SOURCE_ROOT" in result.stderr
+    assert (tmp_path / "shared" / "42" / "0.png").read_bytes() == PNG
+
+
 def test_gc_with_s3_unreachable_says_so_and_exits_3(redis_server: RedisServer) -> None:
     # Given an output root in S3 where nothing answers
     env = {

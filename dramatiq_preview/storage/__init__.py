@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 from ..config import S3Location, Settings, StorageRoot, get_settings
+from ..errors import PreviewError
 from ..models import CONTENT_TYPES, JobSpec, relative_output_path
 from .base import (
     JOB_ID_RE,
@@ -25,6 +26,7 @@ from .base import (
     ObjectInfo,
     Storage,
     StoredObject,
+    is_output_key,
     source_key,
     spool,
     too_large,
@@ -44,8 +46,10 @@ __all__ = [
     "atomic_write",
     "classify",
     "destinations",
+    "is_output_key",
     "open_storage",
     "remove_outputs",
+    "roots_overlap",
     "source_key",
     "spool",
     "too_large",
@@ -146,11 +150,37 @@ class JobOutputs:
                 logger.warning("could not delete %d partial output(s): %s", len(written), exc)
 
 
+def roots_overlap(a: StorageRoot | None, b: StorageRoot | None) -> bool:
+    """Whether one root is the other or lies inside it (same bucket and prefix path, or
+    the same directory tree)."""
+    if a is None or b is None:
+        return False
+    if isinstance(a, S3Location) and isinstance(b, S3Location):
+        if a.bucket != b.bucket:
+            return False
+        pa, pb = a.prefix.split("/") if a.prefix else [], b.prefix.split("/") if b.prefix else []
+        shorter = min(len(pa), len(pb))
+        return pa[:shorter] == pb[:shorter]
+    if isinstance(a, S3Location) or isinstance(b, S3Location):
+        return False
+    ra, rb = Path(os.path.realpath(a)), Path(os.path.realpath(b))
+    return ra == rb or ra.is_relative_to(rb) or rb.is_relative_to(ra)
+
+
 def destinations(root: StorageRoot | Storage, spec: JobSpec) -> JobOutputs:
     """The outputs of ``spec`` under ``root`` (``PREVIEW_OUTPUT_DIR``)."""
     return JobOutputs(open_storage(root), spec)
 
 
 def remove_outputs(root: StorageRoot | Storage, job_id: str) -> int:
-    """Delete every output of ``job_id`` under ``root``; the number of files removed."""
-    return open_storage(root).remove_job(job_id)
+    """Delete the outputs of ``job_id`` under ``root`` (a cancelled job, one over the output
+    cap); the number of files removed.
+
+    Best effort: when storage fails, a warning is logged and 0 returned; the retention sweep
+    removes what is left once the job's record has expired.
+    """
+    try:
+        return open_storage(root).remove_job(job_id)
+    except PreviewError as exc:
+        logger.warning("could not remove the outputs of job %s: %s", job_id, exc)
+        return 0

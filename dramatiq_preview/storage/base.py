@@ -20,12 +20,27 @@ from pathlib import Path
 
 from .. import events
 from ..errors import SourceForbidden, SourceTooLarge, SourceUnavailable
+from ..models import EXTENSIONS
 
 #: ``Cache-Control`` of every output: a job's outputs never change under the same key except
 #: when a retried delivery writes the same pixels again; they stay private to the caller.
 OUTPUT_CACHE_CONTROL = "private, max-age=3600"
-#: A job id as the payload schema allows it: the only names a sweep touches in the root.
+#: A job id as the payload schema allows it: the only names a sweep looks at in the root.
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+#: What this library writes under ``{jobId}/``: outputs (``0.webp``...) and, on disk, the
+#: temporary files of an interrupted atomic write.  Retention and cancellation delete
+#: nothing else, so a root shared with other files (a directory called ``2024``) loses none.
+_EXTENSIONS_ALT = "|".join(sorted({re.escape(e) for e in EXTENSIONS.values()}))
+_OUTPUT_NAME_RE = re.compile(
+    rf"^(?:[0-9]{{1,3}}\.(?:{_EXTENSIONS_ALT})|\.tmp-[A-Za-z0-9_]{{1,32}})$"
+)
+
+
+def is_output_key(key: str, job_id: str) -> bool:
+    """Whether ``key`` is a file this library writes for ``job_id`` (an output or a
+    temporary file of one)."""
+    head, slash, name = key.partition("/")
+    return head == job_id and bool(slash) and _OUTPUT_NAME_RE.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)
@@ -190,11 +205,16 @@ class Storage(ABC):
     def ping(self) -> None:
         """Check that the root is reachable and usable; raise the errors above if not."""
 
-    def remove_job(self, job_id: str) -> int:
-        """Delete every output of ``job_id``; the number of objects removed."""
+    def output_keys(self, job_id: str) -> list[str]:
+        """The keys under ``{job_id}/`` that this library wrote (:func:`is_output_key`)."""
         if not JOB_ID_RE.fullmatch(job_id):
-            return 0
-        keys = self.job_keys(job_id)
+            return []
+        return [k for k in self.job_keys(job_id) if is_output_key(k, job_id)]
+
+    def remove_job(self, job_id: str) -> int:
+        """Delete the outputs of ``job_id`` (only what :meth:`output_keys` lists); the number
+        of objects removed."""
+        keys = self.output_keys(job_id)
         if keys:
             self.delete(keys)
         return len(keys)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -133,16 +132,15 @@ class LocalStorage(Storage):
                     (self.root / key).unlink()
 
     def remove_job(self, job_id: str) -> int:
-        # jobIds cannot contain "/" and never start with "."; still, never leave the root.
-        if not JOB_ID_RE.fullmatch(job_id) or job_id in (".", ".."):
-            return 0
-        with self.timed("delete"):
-            target = self.root / job_id
-            count = sum(1 for p in target.rglob("*") if p.is_file()) if target.is_dir() else 0
-            shutil.rmtree(target, ignore_errors=True)
-            return count
+        count = super().remove_job(job_id)
+        # The job's directory goes too, once nothing else is left in it.
+        with contextlib.suppress(OSError):
+            if count and JOB_ID_RE.fullmatch(job_id) and job_id not in (".", ".."):
+                (self.root / job_id).rmdir()
+        return count
 
     def job_keys(self, job_id: str) -> list[str]:
+        # jobIds cannot contain "/" and never start with "."; still, never leave the root.
         if not JOB_ID_RE.fullmatch(job_id) or job_id in (".", ".."):
             return []
         target = self.root / job_id
@@ -151,7 +149,7 @@ class LocalStorage(Storage):
         return sorted(
             p.relative_to(self.root).as_posix()
             for p in target.rglob("*")
-            if p.is_file() and not p.name.startswith(".tmp-")
+            if p.is_file() and not p.is_symlink()
         )
 
     def job_ids(self) -> Iterator[str]:

@@ -72,10 +72,14 @@ _TRANSIENT_CODES = {
     "OperationAborted",
 }
 _MISSING_CODES = {"NoSuchKey", "NotFound", "404"}
+#: Answers about the key itself (too long, a name the server will not take): the job's
+#: path is at fault, not the credentials.
+_BAD_KEY_CODES = {"KeyTooLongError", "InvalidObjectName", "InvalidRequest", "InvalidArgument"}
 
 
 def classify(exc: BaseException) -> tuple[str, str]:
-    """``("missing" | "refused" | "transient", why)`` for an exception of boto3/botocore."""
+    """``("missing" | "bad_key" | "refused" | "transient", why)`` for an exception of
+    boto3/botocore."""
     response = getattr(exc, "response", None)
     if isinstance(response, dict):
         error = response.get("Error") or {}
@@ -87,6 +91,8 @@ def classify(exc: BaseException) -> tuple[str, str]:
             return "missing", f"no such key ({code or status})"
         if code in _CREDENTIAL_CODES:
             return "refused", f"{_CREDENTIAL_CODES[code]} ({code})"
+        if code in _BAD_KEY_CODES:
+            return "bad_key", f"S3 does not take this key ({code})"
         if code in _TRANSIENT_CODES or status >= 500 or status in (408, 429):
             return "transient", f"S3 answered {status} {code}".rstrip()
         if code in ("AccessDenied", "Forbidden") or status in (401, 403):
@@ -143,8 +149,14 @@ class S3Storage(Storage):
 
     def _make_client(self, purpose: str) -> Any:
         # Optional dependency (the s3 extra), needed only once an S3 root is used.
-        import boto3.session
-        import botocore.config
+        try:
+            import boto3.session
+            import botocore.config
+        except ImportError:
+            # Permanent: every retry would fail the same way until the host is fixed.
+            raise StorageForbidden(
+                f"{self.location} needs boto3: pip install 'dramatiq-preview[s3]'"
+            ) from None
 
         options: dict[str, Any] = {
             "connect_timeout": self._timeouts[0],
@@ -186,6 +198,9 @@ class S3Storage(Storage):
         shown = repr(relative[:200])
         if _CONTROL_RE.search(relative):
             raise SourceForbidden("the source path contains control characters")
+        if "\\" in relative:
+            # Some S3-compatible servers read "\" as "/": "..\x" would be "../x" there.
+            raise SourceForbidden("the source path must not contain a backslash")
         if normalised.endswith("/"):
             raise SourceNotFound(f"source {shown} names a directory, not a file")
         key = self.key(normalised)
@@ -193,8 +208,11 @@ class S3Storage(Storage):
             try:
                 response = self.client().get_object(Bucket=self.bucket, Key=key)
             except Exception as exc:
-                if classify(exc)[0] == "missing":
+                kind, why = classify(exc)
+                if kind == "missing":
                     raise SourceNotFound(f"source file {shown} not found") from None
+                if kind == "bad_key":
+                    raise SourceForbidden(f"source path {shown} refused: {why}") from None
                 raise self._error(exc, "s3:GetObject", transient=SourceUnavailable) from None
             body = response["Body"]
             try:
@@ -329,14 +347,14 @@ class S3Storage(Storage):
         return str(url)
 
     def ping(self) -> None:
+        # A one-key listing under the prefix, not HeadBucket: it works with a ListBucket
+        # permission limited to the prefix, and its error answers have a body that says why.
         with self.timed("ping"):
             try:
-                self.client("ping").head_bucket(Bucket=self.bucket)
+                self.client("ping").list_objects_v2(
+                    Bucket=self.bucket, Prefix=self._prefix, MaxKeys=1
+                )
             except Exception as exc:
-                kind, why = classify(exc)
-                if kind == "missing":
-                    why = "the bucket does not exist (NoSuchBucket)"
-                    raise StorageForbidden(f"S3 refused bucket {self.bucket!r}: {why}") from None
                 raise self._error(exc, "s3:ListBucket") from None
 
 
