@@ -72,7 +72,8 @@ def run_job(payload: dict[str, Any]) -> JobResult | None:
         # left (and the job's directory): a job over the cap keeps none of its outputs.
         remove_outputs(settings.output_dir, spec.job_id)
         raise
-    return JobResult([o.to_dict() for o in outputs], stats)
+    # None unless the job asked for one: the result then has no placeholder key at all.
+    return JobResult([o.to_dict() for o in outputs], stats, placeholder=outputs[0].placeholder)
 
 
 def _job_id(payload: dict[str, Any], ctx: JobContext | None) -> str:

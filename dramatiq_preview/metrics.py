@@ -52,7 +52,9 @@ JOB_OUTCOMES = {
     "duplicate_skipped": "duplicate_skipped",
     "worker_lost": "worker_lost",
 }
-INPUT_FORMATS = frozenset({"jpeg", "png", "webp", "gif", "tiff", "bmp", "pdf"})
+INPUT_FORMATS = frozenset(
+    {"jpeg", "png", "webp", "gif", "tiff", "bmp", "heic", "avif", "pdf", "svg"}
+)
 STAGES = frozenset({"fetch", "decode", "resize", "encode", "write", "total"})
 
 RENDER_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)

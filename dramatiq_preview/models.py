@@ -7,9 +7,14 @@ from pathlib import Path
 from typing import Any
 
 #: File extension of each output format.
-EXTENSIONS = {"webp": "webp", "jpeg": "jpg", "png": "png"}
+EXTENSIONS = {"webp": "webp", "jpeg": "jpg", "png": "png", "avif": "avif"}
 #: Content type of each output format.
-CONTENT_TYPES = {"webp": "image/webp", "jpeg": "image/jpeg", "png": "image/png"}
+CONTENT_TYPES = {
+    "webp": "image/webp",
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "avif": "image/avif",
+}
 PRIORITIES = ("high", "normal", "low")
 FITS = ("contain", "cover", "fill")
 DEFAULT_QUALITY = 82
@@ -41,6 +46,8 @@ class JobSpec:
     page: int = 0
     priority: str = "normal"
     metadata: dict[str, str] = field(default_factory=dict)
+    #: Compute a :class:`Placeholder` of the first output.
+    placeholder: bool = False
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any], *, job_id: str | None = None) -> JobSpec:
@@ -68,7 +75,20 @@ class JobSpec:
             page=payload.get("page", 0),
             priority=payload.get("priority", "normal"),
             metadata=dict(payload.get("metadata", {})),
+            placeholder=payload.get("placeholder", False),
         )
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    """What a page can paint while the preview loads: a BlurHash of 4x3 components and
+    the average colour (``#rrggbb``), both of one output's pixels over white."""
+
+    blurhash: str
+    color: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"blurhash": self.blurhash, "color": self.color}
 
 
 @dataclass(frozen=True)
@@ -80,6 +100,9 @@ class RenderedOutput:
     height: int
     format: str
     bytes: int
+    #: The placeholder of this output, when the job asked for one (its first output only).
+    #: Not part of :meth:`to_dict`: the job's result carries it beside the outputs.
+    placeholder: Placeholder | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,14 +115,23 @@ class RenderedOutput:
 
 
 class JobResult(dict[str, Any]):
-    """The result of a render, ``{"outputs": [...]}`` as recorded in the job's status.
+    """The result of a render, ``{"outputs": [...]}`` as recorded in the job's status, with
+    ``"placeholder": {"blurhash", "color"}`` when the job asked for one (the key is absent
+    otherwise, so results of jobs without it look as they always did).
 
     ``stats`` carries facts about the render for the metrics (``input_format``,
     ``source_bytes``, ``stages`` in seconds); they are never stored.
     """
 
-    def __init__(self, outputs: list[dict[str, Any]], stats: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        outputs: list[dict[str, Any]],
+        stats: dict[str, Any],
+        placeholder: Placeholder | None = None,
+    ) -> None:
         super().__init__(outputs=outputs)
+        if placeholder is not None:
+            self["placeholder"] = placeholder.to_dict()
         self.stats = stats
 
 

@@ -65,8 +65,9 @@ class LocalSource:
     Attributes:
       fd: Open, read-only file descriptor positioned anywhere (readers use ``pread``).
       size: Size in bytes.
-      format: Format from magic bytes (``jpeg``, ``png``, ``webp``, ``gif``, ``tiff``,
-        ``bmp``, ``pdf``), or ``None`` when it is none of them.
+      format: Format from magic bytes (a key of
+        :data:`dramatiq_preview.rendering.formats.INPUT_CODERS`: ``jpeg``, ``png``, ``heic``,
+        ``svg``...), or ``None`` when it is none of them.
       name: A human name for messages: the relative path or the URL.  Never a path
         outside the source root.
     """

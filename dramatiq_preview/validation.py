@@ -339,13 +339,19 @@ def new_job_id() -> str:
 
 
 def normalize(payload: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a valid payload with every default filled in (``jobId`` included)."""
+    """A copy of a valid payload with every default filled in (``jobId`` included), but
+    ``placeholder``, which is left out unless true."""
     data: dict[str, Any] = _copy(payload)
     if "jobId" not in data:
         data["jobId"] = new_job_id()
     data.setdefault("page", 0)
     data.setdefault("priority", "normal")
     data.setdefault("metadata", {})
+    if data.get("placeholder") is False:
+        # Absent and false are one job (same fingerprint), and the message a worker of an
+        # earlier version receives keeps to the schema it knows, where the key is unknown;
+        # fingerprints recorded before the key existed stay valid.
+        del data["placeholder"]
     for output in data["outputs"]:
         output.setdefault("fit", "contain")
         output.setdefault("quality", DEFAULT_QUALITY)

@@ -186,8 +186,11 @@ def test_the_web_metrics_time_the_storage_check_of_health(redis_server: Any, s3_
     # Given a web app whose output root is an S3 bucket that exists
     bucket = s3_env.create_bucket()
     http = web_app(redis_server.url, f"s3://{bucket}")
-    # When its health is checked
-    assert http.get("/api/preview/worker/health").get_json()["storage"]["ok"] is True
+    # When its health is checked (twice: on a loaded machine the process's first S3 check,
+    # which also loads boto3 and builds its client, may outlast the health deadline)
+    http.get("/api/preview/worker/health")
+    storage = http.get("/api/preview/worker/health").get_json()["storage"]
+    assert storage["ok"] is True, storage
     # Then its /metrics times the storage ping
     text = http.get("/api/preview/metrics").get_data(as_text=True)
     assert 'preview_storage_seconds_count{backend="s3",operation="ping"}' in text

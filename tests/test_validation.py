@@ -104,7 +104,7 @@ def test_a_valid_payload_passes() -> None:
         (with_("outputs/1/height", 4097), ("outputs/1/height", "must be <= 4096")),
         (
             with_("outputs/0/format", "gif"),
-            ("outputs/0/format", 'must be one of "webp", "jpeg", "png"'),
+            ("outputs/0/format", 'must be one of "webp", "jpeg", "png", "avif"'),
         ),
         (
             with_("outputs/1/fit", "stretch"),

@@ -67,8 +67,35 @@ class OutputResultSchema(Schema):
     )
 
 
+class PlaceholderSchema(Schema):
+    """What a page can paint while the first output loads (the job asked with
+    ``placeholder: true``)."""
+
+    blurhash = fields.String(
+        required=True,
+        metadata={
+            "description": "BlurHash of the first output, 4x3 components (28 characters).",
+            "pattern": "^L[0-9A-Za-z#$%*+,\\-.:;=?@\\[\\]^_{|}~]{27}$",
+        },
+    )
+    color = fields.String(
+        required=True,
+        metadata={
+            "description": (
+                "Average colour of the first output, over white, averaged in linear light "
+                "(the BlurHash's DC term)."
+            ),
+            "pattern": "^#[0-9a-f]{6}$",
+        },
+    )
+
+
 class ResultSchema(Schema):
     outputs = fields.List(fields.Nested(OutputResultSchema), required=True)
+    placeholder = fields.Nested(
+        PlaceholderSchema,
+        metadata={"description": "Present only when the job asked for it (`placeholder: true`)."},
+    )
 
 
 class StatusSchema(Schema):
@@ -157,6 +184,7 @@ __all__ = [
     "CancelResponseSchema",
     "ErrorSchema",
     "HealthSchema",
+    "PlaceholderSchema",
     "StatusSchema",
     "StorageHealthSchema",
     "SubmitResponseSchema",

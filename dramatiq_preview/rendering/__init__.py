@@ -105,6 +105,7 @@ def render_in_process(
                 height=item.height,
                 format=output.format,
                 bytes=len(item.data),
+                placeholder=item.placeholder,
             )
             if checkpoint is not None:
                 checkpoint(30 + 60 * len(results) // total)

@@ -156,6 +156,7 @@ def main(argv: list[str]) -> int:
                 job_id=str(job["job_id"]),
                 page=int(job["page"]),
                 outputs=tuple(OutputSpec(**o) for o in job["outputs"]),
+                placeholder=bool(job.get("placeholder", False)),
             )
             deadline = time.monotonic() + float(message["timeout"])
             # Counted here too: a job over the cap stops at the first output that crosses
@@ -172,13 +173,16 @@ def main(argv: list[str]) -> int:
                         continue
                     budget.take(len(item.data))
                     remaining -= 1
+                    header: dict[str, Any] = {
+                        "event": "output",
+                        "index": item.index,
+                        "width": item.width,
+                        "height": item.height,
+                    }
+                    if item.placeholder is not None:
+                        header["placeholder"] = item.placeholder.to_dict()
                     channel.send(
-                        {
-                            "event": "output",
-                            "index": item.index,
-                            "width": item.width,
-                            "height": item.height,
-                        },
+                        header,
                         item.data,
                         hold=remaining == 0,  # goes out together with "done"
                     )

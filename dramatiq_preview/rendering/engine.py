@@ -1,6 +1,7 @@
 """The ImageMagick side of a render: decode once, derive every output, encode.
 
-This is the only module that imports Wand.  Render children import it after
+This module and two it uses for outputs (:mod:`.avif`, :mod:`.placeholder`) are the only
+ones that import Wand.  Render children import it after
 :func:`dramatiq_preview.rendering.child.prepare_environment` pointed ImageMagick at the
 shipped policy; :func:`dramatiq_preview.rendering.render_in_process` does the same when Wand
 is not loaded yet.
@@ -8,7 +9,8 @@ is not loaded yet.
 Decoding, per job:
 
 1. The format comes from magic bytes (:mod:`.formats`); PDFs are rasterised by poppler
-   (:mod:`.pdf`) into a PNG first.
+   (:mod:`.pdf`) and SVGs by librsvg (:mod:`.svg`) into a PNG first; HEIC and AVIF are
+   decoded by libheif (:mod:`.heif`), whose pixels become the decoded image.
 2. ``ping`` reads the header only: frame count, sizes and EXIF orientation.  More than
    ``max_pixels`` (or :data:`MAX_FRAMES` frames) fails before any pixel is decoded.
 3. The one frame needed is decoded, JPEGs with a ``jpeg:size`` hint so libjpeg's DCT
@@ -32,7 +34,7 @@ import os
 import time
 import warnings
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from wand.api import library
@@ -60,9 +62,10 @@ from ..errors import (
     TooManyPixels,
     UnsupportedFormat,
 )
-from ..models import JobSpec, OutputSpec
-from . import icc, pdf
+from ..models import JobSpec, OutputSpec, Placeholder
+from . import avif, heif, icc, pdf, svg
 from .formats import (
+    HEIF_KINDS,
     INPUT_CODERS,
     SNIFF_BYTES,
     SUPPORTED_TEXT,
@@ -72,6 +75,7 @@ from .formats import (
     sniff,
 )
 from .geometry import Plan, plan, render_order, required_scale
+from .placeholder import placeholder_of
 
 #: Frames (GIF, TIFF pages) a source may have; the policy's ``list-length`` says the same.
 MAX_FRAMES = 1000
@@ -92,6 +96,8 @@ _INDEX_BYTES = _QUANTUM_BYTES
 #: (docs/performance.md).
 WEBP_METHOD = "2"
 _ORIENTATIONS_TRANSPOSED = {"left_top", "right_top", "right_bottom", "left_bottom"}
+#: ImageMagick's StorageType for 8-bit samples (CharPixel).
+_CHAR_PIXEL = 1
 
 library.MagickProfileImage.argtypes = [
     ctypes.c_void_p,
@@ -118,6 +124,8 @@ class Encoded:
     data: bytes
     width: int
     height: int
+    #: The output's placeholder, when the job asked for one and this is its first output.
+    placeholder: Placeholder | None = None
 
 
 def cache_memory(limits: Limits) -> int:
@@ -200,20 +208,30 @@ def _render(
     if kind == "pdf":
         png = pdf.rasterise(fd, page, spec.outputs, max_pixels=limits.max_pixels, deadline=deadline)
         kind, page, source = "png", 0, _Input(png, None)
+    elif kind == "svg":
+        png = svg.rasterise(
+            fd, size, page, spec.outputs, max_pixels=limits.max_pixels, deadline=deadline
+        )
+        kind, page, source = "png", 0, _Input(png, None)
     else:
         source = _Input(None, fd)
     with source:
         _check_header(source.view(), kind, limits)
-        coder = INPUT_CODERS[kind]
-        columns, rows, transposed, frames = _ping(source, coder, page, limits)
-        with _quiet():
-            decoded = _decode(
-                source, coder, page, frames, spec.outputs, columns, rows, transposed, limits
-            )
+        if kind in HEIF_KINDS:
+            decoded = _decode_heif(source.view(), kind, page, limits)
+        else:
+            coder = INPUT_CODERS[kind]
+            columns, rows, transposed, frames = _ping(source, coder, page, limits)
+            with _quiet():
+                decoded = _decode(
+                    source, coder, page, frames, spec.outputs, columns, rows, transposed, limits
+                )
     with decoded as image:
         _check_unchanged(fd, size)
         yield None
-        yield from _derive(image, spec.outputs, to_srgb=decoded.to_srgb)
+        yield from _derive(
+            image, spec.outputs, to_srgb=decoded.to_srgb, placeholder=spec.placeholder
+        )
 
 
 def _check_unchanged(fd: int, size: int) -> None:
@@ -455,6 +473,51 @@ def _decode(
         raise
 
 
+def _decode_heif(data: bytes | mmap.mmap, kind: str, page: int, limits: Limits) -> _Decoded:
+    """Decode a HEIC or AVIF image with libheif (:mod:`.heif`) into an ImageMagick image.
+
+    libheif has applied the file's crop, rotation and mirroring, so the image is upright and
+    carries no orientation to apply; its ICC profile (or one made from its ``nclx``
+    primaries) is attached, to be applied like a JPEG's.
+    """
+    # libheif reads the file in place: a private copy, as the map may not be handed out.
+    blob = bytes(data)
+    image = Image()
+    try:
+        with heif.decode(
+            blob, kind, page, max_pixels=limits.max_pixels, max_side=MAX_SIDE
+        ) as picture:
+            channels = b"RGBA" if picture.alpha else b"RGB"
+            if picture.stride == picture.width * len(channels):
+                done = library.MagickConstituteImage(
+                    image.wand, picture.width, picture.height, channels, _CHAR_PIXEL, picture.pixels
+                )
+            else:
+                # Padded rows: the first row makes the image, which grows to its size, then
+                # the other rows are imported one at a time.
+                done = library.MagickConstituteImage(
+                    image.wand, picture.width, 1, channels, _CHAR_PIXEL, picture.pixels
+                ) and library.MagickExtentImage(image.wand, picture.width, picture.height, 0, 0)
+                for row in range(1, picture.height if done else 0):
+                    address = picture.pixels + row * picture.stride
+                    if not library.MagickImportImagePixels(
+                        image.wand, 0, row, picture.width, 1, channels, _CHAR_PIXEL, address
+                    ):
+                        done = False
+                        break
+            if not done:
+                image.raise_exception()
+                raise RenderMemoryExceeded(memory_message(limits))
+            if picture.profile is not None:
+                library.MagickSetImageProfile(
+                    image.wand, b"icc", picture.profile, len(picture.profile)
+                )
+        return _Decoded(image, image, _needs_srgb(image))
+    except BaseException:
+        image.close()
+        raise
+
+
 def _needs_srgb(image: Image) -> bool:
     """Whether ``image`` carries a profile that describes its pixels and that sRGB viewers
     would misread: RGB other than sRGB, or CMYK (whose profile says what its inks look like)."""
@@ -520,7 +583,11 @@ def _convert_first(columns: int, rows: int, outputs: tuple[OutputSpec, ...]) -> 
 
 
 def _derive(
-    image: Image, outputs: tuple[OutputSpec, ...], *, to_srgb: bool = False
+    image: Image,
+    outputs: tuple[OutputSpec, ...],
+    *,
+    to_srgb: bool = False,
+    placeholder: bool = False,
 ) -> Iterator[Encoded]:
     columns, rows = image.size
     has_alpha = bool(image.alpha_channel)
@@ -542,6 +609,10 @@ def _derive(
                 try:
                     with _quiet():
                         encoded = _encode(final, index, output, has_alpha)
+                        if placeholder and index == 0:
+                            # From the pixels before encoding: what the encoder loses
+                            # changes neither the BlurHash nor the colour noticeably.
+                            encoded = replace(encoded, placeholder=placeholder_of(final))
                     yield encoded
                 finally:
                     if final is not resized:
@@ -611,6 +682,11 @@ def _resize(image: Image, width: int, height: int) -> None:
 
 
 def _encode(image: Image, index: int, output: OutputSpec, has_alpha: bool) -> Encoded:
+    if output.format == "avif":
+        # libheif directly, not ImageMagick's AVIF writer, which drops alpha (.avif).  It
+        # reads the pixels and nothing else: no stripped copy is needed.
+        data = avif.encode(image.wand, image.width, image.height, output.quality, alpha=has_alpha)
+        return Encoded(index=index, data=data, width=image.width, height=image.height)
     with image.clone() as out:
         # The decoded image keeps its "coder:source" filename, whose prefix would choose
         # the encoder over ``format``.

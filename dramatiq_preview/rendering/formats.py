@@ -8,6 +8,7 @@ from __future__ import annotations
 import mmap
 import re
 import struct
+from collections.abc import Iterator
 
 from ..errors import CorruptSource, TooManyPixels
 
@@ -17,8 +18,10 @@ Data = bytes | mmap.mmap
 #: How many leading bytes :func:`sniff` needs to decide.
 SNIFF_BYTES = 1024
 
-#: Input formats, mapped to the ImageMagick coder that decodes them (PDF is rasterised by
-#: poppler first and never reaches ImageMagick).
+#: Input formats, mapped to the ImageMagick coder that decodes them.  The ones mapped to ""
+#: never reach an ImageMagick coder: PDF and SVG are rasterised to a PNG first (by poppler,
+#: :mod:`.pdf`, and librsvg, :mod:`.svg`), HEIC and AVIF are decoded by libheif
+#: (:mod:`.heif`), whose pixels are handed to ImageMagick as they are.
 INPUT_CODERS = {
     "jpeg": "jpeg",
     "png": "png",
@@ -26,16 +29,34 @@ INPUT_CODERS = {
     "gif": "gif",
     "tiff": "tiff",
     "bmp": "bmp",
+    "heic": "",
+    "avif": "",
     "pdf": "",
+    "svg": "",
 }
 
-SUPPORTED_TEXT = "JPEG, PNG, WebP, GIF, TIFF, BMP or PDF"
+#: The formats libheif decodes.
+HEIF_KINDS = ("heic", "avif")
+
+SUPPORTED_TEXT = "JPEG, PNG, WebP, GIF, TIFF, BMP, HEIC, AVIF, PDF or SVG"
 
 _BMP_HEADER_SIZES = {12, 16, 40, 52, 56, 64, 108, 124}
 #: WebP chunks that carry pixels or their layout: one cut short is a truncated file.
 _WEBP_IMAGE_CHUNKS = {b"VP8 ", b"VP8L", b"VP8X", b"ALPH", b"ANIM", b"ANMF"}
 #: The bytes that start a GIF block: extension, image descriptor, trailer.
 _GIF_BLOCK = re.compile(rb"[!,;]")
+#: ISO-BMFF ``ftyp`` brands (ISO/IEC 23008-12 and the AVIF specification).  HEVC ones
+#: name HEIC; AV1 ones AVIF; the codec-neutral ``mif1``/``msf1`` alone are decided by the
+#: image items the file declares (see :func:`sniff`).
+_HEIC_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+_HEIF_BRANDS = {b"mif1", b"msf1"}
+#: An SVG's first element, after an optional BOM, XML declaration, comments and DOCTYPE.
+_SVG_ROOT = re.compile(
+    rb"\A(?:\xef\xbb\xbf)?\s*(?:<\?xml[^>]{0,200}\?>\s*)?"
+    rb"(?:(?:<!--.*?-->|<!DOCTYPE[^>\[]{0,400}(?:\[.*?\]\s*)?>)\s*)*<svg[\s>/]",
+    re.S,
+)
 
 
 def sniff(head: bytes) -> str | None:
@@ -62,9 +83,34 @@ def sniff(head: bytes) -> str | None:
         if dib_size in _BMP_HEADER_SIZES:
             return "bmp"
         return None
+    if head[4:8] == b"ftyp":
+        return _heif_kind(head)
     # PDF readers accept a header anywhere in the first KiB; so does poppler.
     if b"%PDF-" in head[:SNIFF_BYTES]:
         return "pdf"
+    if _SVG_ROOT.match(head[:SNIFF_BYTES]):
+        return "svg"
+    return None
+
+
+def _heif_kind(head: bytes) -> str | None:
+    """``heic`` or ``avif`` for an ISO-BMFF file whose ``ftyp`` names a HEIF still-image
+    brand, else ``None`` (MP4 video, JPEG 2000 and other ISO-BMFF files).
+
+    The name only labels the file (messages, metrics): both go to libheif, which takes the
+    codec from the image item itself, never from the brand.  A file branded ``mif1`` (or
+    ``msf1``) alone is AVIF when its first KiB declares an ``av01`` item, else HEIC.
+    """
+    (size,) = struct.unpack_from(">I", head, 0)
+    if size < 16 or size % 4 or size > min(len(head), 256):
+        return None
+    brands = {head[8:12]} | {head[i : i + 4] for i in range(16, size, 4)}
+    if brands & _AVIF_BRANDS:
+        return "avif"
+    if brands & _HEIC_BRANDS:
+        return "heic"
+    if brands & _HEIF_BRANDS:
+        return "avif" if b"av01" in head[size:SNIFF_BYTES] else "heic"
     return None
 
 
@@ -93,7 +139,9 @@ def declared_size(data: Data, kind: str) -> tuple[int, int] | None:
             return _jpeg_size(data)
         if kind == "webp":
             return _webp_size(data)
-    except struct.error:
+        if kind in HEIF_KINDS:
+            return heif_primary_size(data)
+    except (struct.error, IndexError):
         return None
     return None
 
@@ -134,6 +182,86 @@ def _webp_size(data: Data) -> tuple[int, int] | None:
         (bits,) = struct.unpack_from("<I", data, 21)
         return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
     return None
+
+
+def _boxes(data: Data, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """The ISO-BMFF boxes between ``start`` and ``end``: ``(type, payload start, box end)``.
+
+    Stops at the first box whose size is impossible (libheif will report the damage).
+    """
+    pos = start
+    while pos + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, pos)
+        header = 8
+        if size == 1:
+            (size,) = struct.unpack_from(">Q", data, pos + 8)
+            header = 16
+        elif size == 0:
+            size = end - pos  # "to the end of the file"
+        if size < header or pos + size > end:
+            return
+        yield kind, pos + header, pos + size
+        pos += size
+
+
+def heif_primary_size(data: Data) -> tuple[int, int] | None:
+    """The stored width and height of a HEIF/AVIF file's primary image: its ``ispe``
+    property (ISO/IEC 23008-12), found through ``meta`` > ``pitm`` and ``iprp`` > ``ipma``.
+
+    A grid image (phones store photos as 512x512 tiles) declares the whole picture there.
+    ``None`` when the boxes do not say (libheif then judges the file).
+    """
+    meta = next(((s, e) for kind, s, e in _boxes(data, 0, len(data)) if kind == b"meta"), None)
+    if meta is None:
+        return None
+    primary: int | None = None
+    properties: list[tuple[bytes, int, int]] = []
+    associations: dict[int, list[int]] = {}
+    for kind, start, end in _boxes(data, meta[0] + 4, meta[1]):  # meta is a FullBox
+        if kind == b"pitm":
+            primary = struct.unpack_from(">H" if data[start] == 0 else ">I", data, start + 4)[0]
+        elif kind == b"iprp":
+            for inner, s, e in _boxes(data, start, end):
+                if inner == b"ipco":
+                    properties = list(_boxes(data, s, e))
+                elif inner == b"ipma":
+                    _read_ipma(data, s, e, associations)
+    if primary is None:
+        return None
+    for index in associations.get(primary, []):
+        if 1 <= index <= len(properties) and properties[index - 1][0] == b"ispe":
+            start = properties[index - 1][1]
+            width, height = struct.unpack_from(">II", data, start + 4)  # after version/flags
+            return width, height
+    return None
+
+
+def _read_ipma(data: Data, pos: int, end: int, associations: dict[int, list[int]]) -> None:
+    """Add an ``ipma`` box's item -> property indexes (1-based into ``ipco``)."""
+    version, flags = data[pos], int.from_bytes(data[pos + 1 : pos + 4], "big")
+    (count,) = struct.unpack_from(">I", data, pos + 4)
+    pos += 8
+    # The count is the file's word: the box's end bounds the walk, not the count.
+    for _ in range(count):
+        if pos >= end:
+            return
+        if version < 1:
+            (item,) = struct.unpack_from(">H", data, pos)
+            pos += 2
+        else:
+            (item,) = struct.unpack_from(">I", data, pos)
+            pos += 4
+        n = data[pos]
+        pos += 1
+        indexes = associations.setdefault(item, [])
+        for _ in range(n):
+            if flags & 1:
+                (value,) = struct.unpack_from(">H", data, pos)
+                indexes.append(value & 0x7FFF)
+                pos += 2
+            else:
+                indexes.append(data[pos] & 0x7F)
+                pos += 1
 
 
 def gif_frames(data: Data, stop_after: int) -> tuple[int, int, int]:

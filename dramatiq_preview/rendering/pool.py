@@ -17,6 +17,7 @@ import atexit
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -43,7 +44,7 @@ from ..errors import (
     TooManyPixels,
     UnsupportedFormat,
 )
-from ..models import JobSpec, RenderedOutput, relative_output_path
+from ..models import JobSpec, Placeholder, RenderedOutput, relative_output_path
 from ..storage import JobOutputs
 from .budget import OutputBudget
 from .child import TEST_HOOKS_ENV, magick_environment
@@ -242,7 +243,8 @@ class Renderer:
 
         Returns:
           One :class:`RenderedOutput` per output, in request order; ``path`` is relative to
-          the output root.
+          the output root.  With ``spec.placeholder``, the first carries its
+          :class:`~dramatiq_preview.models.Placeholder`.
 
         Raises:
           RenderTimeout: the deadline passed (transient).
@@ -415,6 +417,7 @@ class Renderer:
                 }
                 for o in spec.outputs
             ],
+            "placeholder": spec.placeholder,
         }
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -470,6 +473,14 @@ class Renderer:
                     # The child counts too and should have stopped before this output: it
                     # did not, so it does not render another job.
                     raise _ReportedError(exc, healthy=False) from None
+                placeholder = None
+                if spec.placeholder and index == 0:
+                    placeholder = _placeholder(message.get("placeholder"))
+                    if placeholder is None:
+                        raise _ReportedError(
+                            RenderCrashed("the render process sent a bad placeholder"),
+                            healthy=False,
+                        )
                 output = spec.outputs[index]
                 # A storage error propagates: the child, still rendering, is not reused.
                 destinations.write(index, payload)
@@ -479,6 +490,7 @@ class Renderer:
                     height=int(message.get("height", 0)),
                     format=output.format,
                     bytes=len(payload),
+                    placeholder=placeholder,
                 )
                 if checkpoint is not None:
                     checkpoint(30 + 60 * len(results) // total)
@@ -499,6 +511,24 @@ class Renderer:
                 raise _ReportedError(
                     RenderCrashed("the render process sent an unknown event"), healthy=False
                 )
+
+
+#: A BlurHash of 4x3 components (its first character says so) and an sRGB colour.
+_BLURHASH = re.compile(r"L[0-9A-Za-z#$%*+,\-.:;=?@\[\]^_{|}~]{27}")
+_COLOR = re.compile(r"#[0-9a-f]{6}")
+
+
+def _placeholder(value: object) -> Placeholder | None:
+    """The placeholder a child sent, or None when it is not one: what a child taken over
+    by a hostile file sends goes into the job's result only in this exact shape."""
+    if not isinstance(value, dict) or set(value) != {"blurhash", "color"}:
+        return None
+    hash_, color = value["blurhash"], value["color"]
+    if not (isinstance(hash_, str) and _BLURHASH.fullmatch(hash_)):
+        return None
+    if not (isinstance(color, str) and _COLOR.fullmatch(color)):
+        return None
+    return Placeholder(blurhash=hash_, color=color)
 
 
 class _ReportedError(Exception):

@@ -3,9 +3,10 @@ no socket, and not reach into the worker.
 
 A decoder exploited by a hostile file runs with the rights of the render child.  The child
 has all it needs open before it takes its first job (its Unix socket to the worker; each
-source arrives as a descriptor over that socket), and neither ImageMagick with our policy nor
-``pdftocairo`` opens a socket or writes a file.  So, once started, the child confines itself
-(:func:`restrict`), and ``pdftocairo``, which it runs, inherits both parts:
+source arrives as a descriptor over that socket), and neither ImageMagick with our policy,
+libheif, nor ``pdftocairo`` and ``rsvg-convert`` open a socket or write a file.  So, once
+started, the child confines itself (:func:`restrict`), and the programs it runs
+(``pdftocairo``, ``rsvg-convert``) inherit both parts:
 
 1. **Files** (Landlock, :func:`restrict_files`): read and execute only :func:`readable_paths`
    (programs, libraries, /etc, font caches, Python and this package, its own /proc entries),

@@ -125,7 +125,7 @@ def test_the_request_body_is_the_json_schema_as_it_is() -> None:
     assert schema["required"] == ["source", "outputs"]
     output = schema["properties"]["outputs"]["items"]
     assert output["required"] == ["width", "height", "format"]
-    assert output["properties"]["format"]["enum"] == ["webp", "jpeg", "png"]
+    assert output["properties"]["format"]["enum"] == ["webp", "jpeg", "png", "avif"]
     assert output["properties"]["fit"]["enum"] == ["contain", "cover", "fill"]
     assert schema["properties"]["priority"]["enum"] == ["high", "normal", "low"]
     assert [sorted(s["required"]) for s in schema["properties"]["source"]["oneOf"]] == [
