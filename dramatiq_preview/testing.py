@@ -170,6 +170,7 @@ class S3Server:
         self._ports = {name: free_port() for name in (*names, "s3", "debug", "metrics")}
         self.port = self._ports["s3"]
         self.process: subprocess.Popen[bytes] | None = None
+        self._probe_bucket: str | None = None
         config = {
             "identities": [
                 {
@@ -208,6 +209,16 @@ class S3Server:
             **overrides,
         }
         return boto3.client("s3", **options)
+
+    def _probe(self) -> None:
+        """Write and read back an object: the S3 port answers listings before the volume
+        server holding objects is ready (after a restart, a GET answers InternalError)."""
+        client = self.client()
+        if self._probe_bucket is None:
+            self._probe_bucket = self.create_bucket(f"preview-probe-{uuid.uuid4().hex[:8]}")
+        client.put_object(Bucket=self._probe_bucket, Key="probe", Body=b"ready")
+        if client.get_object(Bucket=self._probe_bucket, Key="probe")["Body"].read() != b"ready":
+            raise RuntimeError("weed mini returned another object than the one written")
 
     def create_bucket(self, name: str | None = None) -> str:
         """Create a bucket (a fresh name by default) and return its name."""
@@ -256,7 +267,7 @@ class S3Server:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     pass
-                self.client().list_buckets()
+                self._probe()
                 return self
             except Exception:
                 time.sleep(0.1)

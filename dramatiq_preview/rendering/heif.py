@@ -213,6 +213,12 @@ def decode(
         rows = lib.heif_image_get_height(image, _CHANNEL_INTERLEAVED)
         if not pixels or columns <= 0 or rows <= 0 or stride.value < columns * (4 if alpha else 3):
             raise CorruptSource(f"the {label} source cannot be decoded")
+        if (columns, rows) != (width, height):
+            # The limits above were checked against the size the file declares; a codec
+            # stream larger than that declaration is a lie, not a bigger picture.
+            raise CorruptSource(
+                f"the {label} source declares {width}x{height} pixels but holds {columns}x{rows}"
+            )
         yield Picture(columns, rows, alpha, pixels, stride.value, profile)
     finally:
         if image:

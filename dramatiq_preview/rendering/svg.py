@@ -69,6 +69,11 @@ MAX_DEPTH = 256
 #: Most plain text entities a DOCTYPE may declare, and the longest value of one.
 MAX_ENTITIES = 64
 MAX_ENTITY_CHARS = 1024
+#: Most characters of text and attribute values, entities expanded: one entity used many
+#: times must not turn a small file into gigabytes for the renderer.
+MAX_EXPANDED_CHARS = 2 * MAX_SVG_BYTES
+#: Smallest intrinsic side that can be scaled up to an output (1/1000 of a pixel).
+_MIN_SIDE = 1e-3
 #: Size of an SVG that declares none (CSS's default for a replaced element).
 DEFAULT_SIZE = (300.0, 150.0)
 #: Never draw an SVG larger than this on its long side, whatever the outputs ask.
@@ -149,6 +154,14 @@ def rasterise(
             f"the SVG is {size} bytes; at most {MAX_SVG_BYTES} bytes of SVG are supported"
         )
     document = sanitise(os.pread(fd, size, 0), max_pixels=max_pixels)
+    if not (
+        math.isfinite(document.width)
+        and math.isfinite(document.height)
+        and min(document.width, document.height) >= _MIN_SIDE
+    ):
+        raise CorruptSource(
+            f"the SVG's size ({document.width:g}x{document.height:g}) cannot be drawn"
+        )
     scale = max(required_scale(document.width, document.height, o) for o in outputs)
     if max(document.width, document.height) * scale > MAX_RASTER_SIDE:
         scale = MAX_RASTER_SIDE / max(document.width, document.height)
@@ -227,6 +240,7 @@ class _Sanitiser:
         self.size: tuple[float, float] | None = None
         self.body: list[str] = []
         self.style: list[str] | None = None  # text of the <style> element being read
+        self.chars = 0  # characters of text and attribute values, entities expanded
 
     def run(self, data: bytes) -> Document:
         parser = expat.ParserCreate()
@@ -312,9 +326,14 @@ class _Sanitiser:
             raise _Refused(
                 TooManyPixels(f"the SVG nests elements more than {MAX_DEPTH} levels deep")
             )
+        if self.style is not None:
+            # A style sheet is text: an element inside <style> would hide the text after it
+            # from the check below, while renderers still read it as CSS.
+            raise _Refused(UnsupportedFormat("the SVG has an element inside a <style> element"))
         local = name.rpartition(":")[2]
         if local == "include":
             raise _Refused(UnsupportedFormat(_OUTSIDE.format(what="XInclude")))
+        self._count(sum(len(value) for value in attributes[1::2]))
         pairs = list(zip(attributes[::2], attributes[1::2], strict=True))
         kept = [(n, v) for n, v in pairs if self._keep(local, n, v)]
         if self.root is None:
@@ -353,7 +372,18 @@ class _Sanitiser:
             self.style = None
         self.body.append(f"</{name}>")
 
+    def _count(self, chars: int) -> None:
+        self.chars += chars
+        if self.chars > MAX_EXPANDED_CHARS:
+            raise _Refused(
+                TooManyPixels(
+                    f"the SVG expands to more than {MAX_EXPANDED_CHARS} characters of text "
+                    "and attribute values"
+                )
+            )
+
     def _text(self, text: str) -> None:
+        self._count(len(text))
         if self.style is not None:
             self.style.append(text)
         self.body.append(_escape(text))

@@ -4,6 +4,7 @@ Pillow's libavif plugin for AVIF), rendered through the real pool and checked pi
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import struct
 import time
@@ -11,7 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 import imagegen as g
+import pillow_heif
 import pytest
+from PIL import Image
 from render_helpers import Workspace, assert_colour_at, close_to, pixel, size_of
 
 from dramatiq_preview.errors import CorruptSource, PageOutOfRange, TooManyPixels
@@ -19,8 +22,6 @@ from dramatiq_preview.models import OutputSpec
 from dramatiq_preview.rendering import Renderer, icc
 from dramatiq_preview.rendering.formats import declared_size, sniff
 
-Image = pytest.importorskip("PIL.Image")
-pillow_heif = pytest.importorskip("pillow_heif")
 pillow_heif.register_heif_opener()
 
 KINDS = ["heic", "avif"]
@@ -274,6 +275,25 @@ def test_a_pixel_flood_is_refused_before_any_decoder_sees_it(
 
     assert "PREVIEW_MAX_PIXELS" in caught.value.message
     assert time.monotonic() - start < 5
+    assert workspace.files(spec) == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_file_declaring_fewer_pixels_than_it_holds_is_refused(
+    renderer: Renderer, workspace: Workspace, kind: str
+) -> None:
+    """Given a 1024x768 picture whose header declares 64x48, under a pixel cap of 10000,
+    when rendered, then it is corrupt_source: the decoded size must be the declared one,
+    which the cap was checked against."""
+    data = with_ispe(quadrants(kind, 1024, 768), 64, 48)
+    name = workspace.add(f"heif/liar.{kind}", data)
+    spec = workspace.job(name, [OutputSpec(64, 64, "png")])
+    capped = Renderer(dataclasses.replace(workspace.settings, max_pixels=10_000), processes=1)
+    try:
+        with pytest.raises(CorruptSource, match="declares 64x48 pixels but holds 1024x768"):
+            workspace.render(capped, spec)
+    finally:
+        capped.close()
     assert workspace.files(spec) == []
 
 

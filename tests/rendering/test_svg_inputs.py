@@ -304,6 +304,33 @@ HOSTILE: dict[str, tuple[Callable[[str], bytes], type[PermanentError] | None]] =
         lambda url: b'<svg xmlns="http://www.w3.org/2000/svg"><rect>',
         CorruptSource,
     ),
+    # An element inside <style> once hid the CSS after it from the check.
+    "style-sheet-after-a-nested-style": (
+        lambda url: document(
+            f"<style><style/>@import url({url}); rect{{fill:url({url}#a)}}</style>"
+            '<rect width="100" height="50"/>'
+        ),
+        UnsupportedFormat,
+    ),
+    "style-sheet-after-a-foreign-element": (
+        lambda url: document(
+            '<style><x:b xmlns:x="urn:x"/>@import "data:text/css,rect{fill:red}";</style>'
+            '<rect width="100" height="50" fill="blue"/>'
+        ),
+        UnsupportedFormat,
+    ),
+    # One small entity used many times: the expansion, not the nesting, is the bomb.
+    "one-entity-expanded-many-times": (
+        lambda url: document(
+            "<desc>" + "&e;" * 300_000 + "</desc>",
+            prolog=f'<!DOCTYPE svg [<!ENTITY e "{"x" * 200}">]>',
+        ),
+        TooManyPixels,
+    ),
+    "a-size-too-small-to-draw": (
+        lambda url: document("<rect width='1' height='1'/>", root='width="1e-320" height="1e-320"'),
+        CorruptSource,
+    ),
 }
 
 
