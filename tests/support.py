@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from prometheus_client.parser import text_string_to_metric_families
+
 if TYPE_CHECKING:
     from dramatiq_preview.testing import WorkerProcess
 
@@ -144,3 +146,22 @@ def wait_for_log(worker: WorkerProcess, text: str, *, timeout: float = 20) -> No
 def _short(value: Any, limit: int = 2000) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+#: Prometheus samples by (name, sorted labels).
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse(text: str) -> Samples:
+    """The samples of a Prometheus text exposition."""
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))

@@ -19,8 +19,16 @@ import imagegen
 import pytest
 from dramatiq.brokers.stub import StubBroker
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
-from support import PYTHON, REPO, python_env, wait_for_log, wait_until
+from support import (
+    PYTHON,
+    REPO,
+    Samples,
+    parse,
+    python_env,
+    value,
+    wait_for_log,
+    wait_until,
+)
 
 from dramatiq_preview import PreviewClient, Settings, render_preview
 from dramatiq_preview.broker import build_broker
@@ -38,22 +46,7 @@ from dramatiq_preview.state import get_store
 from dramatiq_preview.testing import RedisServer, free_port, wait_for_state
 from dramatiq_preview.validation import fingerprint, normalize
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 OUTCOMES = ("succeeded", "failed", "cancelled", "retried", "duplicate_skipped", "worker_lost")
-
-
-def parse(text: str) -> Samples:
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """The sum of the samples of ``name`` whose labels include ``labels``."""
-    wanted = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
 
 
 def has(samples: Samples, name: str) -> bool:

@@ -14,8 +14,7 @@ import imagegen
 import pytest
 from flask import Flask
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
-from support import SOURCE_ROOT, wait_until
+from support import SOURCE_ROOT, Samples, parse, value, wait_until
 
 from dramatiq_preview import PreviewClient, Settings
 from dramatiq_preview.broker import build_broker
@@ -26,22 +25,6 @@ from dramatiq_preview.flask import PreviewExtension
 from dramatiq_preview.metrics import PREVIEW_METRICS, JobMetrics
 from dramatiq_preview.storage import open_storage
 from dramatiq_preview.testing import free_port, wait_for_state
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def parse(text: str) -> Samples:
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """The sum of the samples of ``name`` whose labels include ``labels``."""
-    wanted = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
 
 
 def namespace() -> str:
