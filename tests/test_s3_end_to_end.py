@@ -397,7 +397,14 @@ def test_jobs_running_while_s3_stops_all_succeed_once_it_is_back(
     ]
     with aws_environment(own_s3):
         web = make_app(env).test_client()
-        assert health(web)["storage"]["ok"] is True
+        # (the process's first S3 check also loads boto3: on a loaded machine it may miss
+        # the one-second health deadline, so wait for the storage to be seen up)
+        wait_until(
+            lambda: health(web)["storage"],
+            lambda storage: storage["ok"] is True,
+            timeout=15,
+            what="health to see S3 up",
+        )
         ids = [unique(f"outage{i}") for i in range(10)]
         with roots.client() as preview:
             # When ten jobs are submitted, and S3 stops as soon as one is running
