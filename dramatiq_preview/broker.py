@@ -34,6 +34,7 @@ from .middleware import (
     Metrics,
     PayloadValidation,
     Presence,
+    Recovery,
     RenderPool,
 )
 from .middleware.retention import Retention
@@ -73,7 +74,8 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
 
 
 def attach_middleware(broker: dramatiq.Broker, settings: Settings | None = None) -> None:
-    """Add Retries, TimeLimit and our middleware to ``broker`` unless already there.
+    """Add Retries, TimeLimit and our middleware to ``broker`` unless already there
+    (:class:`Recovery` on a ``RedisBroker`` only).
 
     Our state middleware sits just before ``Retries`` so that, when a message fails,
     ``Retries`` has already decided between retry and dead-letter by the time we record it
@@ -92,6 +94,9 @@ def attach_middleware(broker: dramatiq.Broker, settings: Settings | None = None)
     if Retention not in present:
         # Its hooks run only in worker processes: a web process never sweeps.
         broker.add_middleware(Retention(settings=settings))
+    if isinstance(broker, RedisBroker) and Recovery not in present:
+        # Only Redis needs it: RabbitMQ gives a dead connection's messages back by itself.
+        broker.add_middleware(Recovery())
     _attach_observability(broker, settings)
     for queue_name in QUEUES.values():
         broker.declare_queue(queue_name)

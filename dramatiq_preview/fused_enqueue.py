@@ -8,6 +8,9 @@ the id in the message's ``redis_message_id`` option (``RedisBroker.enqueue`` doe
 the path is used only with a plain ``RedisBroker`` of a major version we tested, on the state
 store's server, database and credentials; anything else uses ``broker.enqueue``
 (docs/broker.md, "One round trip per submit on Redis").
+
+It also knows the argument layout of the broker's ``dispatch`` script, for
+:func:`run_maintenance` (the ``Recovery`` middleware), under the same version guard.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import current_millis
 
 #: Major versions of Dramatiq whose ``RedisBroker`` the fused enqueue was tested with; we
 #: trust the layout within a major version we tested and fall back to ``broker.enqueue`` on
@@ -95,3 +99,36 @@ class BrokerMessage:
     @property
     def messages_key(self) -> str:
         return f"{self.namespace}:{self.queue}.msgs"
+
+
+#: The ``dispatch`` command :func:`run_maintenance` carries: it only reads queue sizes.
+MAINTENANCE_COMMAND = "qsize"
+
+
+def run_maintenance(broker: RedisBroker, queue_name: str) -> None:
+    """Run ``broker``'s maintenance for ``queue_name`` now: the messages fetched from that
+    queue by workers whose heartbeat is older than ``broker.heartbeat_timeout`` go back to
+    it, and its dead letters older than ``broker.dead_message_ttl`` are dropped.
+
+    Dramatiq runs this step inside its ``dispatch`` script only when a command draws it
+    (``maintenance_chance`` in a million), and only for that command's queue.  Here it rides
+    on :data:`MAINTENANCE_COMMAND` with ``do_maintenance`` forced to 1, in the arguments
+    ``RedisBroker._dispatch`` builds: ``keys=[namespace]``, ``args=[command, now_ms, queue,
+    broker_id, heartbeat_timeout, dead_message_ttl, do_maintenance, max_unpack_size]``.
+    Like every broker command it also refreshes ``broker``'s own heartbeat.  Call it only
+    when :func:`fused_enqueue_supported` holds.
+
+    Raises:
+      redis.RedisError: Redis could not be reached or refused the script.
+    """
+    args = [
+        MAINTENANCE_COMMAND,
+        current_millis(),
+        queue_name,
+        broker.broker_id,
+        broker.heartbeat_timeout,
+        broker.dead_message_ttl,
+        1,
+        broker._max_unpack_size(),  # type: ignore[no-untyped-call]
+    ]
+    broker.scripts["dispatch"](keys=[broker.namespace], args=args)

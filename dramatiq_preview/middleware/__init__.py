@@ -8,6 +8,7 @@
 * :class:`Presence` — the registry of live worker processes, for the health check.
 * :class:`LogFormat` — ``PREVIEW_LOG_FORMAT`` in every worker process.
 * :class:`Retention` — the periodic sweep of expired jobs' outputs, one worker at a time.
+* :class:`Recovery` — a dead worker's messages back in our Redis queues on time.
 
 They import only the layers below them (state, storage, rendering, observability, names);
 :mod:`dramatiq_preview.broker` assembles them, never the reverse.
@@ -17,6 +18,7 @@ from .idempotency import Idempotency
 from .log_format import LogFormat
 from .presence import Presence
 from .prometheus import Metrics
+from .recovery import Recovery
 from .render_pool import RenderPool
 from .retention import Retention
 from .status import JobStatus
@@ -29,6 +31,7 @@ __all__ = [
     "Metrics",
     "PayloadValidation",
     "Presence",
+    "Recovery",
     "RenderPool",
     "Retention",
 ]
