@@ -268,8 +268,10 @@ def probe(
     hb_timeout = int(getattr(broker, "heartbeat_timeout", settings.broker_heartbeat_timeout_ms))
     sock_timeout = max(0.05, timeout * _SOCKET_SHARE)
     now_ms = int(time.time() * 1000)
-    deadline = time.monotonic() + timeout
+    # Storage checks start first: a process's first S3 check loads boto3 and builds its
+    # client (local work, a few hundred ms) before the deadline starts counting.
     storage_pings = _start_storage_pings(settings) if storage else {}
+    deadline = time.monotonic() + timeout
 
     state_client = _url_client(settings.redis_url, sock_timeout)
     tasks: dict[str, Callable[[], Any]] = {
@@ -529,6 +531,7 @@ def _start_storage_pings(settings: Settings) -> dict[str, _StoragePing]:
         kind = "s3" if isinstance(root, S3Location) else "local"
         try:
             storage = open_storage(root, settings)
+            storage.prepare()
         except Exception as exc:
             pings[name] = _StoragePing.failed(kind, variable, exc)
             continue

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -340,3 +342,34 @@ def test_redis_down_stays_down_and_storage_problems_are_listed_too(
         "storage_unavailable",
     ]
     assert report.body["storage"]["ok"] is False
+
+
+def test_the_first_s3_check_of_a_process_does_not_count_the_client_set_up(
+    redis_server: RedisServer, s3_server: Any, tmp_path: Path
+) -> None:
+    # Given a fresh process (boto3 not imported yet) whose output root is a reachable bucket,
+    # and a health deadline shorter than loading boto3 and building a client takes
+    bucket = s3_server.create_bucket()
+    code = f"""
+import json, os, sys
+from dramatiq_preview import Settings
+from dramatiq_preview.broker import build_broker
+from dramatiq_preview.health import check_health
+assert "boto3" not in sys.modules
+settings = Settings.from_mapping({{
+    "PREVIEW_REDIS_URL": {redis_server.url!r},
+    "PREVIEW_NAMESPACE": {namespace()!r},
+    "PREVIEW_OUTPUT_DIR": "s3://{bucket}",
+}}, {{}})
+report = check_health(settings, build_broker(settings), timeout=0.1)
+print(json.dumps(report.body["storage"]))
+"""
+    env = {**os.environ, **s3_server.environment()}
+    # When its first health check runs
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    # Then storage is ok: the set-up happened before the deadline started
+    assert done.returncode == 0, done.stderr
+    storage = json.loads(done.stdout.strip().splitlines()[-1])
+    assert storage["ok"] is True and storage["kind"] == "s3", storage

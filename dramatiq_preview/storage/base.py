@@ -201,6 +201,11 @@ class Storage(ABC):
         """A URL that lets anyone GET ``key`` for ``ttl_seconds``; ``None`` if there is none."""
         return None
 
+    def prepare(self) -> None:
+        """Do the local set-up a first :meth:`ping` would (S3: load boto3, build the client),
+        so that a timed check then measures storage, not imports."""
+        return None
+
     @abstractmethod
     def ping(self) -> None:
         """Check that the root is reachable and usable; raise the errors above if not."""

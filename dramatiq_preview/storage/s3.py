@@ -346,6 +346,9 @@ class S3Storage(Storage):
             raise self._error(exc, "s3:GetObject") from None
         return str(url)
 
+    def prepare(self) -> None:
+        self.client("ping")
+
     def ping(self) -> None:
         # A one-key listing under the prefix, not HeadBucket: it works with a ListBucket
         # permission limited to the prefix, and its error answers have a body that says why.
