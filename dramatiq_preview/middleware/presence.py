@@ -9,7 +9,6 @@ thread; :func:`dramatiq_preview.health.probe` counts a worker as live when both 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from typing import Any
@@ -20,6 +19,7 @@ import redis
 from ..config import Settings, get_settings
 from ..names import presence_key
 from ..state import redis_client
+from .periodic import PeriodicThread
 
 logger = logging.getLogger("dramatiq_preview.health")
 
@@ -55,7 +55,7 @@ class Presence(dramatiq.Middleware):
             self._presence = None
 
 
-class WorkerPresence:
+class WorkerPresence(PeriodicThread):
     """Keep one worker process's entry in ``{ns}:workers`` fresh from a daemon thread.
 
     Parameters:
@@ -65,6 +65,8 @@ class WorkerPresence:
       heartbeat_timeout_ms: how old a beat may be for the worker to count as live; beats
         are sent four times per period, and entries older than ten periods are dropped.
     """
+
+    name = "preview-presence"
 
     def __init__(
         self,
@@ -78,8 +80,7 @@ class WorkerPresence:
         self.key = presence_key(namespace)
         self.worker_id = worker_id or uuid.uuid4().hex
         self.heartbeat_timeout_ms = heartbeat_timeout_ms
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
     def beat(self) -> None:
         now = int(time.time() * 1000)
@@ -90,27 +91,18 @@ class WorkerPresence:
         pipe.pexpire(self.key, keep)
         pipe.execute()
 
-    def start(self) -> WorkerPresence:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="preview-presence", daemon=True)
-            self._thread.start()
-        return self
+    def next_delay(self) -> float:
+        return min(15.0, max(0.2, self.heartbeat_timeout_ms / 4000))
 
-    def _run(self) -> None:
-        interval = min(15.0, max(0.2, self.heartbeat_timeout_ms / 4000))
-        while not self._stop.is_set():
-            try:
-                self.beat()
-            except redis.RedisError as exc:
-                logger.debug("worker presence beat failed: %s", type(exc).__name__)
-            self._stop.wait(interval)
+    def tick(self) -> None:
+        try:
+            self.beat()
+        except redis.RedisError as exc:
+            logger.debug("worker presence beat failed: %s", type(exc).__name__)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
         """Stop beating and remove the entry, so a stopped worker stops counting at once."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        super().stop(timeout)
         try:
             self.client.zrem(self.key, self.worker_id)
         except redis.RedisError as exc:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import logging
 import random
-import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,6 +31,7 @@ from dramatiq.common import dq_name
 
 from ..fused_enqueue import fused_enqueue_supported, run_maintenance
 from ..names import QUEUES
+from .periodic import PeriodicThread
 
 logger = logging.getLogger("dramatiq_preview.recovery")
 
@@ -89,7 +89,7 @@ def maintenance_interval(heartbeat_timeout_ms: float) -> float:
     return min(MAX_INTERVAL, max(MIN_INTERVAL, heartbeat_timeout_ms / 2000))
 
 
-class PeriodicMaintenance:
+class PeriodicMaintenance(PeriodicThread):
     """Run :func:`~dramatiq_preview.fused_enqueue.run_maintenance` on each of ``queues``
     from a daemon thread: first after a random part of the interval, then every interval
     (:func:`maintenance_interval` of the broker's heartbeat timeout) less a little jitter.
@@ -102,32 +102,23 @@ class PeriodicMaintenance:
       queues: the queue names to maintain, delay queues included.
     """
 
+    name = "preview-recovery"
+
     def __init__(self, broker: RedisBroker, queues: Iterable[str]) -> None:
         self.broker = broker
         self.queues = tuple(queues)
         self.interval = maintenance_interval(broker.heartbeat_timeout)
         self._failing = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
-    def start(self) -> PeriodicMaintenance:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="preview-recovery", daemon=True)
-            self._thread.start()
-        return self
+    def first_delay(self) -> float:
+        return random.uniform(0, self.interval)  # noqa: S311
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop after the round under way, if any."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=timeout)
-            self._thread = None
+    def next_delay(self) -> float:
+        return max(MIN_INTERVAL, self.interval * random.uniform(1 - JITTER, 1))  # noqa: S311
 
-    def _run(self) -> None:
-        delay = random.uniform(0, self.interval)  # noqa: S311
-        while not self._stop.wait(delay):
-            self.run_once()
-            delay = max(MIN_INTERVAL, self.interval * random.uniform(1 - JITTER, 1))  # noqa: S311
+    def tick(self) -> None:
+        self.run_once()
 
     def run_once(self) -> bool:
         """One round over every queue; whether it went through."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 from typing import Any
 
 import dramatiq
@@ -18,6 +17,7 @@ import dramatiq
 from ..config import Settings, get_settings
 from ..errors import PreviewError
 from ..retention import lock_owner, sweep_if_due
+from .periodic import PeriodicThread
 
 logger = logging.getLogger("dramatiq_preview.retention")
 
@@ -52,7 +52,7 @@ class Retention(dramatiq.Middleware):
             self._sweeper = None
 
 
-class PeriodicSweep:
+class PeriodicSweep(PeriodicThread):
     """Try :func:`~dramatiq_preview.retention.sweep_if_due` from a daemon thread: first
     after a short random delay, then every interval plus a little jitter.
 
@@ -63,37 +63,27 @@ class PeriodicSweep:
       settings: ``gc_interval_seconds`` (> 0) and where to sweep.
     """
 
+    name = "preview-retention"
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.interval = float(settings.gc_interval_seconds)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
-    def start(self) -> PeriodicSweep:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="preview-retention", daemon=True)
-            self._thread.start()
-        return self
+    def first_delay(self) -> float:
+        return random.uniform(0, min(self.interval, FIRST_ATTEMPT_MAX_DELAY))  # noqa: S311
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop trying; a sweep under way ends after the job it is on."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=timeout)
-            self._thread = None
+    def next_delay(self) -> float:
+        return self.interval + random.uniform(0, min(self.interval / 10, MAX_JITTER))  # noqa: S311
 
-    def _run(self) -> None:
-        owner = lock_owner()
-        delay = random.uniform(0, min(self.interval, FIRST_ATTEMPT_MAX_DELAY))  # noqa: S311
-        while not self._stop.wait(delay):
-            self.attempt(owner)
-            jitter = random.uniform(0, min(self.interval / 10, MAX_JITTER))  # noqa: S311
-            delay = self.interval + jitter
+    def tick(self) -> None:
+        # A sweep under way ends after the job it is on once the thread is stopped.
+        self.attempt(lock_owner())
 
     def attempt(self, owner: str) -> None:
         """One try: sweep if the lock is free, log what was removed or what went wrong."""
         try:
-            report = sweep_if_due(self.settings, owner=owner, stop=self._stop)
+            report = sweep_if_due(self.settings, owner=owner, stop=self.stopping)
         except PreviewError as exc:
             # Storage or Redis unreachable: the next interval tries again.
             logger.warning("retention sweep failed: %s", exc.message)
