@@ -196,7 +196,7 @@ _MEMORY = textwrap.dedent(
 ).format(q=QUALITY)
 
 
-def _python(code: str, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+def run_python(code: str, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT), full_env.get("PYTHONPATH", "")) if p
@@ -224,12 +224,12 @@ def run(rounds: int = 21, memory_runs: int = 3) -> dict[str, float]:
         root.mkdir()
         make_source(root / "big.jpg")
         make_source(root / "tiny.jpg", 64, 48)
-        times = _python(_TIMING, str(root), str(out), str(rounds))
-        single = _python(
+        times = run_python(_TIMING, str(root), str(out), str(rounds))
+        single = run_python(
             _TIMING, str(root), str(out), str(max(5, rounds // 3)), env={"VIPS_CONCURRENCY": "1"}
         )
-        ours_mem = [_python(_MEMORY, "ours", str(root), str(out)) for _ in range(memory_runs)]
-        vips_mem = [_python(_MEMORY, "vips", str(root), str(out)) for _ in range(memory_runs)]
+        ours_mem = [run_python(_MEMORY, "ours", str(root), str(out)) for _ in range(memory_runs)]
+        vips_mem = [run_python(_MEMORY, "vips", str(root), str(out)) for _ in range(memory_runs)]
     ours_peak = statistics.median(m["peak_delta"] for m in ours_mem)
     vips_peak = statistics.median(m["peak_delta"] for m in vips_mem)
 

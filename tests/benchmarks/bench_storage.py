@@ -75,7 +75,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -89,6 +88,13 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# One helper with bench_render.py for steps in fresh processes, also when run as a script.
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from bench_render import run_python  # noqa: E402
+
 MB = 1_000_000
 #: The 50 MB source: RGB noise does not compress, so the PNG is the raw size plus ~0.01 %.
 BIG_SIZE = (4096, 4069)
@@ -406,7 +412,7 @@ def request_costs(
         for mode in CHECKSUM_MODES if r % 2 == 0 else reversed(CHECKSUM_MODES):
             env = {**s3.environment(), **CHECKSUM_MODES[mode]}
             rows[mode].append(
-                _python(_REQUESTS, bucket, str(_pid(s3.process)), str(count), *args, env=env)
+                run_python(_REQUESTS, bucket, str(_pid(s3.process)), str(count), *args, env=env)
             )
     return {
         mode: {key: statistics.mean(row[key] for row in found) for key in found[0]}
@@ -610,25 +616,6 @@ _FETCH = _PROC + textwrap.dedent(
 )
 
 
-def _python(code: str, *args: str, env: dict[str, str]) -> dict[str, Any]:
-    full_env = {**os.environ, **env}
-    full_env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT), full_env.get("PYTHONPATH", "")) if p
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        check=False,
-        timeout=600,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"benchmark step failed:\n{done.stderr}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
-
-
 def memory_and_transfer(s3: Any, bucket: str, repeats: int) -> dict[str, Any]:
     big = noise_png(*BIG_SIZE)
     client = s3.client()
@@ -638,9 +625,9 @@ def memory_and_transfer(s3: Any, bucket: str, repeats: int) -> dict[str, Any]:
     worker: list[dict[str, Any]] = []
     fetch: dict[str, list[dict[str, Any]]] = {"memory": [], "spool": [], "stream": []}
     for _ in range(repeats):
-        worker.append(_python(_WORKER_MEMORY, bucket, env=env))
+        worker.append(run_python(_WORKER_MEMORY, bucket, env=env))
         for mode in fetch:
-            fetch[mode].append(_python(_FETCH, mode, bucket, _READER, env=env))
+            fetch[mode].append(run_python(_FETCH, mode, bucket, _READER, env=env))
 
     def med(rows: list[dict[str, Any]], key: str) -> float:
         return float(statistics.median(row[key] for row in rows))
