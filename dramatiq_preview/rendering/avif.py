@@ -19,6 +19,7 @@ Only :mod:`.engine` imports this module (which loads Wand), in render children.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 from typing import Any
 
@@ -71,6 +72,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
 }
 
 
+@functools.cache  # prototypes are set once per child, not per image
 def _library() -> Any:
     """libheif with the prototypes this module uses (a render child that never writes
     AVIF never maps it)."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -112,6 +113,7 @@ _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
 }
 
 
+@functools.cache  # prototypes are set once per child, not per image
 def _library() -> ctypes.CDLL:
     """libheif with the prototypes this module uses.
 
