@@ -38,16 +38,6 @@ CONTRACT_STATUS_KEYS = {
 }
 
 
-@pytest.fixture
-def app() -> Flask:
-    return make_app(PREVIEW_NAMESPACE=IDLE_NAMESPACE)
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
-
-
 def store_of(app: Flask) -> JobStore:
     state = get_state(app)
     assert state is not None

@@ -22,16 +22,6 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from dramatiq_preview.flask.appstate import OPENAPI_CACHE_SIZE, get_state
 
 
-@pytest.fixture
-def app() -> Flask:
-    return make_app(PREVIEW_NAMESPACE=IDLE_NAMESPACE)
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
-
-
 def assert_local(url: str) -> None:
     """``url`` is a path on the host that answered, whatever a browser makes of it."""
     assert url.startswith("/"), url
