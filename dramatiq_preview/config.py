@@ -7,6 +7,8 @@ Workers and the CLI read the environment.  The Flask extension passes ``app.conf
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import re
@@ -245,11 +247,21 @@ class Settings:
     progress_interval_ms: int = 500
     output_url_ttl_seconds: int = 900
     gc_interval_seconds: int = 3600
+    webhook_allowed_hosts: frozenset[str] = frozenset()
+    webhook_secret: str | None = None
+    webhook_min_backoff_ms: int = 5000
+    webhook_max_backoff_ms: int = 3600000
+    webhook_max_attempts: int = 8
+    webhook_timeout_ms: int = 10000
+    events_max_seconds: int = 300
+    events_keepalive_seconds: int = 15
 
     def __post_init__(self) -> None:
         # Settings built directly spell hosts as the parsed ones do (IPv6 compressed).
         hosts = frozenset(canonical_host(h) for h in self.allowed_url_hosts)
         object.__setattr__(self, "allowed_url_hosts", hosts)
+        hosts = frozenset(canonical_host(h) for h in self.webhook_allowed_hosts)
+        object.__setattr__(self, "webhook_allowed_hosts", hosts)
 
     def __repr__(self) -> str:
         # Settings end up in log lines and in tracebacks that show locals: URLs are shown
@@ -317,6 +329,18 @@ class Settings:
                 "PREVIEW_MIN_BACKOFF_MS",
                 f"must not exceed PREVIEW_MAX_BACKOFF_MS ({settings.max_backoff_ms})",
             )
+        if settings.webhook_min_backoff_ms > settings.webhook_max_backoff_ms:
+            raise ConfigError(
+                "PREVIEW_WEBHOOK_MIN_BACKOFF_MS",
+                "must not exceed PREVIEW_WEBHOOK_MAX_BACKOFF_MS "
+                f"({settings.webhook_max_backoff_ms})",
+            )
+        if settings.webhook_allowed_hosts and settings.webhook_secret is None:
+            # Unsigned webhooks cannot be told from forged ones: refuse to send any.
+            raise ConfigError(
+                "PREVIEW_WEBHOOK_SECRET",
+                "must be set when PREVIEW_WEBHOOK_ALLOWED_HOSTS is (webhooks are always signed)",
+            )
         return settings
 
     def env_names(self) -> dict[str, str]:
@@ -377,6 +401,23 @@ def _choice(*choices: str) -> Callable[[str, str], str]:
     return parse
 
 
+def _webhook_secret(name: str, raw: str) -> str:
+    """A Standard Webhooks secret: ``whsec_`` and the base64 of 24 to 64 random bytes."""
+    text = raw.strip()
+    body = text.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if not text.startswith("whsec_") or not 24 <= len(key) <= 64:
+        raise ConfigError(
+            name,
+            "expected whsec_ and the base64 of 24 to 64 random bytes, e.g. "
+            "whsec_$(head -c 32 /dev/urandom | base64)",
+        )
+    return text
+
+
 def _token(name: str, raw: str) -> str:
     text = raw.strip()
     if len(text) < 16:
@@ -422,6 +463,15 @@ _SPECS = [
     # SigV4 presigned URLs live at most 7 days; 0 streams outputs through the web process.
     _Spec("PREVIEW_OUTPUT_URL_TTL_SECONDS", "output_url_ttl_seconds", _int(0, 7 * 86400)),
     _Spec("PREVIEW_GC_INTERVAL_SECONDS", "gc_interval_seconds", _int(0)),
+    _Spec("PREVIEW_WEBHOOK_ALLOWED_HOSTS", "webhook_allowed_hosts", _parse_hosts),
+    _Spec("PREVIEW_WEBHOOK_SECRET", "webhook_secret", _webhook_secret),
+    _Spec("PREVIEW_WEBHOOK_MIN_BACKOFF_MS", "webhook_min_backoff_ms", _int(1)),
+    _Spec("PREVIEW_WEBHOOK_MAX_BACKOFF_MS", "webhook_max_backoff_ms", _int(1, 7 * 86400 * 1000)),
+    _Spec("PREVIEW_WEBHOOK_MAX_ATTEMPTS", "webhook_max_attempts", _int(1, 100)),
+    _Spec("PREVIEW_WEBHOOK_TIMEOUT_MS", "webhook_timeout_ms", _int(100, 300000)),
+    # A sync web worker serves one stream at a time: bound how long it does.
+    _Spec("PREVIEW_EVENTS_MAX_SECONDS", "events_max_seconds", _int(1, 86400)),
+    _Spec("PREVIEW_EVENTS_KEEPALIVE_SECONDS", "events_keepalive_seconds", _int(1, 15)),
 ]
 
 ENV_NAMES = tuple(spec.env for spec in _SPECS)

@@ -11,11 +11,19 @@ renewed on every write):
 
 Every transition is one script (``dramatiq_preview/lua/*.lua``, shipped in the package), so
 a late ``running`` can never overwrite ``succeeded`` or ``cancelled``, and a job submitted
-concurrently is created exactly once.  A job costs three round trips to the store on the
-happy path (create, claim, finish) plus progress updates, which are throttled
-(``PREVIEW_PROGRESS_INTERVAL_MS``).  With a Redis broker on the same server, create can also
-push the job's broker message (:class:`BrokerMessage`).  Each script's answer is an enum
-(:class:`CreateOutcome`, :class:`ClaimVerdict`, ...) that compares equal to its text.
+concurrently is created exactly once.
+
+Events: every change of a job's state or progress bumps the record's ``seq`` and publishes
+the whole record on the channel ``{ns}:job:{jobId}:events`` in the same script
+(``lua/_shared.lua``), so a reader that subscribes first and then reads the record misses
+no change (:mod:`dramatiq_preview.watch`).  A final state of a job with a webhook also arms
+its delivery (``webhook_seq``, ``webhook_due``; :meth:`JobStore.webhook`).
+
+A job costs three round trips to the store on the happy path (create, claim, finish) plus
+progress updates, which are throttled (``PREVIEW_PROGRESS_INTERVAL_MS``).  With a Redis
+broker on the same server, create can also push the job's broker message
+(:class:`BrokerMessage`).  Each script's answer is an enum (:class:`CreateOutcome`,
+:class:`ClaimVerdict`, ...) that compares equal to its text.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
 from typing import Any, TypeVar
@@ -51,13 +59,18 @@ FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 _T = TypeVar("_T")
 
 #: The scripts of the transitions, in ``dramatiq_preview/lua/NAME.lua``.
-SCRIPTS = ("create", "claim", "progress", "finish", "cancel", "requeue")
+SCRIPTS = ("create", "claim", "progress", "finish", "cancel", "requeue", "webhook")
+#: The functions every script starts with (``lua/_shared.lua``).
+SHARED = "_shared"
 
 
 @functools.cache
 def load_script(name: str) -> str:
-    """The Lua source of one transition script, read from the installed package."""
-    return (resources.files("dramatiq_preview") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+    """The Lua source of one script as it runs: the shared functions, then the script
+    (both read from the installed package)."""
+    folder = resources.files("dramatiq_preview") / "lua"
+    shared = (folder / f"{SHARED}.lua").read_text(encoding="utf-8")
+    return shared + "\n" + (folder / f"{name}.lua").read_text(encoding="utf-8")
 
 
 class _Answer(str, enum.Enum):
@@ -176,6 +189,9 @@ class Claim:
     attempts: int = 0
     state: str | None = None
     lease_until: int = 0
+    #: The final event whose webhook delivery is not on the broker yet (0: none); the
+    #: caller enqueues it (:mod:`dramatiq_preview.notify`).
+    webhook_due: int = 0
 
 
 @dataclass(frozen=True)
@@ -185,6 +201,40 @@ class Cancellation:
 
     outcome: CancelOutcome
     state: str
+    #: As :attr:`Claim.webhook_due`.
+    webhook_due: int = field(default=0, compare=False)
+
+
+class Finished(tuple[FinishVerdict, str]):
+    """What :meth:`JobStore.finish` did: ``(verdict, state)``, and in ``webhook_due`` the
+    final event whose webhook delivery is not on the broker yet (0: none)."""
+
+    webhook_due: int
+
+    def __new__(cls, verdict: FinishVerdict, state: str, webhook_due: int = 0) -> Finished:
+        self = super().__new__(cls, (verdict, state))
+        self.webhook_due = webhook_due
+        return self
+
+    @property
+    def verdict(self) -> FinishVerdict:
+        return self[0]
+
+    @property
+    def state(self) -> str:
+        return self[1]
+
+
+class WebhookOp(_Answer):
+    """What :meth:`JobStore.webhook` records."""
+
+    #: The delivery message of the event is on the broker.
+    QUEUED = "queued"
+    #: An attempt failed; another follows.
+    RETRY = "retry"
+    DELIVERED = "delivered"
+    #: The last attempt failed; no other follows.
+    FAILED = "failed"
 
 
 class JobStore:
@@ -209,6 +259,7 @@ class JobStore:
         self._finish = client.register_script(load_script("finish"))
         self._cancel = client.register_script(load_script("cancel"))
         self._requeue = client.register_script(load_script("requeue"))
+        self._webhook = client.register_script(load_script("webhook"))
 
     # -- keys ---------------------------------------------------------------------------
 
@@ -222,6 +273,10 @@ class JobStore:
     def waiting_key(self, queue: str) -> str:
         return self.waiting_prefix + queue
 
+    def events_channel(self, job_id: str) -> str:
+        """The pub/sub channel of the job's events (the scripts publish the whole record)."""
+        return self.job_key(job_id) + ":events"
+
     # -- transitions --------------------------------------------------------------------
 
     def create(
@@ -233,8 +288,12 @@ class JobStore:
         queue: str,
         metadata: dict[str, str],
         message: BrokerMessage | None = None,
+        webhook_url: str = "",
     ) -> tuple[CreateOutcome, str]:
         """Record a new job as ``queued`` unless its id exists.
+
+        ``webhook_url`` (when not empty) is where its final state is POSTed
+        (:mod:`dramatiq_preview.webhooks`); the status then carries ``webhook``.
 
         With ``message``, a job that is created has its broker message enqueued in the same
         atomic step (one round trip instead of two; nothing to undo if either fails).
@@ -261,6 +320,7 @@ class JobStore:
                 # Entries of jobs whose message vanished are trimmed now and then, not on
                 # every submit: the set still cannot grow beyond a TTL's worth of them.
                 "1" if random.random() < PRUNE_CHANCE else "0",  # noqa: S311 - not security
+                webhook_url,
                 *extra,
             ],
         )
@@ -270,7 +330,8 @@ class JobStore:
         self, normalized: dict[str, Any], *, queue: str, message: BrokerMessage | None = None
     ) -> tuple[CreateOutcome, str]:
         """:meth:`create` for a normalised payload (``validation.normalize``): the payload's
-        fingerprint, priority and metadata, on ``queue``."""
+        fingerprint, priority, metadata and webhook, on ``queue``."""
+        webhook = normalized.get("webhook")
         return self.create(
             normalized["jobId"],
             fp=fingerprint(normalized),
@@ -278,6 +339,7 @@ class JobStore:
             queue=queue,
             metadata=normalized["metadata"],
             message=message,
+            webhook_url=str(webhook["url"]) if isinstance(webhook, dict) else "",
         )
 
     def record_refused(self, job_id: str, *, priority: object, queue: str) -> CreateOutcome:
@@ -324,13 +386,14 @@ class JobStore:
             ],
         )
         verdict, value = ClaimVerdict(res[0]), str(res[1])
+        due = _due(res)
         if verdict is ClaimVerdict.RUN:
             return Claim(verdict, attempts=int(value), state="running")
         if verdict is ClaimVerdict.BUSY:
             return Claim(verdict, lease_until=int(float(value)))
         if verdict is ClaimVerdict.LOST:
-            return Claim(verdict, attempts=int(value), state="failed")
-        return Claim(verdict, state=value or None)
+            return Claim(verdict, attempts=int(value), state="failed", webhook_due=due)
+        return Claim(verdict, state=value or None, webhook_due=due)
 
     def progress(self, job_id: str, *, token: str, percent: int | None) -> ProgressVerdict:
         """Record progress (or only poll when ``percent`` is None).
@@ -350,14 +413,14 @@ class JobStore:
         outcome: str,
         data: dict[str, Any] | None = None,
         next_attempt_at: int | None = None,
-    ) -> tuple[FinishVerdict, str]:
+    ) -> Finished:
         """End a delivery with ``succeeded``, ``failed``, ``retrying``, ``cancelled`` or
         ``release`` (drop the lease only).
 
         A final state is never overwritten, and a job another delivery is running is left
         alone.  A ``succeeded`` or ``retrying`` outcome on a job whose cancellation was
         requested ends ``cancelled``.  Returns ``(verdict, state)``: the job's state
-        afterwards (``""`` when ``missing``) and :class:`FinishVerdict`.
+        afterwards (``""`` when ``missing``) and :class:`FinishVerdict` (:class:`Finished`).
         """
         res = self._call(
             self._finish,
@@ -372,7 +435,7 @@ class JobStore:
                 job_id,
             ],
         )
-        return FinishVerdict(res[0]), str(res[1])
+        return Finished(FinishVerdict(res[0]), str(res[1]), _due(res))
 
     def cancel(self, job_id: str) -> Cancellation:
         """Request cancellation: a waiting job is cancelled now, a running one stops at its
@@ -382,7 +445,7 @@ class JobStore:
             [self.job_key(job_id), self.waiting_prefix],
             [now_ms(), self.ttl_seconds, job_id],
         )
-        return Cancellation(CancelOutcome(res[0]), str(res[1]))
+        return Cancellation(CancelOutcome(res[0]), str(res[1]), _due(res))
 
     def requeue(self, job_id: str, *, queue: str) -> RequeueOutcome:
         """Put a ``failed`` job back to ``queued`` on ``queue`` (dead-letter replay); a job
@@ -392,6 +455,20 @@ class JobStore:
                 self._requeue,
                 [self.job_key(job_id), self.waiting_prefix],
                 [now_ms(), self.ttl_seconds, job_id, queue],
+            )
+        )
+
+    def webhook(self, job_id: str, op: WebhookOp, seq: int, error: str = "") -> str:
+        """Record the delivery of the webhook of final event ``seq`` (:class:`WebhookOp`).
+
+        Returns ``"ok"``, ``"stale"`` (the job ended again since; event ``seq`` is no
+        longer the one to deliver) or ``"missing"``.
+        """
+        return str(
+            self._call(
+                self._webhook,
+                [self.job_key(job_id)],
+                [op.value, seq, self.ttl_seconds, error[:1000]],
             )
         )
 
@@ -405,6 +482,14 @@ class JobStore:
         if "state" not in raw:
             return None
         return status_from_record(job_id, raw)
+
+    def get_with_seq(self, job_id: str) -> tuple[int, dict[str, Any]] | None:
+        """The status (as :meth:`get`) and its event id ``seq``, or None when unknown."""
+        found = self._guard(lambda: self.client.hgetall(self.job_key(job_id)))
+        raw = {str(k): str(v) for k, v in found.items()}
+        if "state" not in raw:
+            return None
+        return int(raw.get("seq") or 0), status_from_record(job_id, raw)
 
     def existing(self, job_ids: Sequence[str]) -> set[str]:
         """Which of ``job_ids`` still have a record, in one round trip (retention)."""
@@ -445,6 +530,11 @@ class JobStore:
             ) from exc
 
 
+def _due(res: Any) -> int:
+    """The ``webhook_due`` element of a script's answer (0 when absent)."""
+    return int(res[2]) if len(res) > 2 and res[2] else 0
+
+
 def _json_or_none(text: str | None) -> Any:
     if not text:
         return None
@@ -466,7 +556,24 @@ def status_from_record(job_id: str, raw: dict[str, str]) -> dict[str, Any]:
         "error": _json_or_none(raw.get("error")),
         "result": _json_or_none(raw.get("result")) if raw["state"] == "succeeded" else None,
         "metadata": _json_or_none(raw.get("metadata")) or {},
+        "webhook": _webhook(raw),
     }
+
+
+def _webhook(raw: dict[str, str]) -> dict[str, Any] | None:
+    if not raw.get("webhook_url"):
+        return None
+    return {
+        "state": raw.get("webhook_state") or "pending",
+        "attempts": int(raw.get("webhook_attempts") or 0),
+        "lastError": raw.get("webhook_error") or None,
+    }
+
+
+def record_from_event(data: str) -> dict[str, str]:
+    """The record a script published (a JSON array of field, value, field, value, ...)."""
+    flat = json.loads(data)
+    return {str(k): str(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}
 
 
 _clients: dict[tuple[str, float], redis.Redis] = {}
@@ -516,13 +623,16 @@ __all__ = [
     "ClaimVerdict",
     "CreateOutcome",
     "FinishVerdict",
+    "Finished",
     "JobStore",
     "ProgressVerdict",
     "RequeueOutcome",
+    "WebhookOp",
     "get_store",
     "iso",
     "load_script",
     "now_ms",
+    "record_from_event",
     "redis_client",
     "status_from_record",
 ]

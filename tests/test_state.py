@@ -10,6 +10,7 @@ import pytest
 
 from dramatiq_preview.state import (
     SCRIPTS,
+    SHARED,
     Cancellation,
     CancelOutcome,
     ClaimVerdict,
@@ -262,7 +263,7 @@ def test_the_scripts_are_read_from_the_package(store: JobStore) -> None:
 
     lua = resources.files("dramatiq_preview") / "lua"
     shipped = sorted(p.name for p in lua.iterdir() if p.name.endswith(".lua"))
-    assert shipped == sorted(f"{name}.lua" for name in SCRIPTS)
+    assert shipped == sorted(f"{name}.lua" for name in (*SCRIPTS, SHARED))
     for name in SCRIPTS:
         assert "redis.call" in load_script(name), name
         assert getattr(store, f"_{name}").script == load_script(name)

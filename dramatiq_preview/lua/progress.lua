@@ -8,7 +8,7 @@ local h = redis.call('hmget', job, 'state', 'lease', 'cancel')
 if h[1] ~= 'running' or h[2] ~= token then return 2 end
 if percent ~= '' then
   redis.call('hset', job, 'progress', percent)
-  redis.call('expire', job, ttl)
+  changed(job, ttl)
 end
 if h[3] == '1' then return 1 end
 return 0

@@ -10,7 +10,7 @@ if state ~= 'failed' then return 'not_failed' end
 redis.call('hset', job, 'state', 'queued', 'error', '', 'finished_at', '', 'progress', 0,
   'deliveries', 0, 'cancel', 0, 'lease', '', 'lease_until', 0, 'next_attempt_at', '',
   'queue', queue)
-redis.call('expire', job, ttl)
+changed(job, ttl)
 local waiting = waiting_prefix .. queue
 redis.call('zadd', waiting, now, job_id)
 redis.call('expire', waiting, ttl)
