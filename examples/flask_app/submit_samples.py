@@ -3,11 +3,14 @@
 Usage (the app and a worker running, both with PREVIEW_SOURCE_ROOT=examples/images)::
 
     python examples/flask_app/submit_samples.py [--url http://127.0.0.1:5000/api/preview]
-        [--images examples/images] [--download DIR] [--timeout 120]
+        [--images examples/images] [--download DIR] [--summary FILE] [--timeout 120]
 
 Each file in ``--images`` is submitted by its path relative to ``PREVIEW_SOURCE_ROOT``
-(default: the images directory itself), asking for a 256 px WebP and a 128 px JPEG square.
-When the directory is missing or empty, a few PNG samples are generated into it first.
+(default: the images directory itself), asking for a 256 px WebP and a 128 px JPEG square;
+notes kept next to the samples (``*.md``, ``*.txt``, dotfiles) are skipped.  When the
+directory has no sample, a few PNG samples are generated into it first.  ``--summary``
+writes what happened as JSON (each sample, its job's final status and, with ``--download``,
+where each output was saved): ``examples/demo.py`` makes its contact sheet from it.
 ``PREVIEW_API_TOKEN``, when set, is sent as the bearer token.  Only the standard library
 is used, so any HTTP client could do the same.
 
@@ -36,6 +39,17 @@ OUTPUTS = [
     {"width": 128, "height": 128, "format": "jpeg", "fit": "cover", "quality": 80},
 ]
 FINAL = {"succeeded", "failed", "cancelled"}
+#: Files next to the samples that are not samples (examples/images/LICENSES.md).
+NOTES = {".md", ".txt"}
+
+
+def sample_files(directory: Path) -> list[Path]:
+    """The samples in ``directory``, sorted by name: every file but notes and dotfiles."""
+    return sorted(
+        p
+        for p in directory.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in NOTES
+    )
 
 
 class Api:
@@ -105,19 +119,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default="http://127.0.0.1:5000/api/preview")
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
     parser.add_argument("--download", type=Path, help="save every output into this directory")
+    parser.add_argument("--summary", type=Path, help="write the jobs and their outputs as JSON")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait in all")
     args = parser.parse_args(argv)
 
     images: Path = args.images.resolve()
-    if not images.is_dir() or not any(p.is_file() for p in images.iterdir()):
+    if not images.is_dir() or not sample_files(images):
         make_samples(images)
         print(f"generated sample images in {images}")
     root = Path(os.environ.get("PREVIEW_SOURCE_ROOT") or images).resolve()
     api = Api(args.url, os.environ.get("PREVIEW_API_TOKEN"))
 
-    jobs: dict[str, tuple[str, str]] = {}  # jobId -> (sample, statusUrl)
+    jobs: dict[str, tuple[Path, str]] = {}  # jobId -> (sample, statusUrl)
     refused = 0
-    for sample in sorted(p for p in images.iterdir() if p.is_file()):
+    for sample in sample_files(images):
         try:
             relative = sample.relative_to(root).as_posix()
         except ValueError:
@@ -133,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{sample.name}: {status} {body.get('error')}: {body.get('message')}")
             refused += 1
             continue
-        jobs[body["jobId"]] = (sample.name, body["statusUrl"])
+        jobs[body["jobId"]] = (sample, body["statusUrl"])
         print(f"submitted {sample.name:<22} jobId {body['jobId']}  ({status})")
 
     deadline = time.monotonic() + args.timeout
@@ -147,9 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(0.2)
 
     ok = bool(jobs) and not refused
+    summary: list[dict[str, Any]] = []
     print()
-    for job_id, (name, _) in jobs.items():
+    for job_id, (sample, _) in jobs.items():
+        name = sample.name
         final = results.get(job_id)
+        summary.append({"sample": str(sample), "jobId": job_id, "status": final, "saved": []})
         if final is None:
             print(f"{name:<22} still not finished after {args.timeout:.0f}s")
             ok = False
@@ -163,9 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         for output in final["result"]["outputs"]:
             line = f"{'':<22} {output['path']:<44} {output['width']}x{output['height']}"
             if args.download:
-                size = api.download(output["url"], args.download / output["path"])
+                target = args.download / output["path"]
+                size = api.download(output["url"], target)
+                summary[-1]["saved"].append(str(target.resolve()))
                 line += f"  downloaded {size} bytes"
             print(line)
+    if args.summary:
+        args.summary.write_text(json.dumps(summary, indent=2) + "\n")
     return 0 if ok else 1
 
 
