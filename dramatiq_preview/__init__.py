@@ -38,7 +38,14 @@ except _ConfigError:
     render_preview = None  # type: ignore[assignment]
     setup_broker = None  # type: ignore[assignment]
 from .broker import build_broker
-from .client import PreviewClient, Submission, cancel_preview, get_status, submit_preview
+from .client import (
+    PreviewClient,
+    Submission,
+    cancel_preview,
+    get_status,
+    submit_preview,
+    wait_for_preview,
+)
 from .config import Settings, get_settings
 from .errors import (
     ConfigError,
@@ -74,4 +81,5 @@ __all__ = [
     "setup_broker",
     "submit_preview",
     "validate",
+    "wait_for_preview",
 ]

@@ -4,6 +4,11 @@ Exit codes: 0 success; 1 the input or the request was refused (invalid payload, 
 job, conflict; for ``gc``, storage refused the credentials or the permission); 2 the input
 file could not be read or the command line is wrong; 3 Redis, the broker or (``gc``) the
 output storage is unavailable; 4 the configuration is invalid.
+
+``submit --wait`` and ``status --wait`` follow the job's events until it ends and print its
+final status: exit 0 when it succeeded, 3 when it failed or was cancelled, or was not final
+within ``--timeout`` (then nothing more is printed on standard output and a line on
+standard error says what state it is in).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any, TextIO
 import redis
 
 from .broker import actor_broker
-from .client import cancel_preview, get_status, submit_preview
+from .client import cancel_preview, get_status, submit_preview, wait_for_preview
 from .config import get_settings
 from .dlq import DeadLetters, dead_letters
 from .errors import (
@@ -37,6 +42,10 @@ from .state import get_store
 from .validation import validation_issues
 
 EXIT_OK, EXIT_REFUSED, EXIT_UNREADABLE, EXIT_UNAVAILABLE, EXIT_CONFIG = 0, 1, 2, 3, 4
+#: ``--wait``: the job failed, was cancelled or was not final in time (contract §10).
+EXIT_NOT_SUCCEEDED = 3
+#: ``--wait`` interrupted (Ctrl-C), as shells report SIGINT.
+EXIT_INTERRUPTED = 130
 
 #: The longest ``health --timeout``: a probe that needs longer is a down backend.
 MAX_HEALTH_TIMEOUT = 60.0
@@ -113,20 +122,79 @@ def _cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Tex
 
 
 def _cmd_submit(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    if not _wait_options_fit(args, err):
+        return EXIT_UNREADABLE
     payload, ok = _load(args.file, stdin, err)
     if not ok:
         return EXIT_REFUSED
     # An invalid payload is reported by main(), one line per issue (exit 1).
     submission = submit_preview(payload)
-    print(submission.job_id, file=out)
+    print(submission.job_id, file=out, flush=args.wait)
     if submission.duplicate:
         print(f"duplicate: job {submission.job_id} is {submission.state}", file=err)
+    if args.wait:
+        return _wait(submission.job_id, args.timeout, out, err)
     return EXIT_OK
 
 
 def _cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    if not _wait_options_fit(args, err):
+        return EXIT_UNREADABLE
+    if args.wait:
+        return _wait(args.job_id, args.timeout, out, err)
     print(json.dumps(get_status(args.job_id), indent=2), file=out)
     return EXIT_OK
+
+
+def _wait_options_fit(args: argparse.Namespace, err: TextIO) -> bool:
+    if args.timeout is not None and not args.wait:
+        print(f"{args.command}: --timeout goes with --wait", file=err)
+        return False
+    return True
+
+
+def _wait(job_id: str, timeout: float | None, out: TextIO, err: TextIO) -> int:
+    """Print the job's final status once it ends; exit 0 only when it succeeded."""
+    try:
+        status = wait_for_preview(job_id, timeout)
+    except TimeoutError as exc:
+        print(str(exc), file=err)
+        return EXIT_NOT_SUCCEEDED
+    except KeyboardInterrupt:
+        print(f"interrupted; job {job_id} goes on", file=err)
+        return EXIT_INTERRUPTED
+    print(json.dumps(status, indent=2), file=out)
+    return EXIT_OK if status["state"] == "succeeded" else EXIT_NOT_SUCCEEDED
+
+
+def _wait_timeout(text: str) -> float:
+    """The ``--timeout`` of ``--wait``: seconds, more than 0.
+
+    Raises:
+      argparse.ArgumentTypeError: anything else (argparse exits 2 with the message).
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError("must be a finite number of seconds, more than 0")
+    return value
+
+
+def _add_wait_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until the job ends and print its final status; exit 0 if it succeeded, "
+        "3 otherwise",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_wait_timeout,
+        metavar="SECONDS",
+        help="with --wait: give up after this long (exit 3); default: no limit",
+    )
 
 
 def _cmd_cancel(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
@@ -239,10 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="submit a job payload; prints its jobId")
     p.add_argument("file", metavar="FILE|-", help="JSON file, or - for standard input")
+    _add_wait_options(p)
     p.set_defaults(func=_cmd_submit)
 
     p = sub.add_parser("status", help="print a job's status as JSON")
     p.add_argument("job_id", metavar="JOB_ID")
+    _add_wait_options(p)
     p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("cancel", help="cancel a queued or running job")

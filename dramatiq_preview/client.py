@@ -5,6 +5,8 @@
 ...                       "outputs": [{"width": 256, "height": 256, "format": "webp"}]})
 >>> get_status(job.job_id)["state"]
 'queued'
+>>> wait_for_preview(job.job_id, timeout=60)["state"]
+'succeeded'
 
 :class:`PreviewClient` binds the same calls to explicit settings (another Redis, another
 broker), e.g. for a web process configured from Flask's ``app.config``.
@@ -31,6 +33,7 @@ from .fused_enqueue import (
 from .names import ACTOR_NAME, RECORDED, queue_for
 from .state import CancelOutcome, CreateOutcome, JobStore, get_store
 from .validation import normalize, validate
+from .watch import Event, JobWatch
 
 logger = logging.getLogger("dramatiq_preview.client")
 _UNKNOWN = object()
@@ -204,6 +207,34 @@ class PreviewClient:
             raise JobNotFound(job_id)
         return status
 
+    def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Wait until the job is final; return its final status object (contract §5).
+
+        Follows the job's events (:mod:`dramatiq_preview.watch`), so it returns as soon as
+        the final state is written, without polling.
+
+        Parameters:
+          job_id: the job.
+          timeout: the longest wait in seconds (None: as long as it takes).
+
+        Raises:
+          TimeoutError: the job was not final within ``timeout`` (it goes on; wait again).
+          JobNotFound: no job with this id, or its record expired while waiting.
+          StateStoreUnavailable: Redis did not answer.
+        """
+        watch = JobWatch(
+            self.store,
+            job_id,
+            max_seconds=timeout,
+            keepalive_seconds=self.settings.events_keepalive_seconds,
+        )
+        with watch:
+            for item in watch:
+                if isinstance(item, Event) and item.final:
+                    return item.status
+            state = watch.status["state"]
+        raise TimeoutError(f"job {job_id!r} is not final after {timeout or 0:g}s: it is {state}")
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a job: a waiting job at once, a running one at its next checkpoint.
 
@@ -249,6 +280,11 @@ def submit_preview(payload: Any) -> Submission:
 def get_status(job_id: str) -> dict[str, Any]:
     """The status of ``job_id``; see :meth:`PreviewClient.status`."""
     return default_client().status(job_id)
+
+
+def wait_for_preview(job_id: str, timeout: float | None = None) -> dict[str, Any]:
+    """The final status of ``job_id``, once it ends; see :meth:`PreviewClient.wait`."""
+    return default_client().wait(job_id, timeout)
 
 
 def cancel_preview(job_id: str) -> dict[str, Any]:

@@ -94,6 +94,56 @@ _JOB_ID = {
     "required": True,
     "schema": {"type": "string", "pattern": JOB_ID_PATTERN},
 }
+_EVENT_ID = {"type": "string", "examples": ["7"]}
+_LAST_EVENT_ID = [
+    {
+        "in": "header",
+        "name": "Last-Event-ID",
+        "description": (
+            "The `id` of the last event the client has (an EventSource sends it when it "
+            "reconnects): the stream resumes after it. Anything but ASCII digits is ignored."
+        ),
+        "schema": _EVENT_ID,
+    },
+    {
+        "in": "query",
+        "name": "lastEventId",
+        "description": (
+            "As `Last-Event-ID`, for a client that cannot send headers; the header wins."
+        ),
+        "schema": _EVENT_ID,
+    },
+]
+#: One event of ``GET /job/{jobId}/events``.  OpenAPI 3.1 has no keyword for the items of a
+#: stream (3.2 adds ``itemSchema``); as tools read 3.1 documents (schemathesis among them),
+#: the ``schema`` of ``text/event-stream`` describes each event, parsed per the SSE spec.
+_SSE_EVENT = {
+    "type": "object",
+    "description": (
+        "Each event of the stream. `data` is the status object of `GET /job/{jobId}/status` "
+        "as JSON on one line. The stream also carries a `retry:` line first and comment "
+        "lines (`: keep-alive`), which are not events."
+    ),
+    "required": ["event", "id", "data"],
+    "properties": {
+        "event": {"type": "string", "const": "status"},
+        "id": {
+            "type": "string",
+            "pattern": "^[0-9]+$",
+            "description": "The event id: send it back as `Last-Event-ID` to resume after it.",
+        },
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": "#/components/schemas/Status"},
+        },
+    },
+}
+_SSE_EXAMPLE = (
+    "retry: 2000\n\nid: 3\nevent: status\n"
+    'data: {"jobId": "cat-42", "state": "running", "progress": 40, ...}\n\n'
+    ": keep-alive\n\n"
+)
 _INDEX = {
     "in": "path",
     "name": "index",
@@ -178,6 +228,48 @@ OPERATIONS: dict[str, tuple[str, list[dict[str, Any]], dict[str, Any]]] = {
                 },
                 "404": _NOT_FOUND,
                 "409": _error("The job already succeeded or failed (`conflict`)."),
+                "503": _UNAVAILABLE,
+            },
+        },
+    ),
+    "job_events": (
+        "get",
+        [_JOB_ID],
+        {
+            "operationId": "getJobEvents",
+            "summary": "The job's status as a live stream (Server-Sent Events)",
+            "description": (
+                "A `text/event-stream`: `retry:` first, then one event per status, the "
+                "current one at once (`id:` the event id, `event: status`, `data:` the "
+                "status object, as `GET /job/{jobId}/status` answers it), then one per "
+                "change of state or progress. A comment line (`: keep-alive`) comes after "
+                "every PREVIEW_EVENTS_KEEPALIVE_SECONDS (at most 15) without an event. The "
+                "stream ends after the event of a final state (`succeeded`, `failed`, "
+                "`cancelled`), or after PREVIEW_EVENTS_MAX_SECONDS: reconnect with "
+                "`Last-Event-ID` to resume without missing the final state."
+            ),
+            "parameters": _LAST_EVENT_ID,
+            "responses": {
+                "200": {
+                    "description": (
+                        "The event stream. Each event's `data` is a status object "
+                        "(`#/components/schemas/Status`)."
+                    ),
+                    "headers": {
+                        "Cache-Control": {"schema": {"type": "string", "const": "no-cache"}},
+                        "X-Accel-Buffering": {"schema": {"type": "string", "const": "no"}},
+                    },
+                    "content": {
+                        "text/event-stream": {"schema": _SSE_EVENT, "example": _SSE_EXAMPLE}
+                    },
+                },
+                "204": {
+                    "description": (
+                        "The job is final and `Last-Event-ID` is its final event: nothing "
+                        "more will come (an EventSource stops reconnecting)."
+                    )
+                },
+                "404": _NOT_FOUND,
                 "503": _UNAVAILABLE,
             },
         },

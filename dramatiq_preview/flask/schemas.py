@@ -98,8 +98,32 @@ class ResultSchema(Schema):
     )
 
 
+class WebhookStatusSchema(Schema):
+    """Where the webhook of a job's final state stands (jobs submitted with ``webhook``)."""
+
+    state = fields.String(
+        required=True,
+        metadata={
+            "enum": ["pending", "delivered", "failed"],
+            "description": (
+                "`pending` until the final state's delivery answered 2xx (`delivered`) or "
+                "its last attempt failed (`failed`)."
+            ),
+        },
+    )
+    attempts = fields.Integer(
+        required=True, metadata={"minimum": 0, "description": "Delivery attempts made."}
+    )
+    lastError = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "Why the last attempt failed (null when none did)."},
+    )
+
+
 class StatusSchema(Schema):
-    """The body of ``GET /job/{jobId}/status``."""
+    """The body of ``GET /job/{jobId}/status``, and the ``data`` of each event of
+    ``GET /job/{jobId}/events``."""
 
     jobId = fields.String(required=True)
     state = fields.String(required=True, metadata=_STATE)
@@ -122,6 +146,12 @@ class StatusSchema(Schema):
         metadata={"description": "The rendered files once the job succeeded, else null."},
     )
     metadata = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+    webhook = fields.Nested(
+        WebhookStatusSchema,
+        required=True,
+        allow_none=True,
+        metadata={"description": "The delivery of the job's webhook; null without one."},
+    )
 
 
 class CancelResponseSchema(Schema):
@@ -189,4 +219,5 @@ __all__ = [
     "StorageHealthSchema",
     "SubmitResponseSchema",
     "ValidationErrorSchema",
+    "WebhookStatusSchema",
 ]

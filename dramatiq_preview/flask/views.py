@@ -1,9 +1,9 @@
-"""The views of the HTTP API (contract §5): routes, authentication and JSON errors.
+"""The views of the HTTP API (contract §5 and §10): routes, authentication and JSON errors.
 
 Every response under the prefix is JSON, errors included (``{"error", "message", ...}``),
-except the rendered files and the Prometheus exposition.  Unmatched URLs under the prefix
-(404, 405) never reach blueprint error handlers, so an app-level ``before_request`` hook,
-filtered by path, answers them; the host's own URLs are left alone.
+except the rendered files, the event stream and the Prometheus exposition.  Unmatched URLs
+under the prefix (404, 405) never reach blueprint error handlers, so an app-level
+``before_request`` hook, filtered by path, answers them; the host's own URLs are left alone.
 
 Nothing a client sends decides where a URL we answer with points: the URLs we build are
 paths that start with one ``/`` (``SCRIPT_NAME`` may come from a request header), and a URL
@@ -26,7 +26,16 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
 
-from flask import Blueprint, Response, current_app, g, request, send_file, url_for
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    g,
+    request,
+    send_file,
+    stream_with_context,
+    url_for,
+)
 from werkzeug.datastructures import ContentRange
 from werkzeug.exceptions import (
     ClientDisconnected,
@@ -51,6 +60,7 @@ from ..health import check_health
 from ..models import CONTENT_TYPES
 from ..storage import Storage, StoredObject, open_storage
 from ..validation import ecma_regex
+from ..watch import JobWatch, KeepAlive
 from .appstate import AppState, get_state
 from .openapi import openapi_document
 from .schemas import CANCEL_RESPONSE, JOB_ID_PATTERN, STATUS, SUBMIT_RESPONSE
@@ -61,6 +71,8 @@ logger = logging.getLogger("dramatiq_preview.flask")
 OUTPUT_MAX_AGE = 3600
 #: Seconds a client should wait after a 503 before trying again.
 RETRY_AFTER = 5
+#: The ``retry:`` of the event stream: milliseconds a browser waits before reconnecting.
+EVENTS_RETRY_MS = 2000
 
 _JOB_ID_RE = ecma_regex(JOB_ID_PATTERN)
 #: More digits than any output index can have (a job has at most 8 outputs).
@@ -116,6 +128,7 @@ def add_routes(bp: Blueprint) -> None:
     bp.add_url_rule("/job", "submit_job", submit_job, methods=["POST"])
     bp.add_url_rule("/job/<job_id>/status", "job_status", job_status, methods=["GET"])
     bp.add_url_rule("/job/<job_id>/cancel", "cancel_job", cancel_job, methods=["POST"])
+    bp.add_url_rule("/job/<job_id>/events", "job_events", job_events, methods=["GET"])
     # A string, not <int:>: werkzeug's int converter also takes fullwidth or Arabic-Indic digits.
     bp.add_url_rule("/job/<job_id>/outputs/<index>", "job_output", job_output, methods=["GET"])
     bp.add_url_rule("/worker/health", "worker_health", worker_health, methods=["GET"])
@@ -409,11 +422,98 @@ def submit_job() -> Response:
 def job_status(job_id: str) -> Response:
     """GET /job/{jobId}/status."""
     status = _state().client.status(_checked_job_id(job_id))
+    return json_response(_public_status(job_id, status))
+
+
+def _public_status(job_id: str, status: dict[str, Any]) -> Any:
+    """The status object as the API sends it: each output with its download ``url``."""
     result = status.get("result")
     if result:
         for index, output in enumerate(result.get("outputs") or []):
             output["url"] = local_url(".job_output", job_id=job_id, index=index)
-    return json_response(STATUS.dump(status))
+    return STATUS.dump(status)
+
+
+def job_events(job_id: str) -> Response:
+    """GET /job/{jobId}/events: the job's status as Server-Sent Events (contract §10).
+
+    The job's events are followed with :class:`~dramatiq_preview.watch.JobWatch`, opened
+    here, before the response starts, so that an unknown job is a real 404 and Redis down a
+    real 503.  The stream sends ``retry:``, then one ``status`` event per change (the
+    current status first, unless ``Last-Event-ID`` says the client has it), a comment every
+    ``PREVIEW_EVENTS_KEEPALIVE_SECONDS`` without one, and ends after a final state's event
+    or after ``PREVIEW_EVENTS_MAX_SECONDS`` (a browser then reconnects with
+    ``Last-Event-ID``).  A client that already has the final event gets 204, which stops
+    an EventSource from reconnecting.
+    """
+    state = _state()
+    settings = state.settings
+    watch = JobWatch(
+        state.client.store,
+        _checked_job_id(job_id),
+        last_seq=_last_event_id(),
+        max_seconds=settings.events_max_seconds,
+        keepalive_seconds=settings.events_keepalive_seconds,
+    )
+    watch.open()
+    try:
+        if watch.done:
+            watch.close()
+            nothing = current_app.response_class(status=204)
+            del nothing.headers["Content-Type"]
+            return nothing
+        response = current_app.response_class(
+            stream_with_context(_event_stream(watch)),
+            mimetype="text/event-stream",
+            # X-Accel-Buffering: nginx would otherwise hold events back in its buffer.
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        # Also when the server never starts the body (the client left at once).
+        response.call_on_close(watch.close)
+        return response
+    except BaseException:
+        watch.close()
+        raise
+
+
+def _last_event_id() -> int | None:
+    """The id of the last event the client has, or None.
+
+    The ``Last-Event-ID`` header (an EventSource sends it when it reconnects) wins over the
+    ``lastEventId`` query parameter (for a page that resumes a stream itself: its URL keeps
+    the parameter on reconnects, while the header is the newer id).  Anything but ASCII
+    digits is no event id of ours and is ignored.
+    """
+    text = request.headers.get("Last-Event-ID")
+    if text is None:
+        text = request.args.get("lastEventId")
+    if text is None:
+        return None
+    text = text.strip(" \t")
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        return None
+    return int(text)
+
+
+def _event_stream(watch: JobWatch) -> Iterator[str]:
+    """The body of :func:`job_events`: ``text/event-stream`` lines for ``watch``'s items."""
+    job_id = watch.job_id
+    try:
+        yield f"retry: {EVENTS_RETRY_MS}\n\n"
+        for item in watch:
+            if isinstance(item, KeepAlive):
+                yield ": keep-alive\n\n"
+                continue
+            data = json.dumps(_public_status(job_id, item.status))
+            yield f"id: {item.seq}\nevent: status\ndata: {data}\n\n"
+    except JobNotFound:
+        # The record expired or was deleted: the stream ends, and a reconnect gets a 404.
+        return
+    except StateStoreUnavailable as exc:
+        # Too late for a 503: end the stream; the client's reconnect gets one.
+        logger.warning("ending the event stream of job %s: %s", job_id, exc.message)
+    finally:
+        watch.close()
 
 
 def cancel_job(job_id: str) -> Response:

@@ -35,6 +35,7 @@ CONTRACT_STATUS_KEYS = {
     "error",
     "result",
     "metadata",
+    "webhook",
 }
 
 

@@ -24,6 +24,7 @@ ROUTES = {
     "/job": {"post"},
     "/job/{jobId}/status": {"get"},
     "/job/{jobId}/cancel": {"post"},
+    "/job/{jobId}/events": {"get"},
     "/job/{jobId}/outputs/{index}": {"get"},
     "/worker/health": {"get"},
     "/metrics": {"get"},
@@ -309,7 +310,13 @@ def test_schemathesis_finds_no_server_error_and_no_answer_against_the_document(
 ) -> None:
     # Given the live API with a token (so that the run also checks that auth is enforced;
     # jobs go to a namespace no worker consumes)
-    app = make_app(PREVIEW_NAMESPACE=IDLE_NAMESPACE, PREVIEW_API_TOKEN=TOKEN)
+    # Streams opened on queued jobs end after 2 s (schemathesis reads each to its end).
+    app = make_app(
+        PREVIEW_NAMESPACE=IDLE_NAMESPACE,
+        PREVIEW_API_TOKEN=TOKEN,
+        PREVIEW_EVENTS_MAX_SECONDS=2,
+        PREVIEW_EVENTS_KEEPALIVE_SECONDS=1,
+    )
     with LiveServer(app) as server:
         # When schemathesis runs every check on generated valid and invalid requests
         command = [
