@@ -16,8 +16,8 @@ concurrently is created exactly once.
 Events: every change of a job's state or progress bumps the record's ``seq`` and, when
 the channel ``{ns}:job:{jobId}:events`` has a subscriber, publishes the whole record on it
 in the same script (``lua/_shared.lua``), so a reader that subscribes first and then reads
-the record misses no change (:mod:`dramatiq_preview.watch`).  A final state of a job with a webhook also arms
-its delivery (``webhook_seq``, ``webhook_due``; :meth:`JobStore.webhook`).
+the record misses no change (:mod:`dramatiq_preview.watch`).  A final state of a job with
+a webhook also arms its delivery (``webhook_seq``, ``webhook_due``; :meth:`JobStore.webhook`).
 
 A job costs three round trips to the store on the happy path (create, claim, finish) plus
 progress updates, which are throttled (``PREVIEW_PROGRESS_INTERVAL_MS``).  With a Redis

@@ -4,13 +4,16 @@
 -- its event), renew the TTL and publish the whole record on '<job key>:events', all in the
 -- script's atomic step: a reader that subscribes and then reads the record misses nothing.
 -- Nobody watches most jobs: the record is read and published only when the channel has a
--- subscriber (PUBSUB NUMSUB costs a tenth of HGETALL + PUBLISH; docs/events.md).
+-- subscriber (PUBSUB NUMSUB costs about a fifth of HGETALL + PUBLISH; docs/events.md).
+-- The notification never aborts the transition written above it: a Redis user whose ACL
+-- refuses the channel gets no events (pcall), never a half-done transition.
 local function changed(job, ttl)
   local seq = redis.call('hincrby', job, 'seq', 1)
   redis.call('expire', job, ttl)
   local channel = job .. ':events'
-  if redis.call('pubsub', 'numsub', channel)[2] > 0 then
-    redis.call('publish', channel, cjson.encode(redis.call('hgetall', job)))
+  local subscribers = redis.pcall('pubsub', 'numsub', channel)
+  if type(subscribers) == 'table' and subscribers[2] and subscribers[2] > 0 then
+    redis.pcall('publish', channel, cjson.encode(redis.call('hgetall', job)))
   end
   return seq
 end
