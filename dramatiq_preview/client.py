@@ -211,14 +211,17 @@ class PreviewClient:
         """Wait until the job is final; return its final status object (contract §5).
 
         Follows the job's events (:mod:`dramatiq_preview.watch`), so it returns as soon as
-        the final state is written, without polling.
+        the final state is written, without polling.  ``timeout`` bounds the wait for Redis
+        to confirm the subscription too; only a Redis that stops answering in the middle of
+        a command can hold it longer, by up to the client's socket timeout.
 
         Parameters:
           job_id: the job.
           timeout: the longest wait in seconds (None: as long as it takes).
 
         Raises:
-          TimeoutError: the job was not final within ``timeout`` (it goes on; wait again).
+          TimeoutError: the job was not final within ``timeout`` (it goes on; wait again),
+            or Redis did not confirm the subscription within it.
           JobNotFound: no job with this id, or its record expired while waiting.
           StateStoreUnavailable: Redis did not answer.
         """
@@ -228,6 +231,12 @@ class PreviewClient:
             max_seconds=timeout,
             keepalive_seconds=self.settings.events_keepalive_seconds,
         )
+        try:
+            watch.open()
+        except TimeoutError:
+            raise TimeoutError(
+                f"job {job_id!r}: Redis did not answer within {timeout or 0:g}s"
+            ) from None
         with watch:
             for item in watch:
                 if isinstance(item, Event) and item.final:

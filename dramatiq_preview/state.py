@@ -16,8 +16,10 @@ concurrently is created exactly once.
 Events: every change of a job's state or progress bumps the record's ``seq`` and, when
 the channel ``{ns}:job:{jobId}:events`` has a subscriber, publishes the whole record on it
 in the same script (``lua/_shared.lua``), so a reader that subscribes first and then reads
-the record misses no change (:mod:`dramatiq_preview.watch`).  A final state of a job with
-a webhook also arms its delivery (``webhook_seq``, ``webhook_due``; :meth:`JobStore.webhook`).
+the record misses no change (:mod:`dramatiq_preview.watch`).  ``seq`` counts within one
+record: a record deleted and created again starts over, so each record also gets a random
+``incarnation`` when it is created (:class:`Version`).  A final state of a job with a
+webhook also arms its delivery (``webhook_seq``, ``webhook_due``; :meth:`JobStore.webhook`).
 
 A job costs three round trips to the store on the happy path (create, claim, finish) plus
 progress updates, which are throttled (``PREVIEW_PROGRESS_INTERVAL_MS``).  With a Redis
@@ -32,13 +34,15 @@ import enum
 import functools
 import json
 import random
+import re
+import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -157,6 +161,36 @@ class RequeueOutcome(_Answer):
     NOT_FAILED = "not_failed"
     #: No record.
     MISSING = "missing"
+
+
+class Version(NamedTuple):
+    """Which event of which record a status is: the record's ``incarnation`` and ``seq``.
+
+    ``seq`` rises by one with every change of state or progress of a record; a record
+    deleted and created again (expiry, an operator, a submit whose enqueue failed, then the
+    same jobId submitted again) starts over at 1 with another ``incarnation``, so a version
+    of one record is never taken for one of another.  Printed as ``<incarnation>-<seq>``,
+    the id of an event on ``GET /job/{jobId}/events``.
+    """
+
+    incarnation: str
+    seq: int
+
+    def __str__(self) -> str:
+        return f"{self.incarnation}-{self.seq}"
+
+    @classmethod
+    def parse(cls, text: str) -> Version | None:
+        """The version an event id names (``<incarnation>-<seq>``, as :meth:`__str__`
+        prints it), or None for anything else, the plain ``<seq>`` ids of earlier releases
+        included."""
+        match = _VERSION.fullmatch(text)
+        return None if match is None else cls(match[1], int(match[2]))
+
+
+#: An event id: an incarnation (``secrets.token_hex``, or the ``created_at`` digits of an
+#: older record) and a ``seq``.
+_VERSION = re.compile(r"([0-9a-f]{1,32})-([0-9]{1,18})")
 
 
 #: Share of submits that also trim stale entries from the waiting set.
@@ -321,6 +355,8 @@ class JobStore:
                 # every submit: the set still cannot grow beyond a TTL's worth of them.
                 "1" if random.random() < PRUNE_CHANCE else "0",  # noqa: S311 - not security
                 webhook_url,
+                # Tells this record from an earlier or later one of the same id (Version).
+                secrets.token_hex(6),
                 *extra,
             ],
         )
@@ -485,11 +521,16 @@ class JobStore:
 
     def get_with_seq(self, job_id: str) -> tuple[int, dict[str, Any]] | None:
         """The status (as :meth:`get`) and its event id ``seq``, or None when unknown."""
+        found = self.get_versioned(job_id)
+        return None if found is None else (found[0].seq, found[1])
+
+    def get_versioned(self, job_id: str) -> tuple[Version, dict[str, Any]] | None:
+        """The status (as :meth:`get`) and its :class:`Version`, or None when unknown."""
         found = self._guard(lambda: self.client.hgetall(self.job_key(job_id)))
         raw = {str(k): str(v) for k, v in found.items()}
         if "state" not in raw:
             return None
-        return int(raw.get("seq") or 0), status_from_record(job_id, raw)
+        return version_of(raw), status_from_record(job_id, raw)
 
     def existing(self, job_ids: Sequence[str]) -> set[str]:
         """Which of ``job_ids`` still have a record, in one round trip (retention)."""
@@ -570,6 +611,17 @@ def _webhook(raw: dict[str, str]) -> dict[str, Any] | None:
     }
 
 
+def version_of(raw: dict[str, str]) -> Version:
+    """The :class:`Version` of a raw job hash.  A record written before records had an
+    ``incarnation`` goes by its ``created_at``.
+
+    Raises:
+      ValueError: ``seq`` is not an integer.
+    """
+    incarnation = raw.get("incarnation") or raw.get("created_at") or "0"
+    return Version(incarnation, int(raw.get("seq") or 0))
+
+
 def record_from_event(data: str) -> dict[str, str]:
     """The record a script published (a JSON array of field, value, field, value, ...)."""
     flat = json.loads(data)
@@ -627,6 +679,7 @@ __all__ = [
     "JobStore",
     "ProgressVerdict",
     "RequeueOutcome",
+    "Version",
     "WebhookOp",
     "get_store",
     "iso",
@@ -635,4 +688,5 @@ __all__ = [
     "record_from_event",
     "redis_client",
     "status_from_record",
+    "version_of",
 ]

@@ -6,7 +6,10 @@ atomic step (:mod:`dramatiq_preview.state`).  A watch subscribes, waits until Re
 the subscription, and only then reads the record: every later change is published to a
 subscriber that is already there, so none is missed.  A change published between the
 subscription and the read arrives twice (in the record and as a message); ``seq`` tells
-them apart, and a watch never yields an event older than one it has yielded.
+them apart, and a watch never yields an event older than one it has yielded.  A record
+deleted and created again starts its ``seq`` over, under another ``incarnation``
+(:class:`~dramatiq_preview.state.Version`): a message of another incarnation makes the
+watch read the record, and the current record's status is yielded, whatever its ``seq``.
 
 Pub/sub keeps no history, so a watch also re-reads the record whenever it has been idle for
 ``keepalive_seconds``: that catches a change published while redis-py was reconnecting the
@@ -30,7 +33,14 @@ import redis
 from redis.client import PubSub
 
 from .errors import JobNotFound, StateStoreUnavailable
-from .state import FINAL_STATES, JobStore, record_from_event, status_from_record
+from .state import (
+    FINAL_STATES,
+    JobStore,
+    Version,
+    record_from_event,
+    status_from_record,
+    version_of,
+)
 
 _T = TypeVar("_T")
 
@@ -40,10 +50,21 @@ SUBSCRIBE_TIMEOUT = 5.0
 
 @dataclass(frozen=True)
 class Event:
-    """One status of the job: its event id ``seq`` and the public status object (§5)."""
+    """One status of the job: its :class:`~dramatiq_preview.state.Version` and the public
+    status object (§5)."""
 
-    seq: int
+    version: Version
     status: dict[str, Any]
+
+    @property
+    def seq(self) -> int:
+        """The record's change counter (rises by one per change of one record)."""
+        return self.version.seq
+
+    @property
+    def id(self) -> str:
+        """The event id, ``<incarnation>-<seq>`` (the ``id:`` of the SSE event)."""
+        return str(self.version)
 
     @property
     def state(self) -> str:
@@ -57,10 +78,14 @@ class Event:
 
 @dataclass(frozen=True)
 class KeepAlive:
-    """Nothing changed for ``keepalive_seconds`` and the record is still there; ``seq`` is
-    the id of the last event (yielded or skipped as already seen)."""
+    """Nothing changed for ``keepalive_seconds`` and the record is still there; ``version``
+    is that of the last event (yielded or skipped as already seen)."""
 
-    seq: int
+    version: Version
+
+    @property
+    def seq(self) -> int:
+        return self.version.seq
 
 
 class JobWatch:
@@ -69,29 +94,32 @@ class JobWatch:
     >>> with JobWatch(store, "cat-42", max_seconds=60).open() as events:
     ...     for item in events:
     ...         if isinstance(item, Event):
-    ...             print(item.seq, item.state, item.status["progress"])
+    ...             print(item.id, item.state, item.status["progress"])
 
     Iterating yields, in order: the current status (an :class:`Event`), one :class:`Event`
     per later change of state or progress, and a :class:`KeepAlive` after every idle
     ``keepalive_seconds``.  It ends after the event of a final state, or when
-    ``max_seconds`` have passed since :meth:`open` (the caller then opens another watch with
-    ``last_seq``, as a browser's EventSource reconnects with ``Last-Event-ID``).  A watch is
-    iterated once, by one thread; ending the iteration (or :meth:`close`) releases its
-    Redis connection.
+    ``max_seconds`` have passed since :meth:`open` began (the caller then opens another
+    watch with ``last_seen``, as a browser's EventSource reconnects with ``Last-Event-ID``).
+    A watch is iterated once, by one thread; ending the iteration (or :meth:`close`)
+    releases its Redis connection.
 
     Parameters:
       store: the job store.
       job_id: the job to follow.
-      last_seq: the id of the last event the caller already has.  When it is the current
-        one, the current status is not yielded again, and a job already final yields
-        nothing (:attr:`done`).  A ``last_seq`` above the current one belongs to no event
-        of this record (a record deleted and created again, or made up): it is ignored.
-      max_seconds: the lifetime of the watch (None: no bound).
+      last_seen: the version of the last event the caller already has.  When it is the
+        current one, the current status is not yielded again, and a job already final
+        yields nothing (:attr:`done`).  Any other version (an older event, or one of an
+        earlier record of the same id) gets the current status.
+      max_seconds: the lifetime of the watch, counted from the start of :meth:`open`, so
+        the subscription's wait is part of it (None: no bound).
       keepalive_seconds: the idle time between keep-alives (and record re-reads).
 
     Raises (:meth:`open` and iteration):
       JobNotFound: no record for ``job_id``, or it expired or was deleted while watched.
       StateStoreUnavailable: Redis did not answer or refused a command.
+      TimeoutError: (:meth:`open`) ``max_seconds`` ended before Redis confirmed the
+        subscription; nothing was read.
     """
 
     def __init__(
@@ -99,7 +127,7 @@ class JobWatch:
         store: JobStore,
         job_id: str,
         *,
-        last_seq: int | None = None,
+        last_seen: Version | None = None,
         max_seconds: float | None = None,
         keepalive_seconds: float = 15.0,
     ) -> None:
@@ -107,13 +135,13 @@ class JobWatch:
             raise ValueError("keepalive_seconds must be more than 0")
         self.store = store
         self.job_id = job_id
-        self.last_seq = last_seq
+        self.last_seen = last_seen
         self.max_seconds = max_seconds
         self.keepalive_seconds = keepalive_seconds
         self._pubsub: PubSub | None = None
         self._state = "new"  # new -> open -> iterating -> closed
         self._deadline = math.inf
-        self._seq = 0
+        self._version = Version("", 0)
         self._status: dict[str, Any] | None = None
         self._first: Event | None = None
         self._done = False
@@ -128,27 +156,30 @@ class JobWatch:
         Raises:
           JobNotFound: the job has no record.
           StateStoreUnavailable: Redis did not answer (nothing is left open).
+          TimeoutError: ``max_seconds`` ended before Redis confirmed the subscription
+            (nothing is left open).
           RuntimeError: the watch was opened before.
         """
         if self._state != "new":
             raise RuntimeError("a JobWatch is opened once")
         self._state = "open"
+        # The lifetime starts now, not once subscribed: a watch never outlives max_seconds
+        # by the time Redis took to answer.
+        if self.max_seconds is not None:
+            self._deadline = time.monotonic() + self.max_seconds
         try:
             self._pubsub = self.store.client.pubsub()  # type: ignore[no-untyped-call]
             self._subscribe(self._pubsub)
-            found = self.store.get_with_seq(self.job_id)
+            found = self.store.get_versioned(self.job_id)
             if found is None:
                 raise JobNotFound(self.job_id)
         except BaseException:
             self.close()
             raise
-        now = time.monotonic()
-        if self.max_seconds is not None:
-            self._deadline = now + self.max_seconds
-        seq, status = found
-        self._seq, self._status = seq, status
-        if self.last_seq != seq:
-            self._first = Event(seq, status)
+        version, status = found
+        self._version, self._status = version, status
+        if self.last_seen != version:
+            self._first = Event(version, status)
         else:
             self._done = status["state"] in FINAL_STATES
         return self
@@ -173,9 +204,14 @@ class JobWatch:
     # -- what the caller reads ------------------------------------------------------------
 
     @property
+    def version(self) -> Version:
+        """The version of the newest event seen (yielded, or skipped as already seen)."""
+        return self._version
+
+    @property
     def seq(self) -> int:
-        """The id of the newest event seen (yielded, or skipped as already seen)."""
-        return self._seq
+        """The ``seq`` of :attr:`version`."""
+        return self._version.seq
 
     @property
     def status(self) -> dict[str, Any]:
@@ -190,7 +226,7 @@ class JobWatch:
 
     @property
     def done(self) -> bool:
-        """Whether iterating would yield nothing: the job is final and ``last_seq`` says the
+        """Whether iterating would yield nothing: the job is final and ``last_seen`` says the
         caller has its final event already (an SSE client then gets 204)."""
         return self._done
 
@@ -226,7 +262,7 @@ class JobWatch:
                 else:
                     event = self._reread()
                 idle_until = time.monotonic() + self.keepalive_seconds
-                yield event if event is not None else KeepAlive(self._seq)
+                yield event if event is not None else KeepAlive(self._version)
                 if event is not None and event.final:
                     return
         finally:
@@ -236,10 +272,15 @@ class JobWatch:
         # SUBSCRIBE is sent without waiting for its answer; the record may be read only
         # after Redis confirmed it, or a change between the two could be missed.
         _guarded(lambda: pubsub.subscribe(self.store.events_channel(self.job_id)))
-        deadline = time.monotonic() + SUBSCRIBE_TIMEOUT
+        unavailable = time.monotonic() + SUBSCRIBE_TIMEOUT
         while True:
-            remaining = deadline - time.monotonic()
+            remaining = min(unavailable, self._deadline) - time.monotonic()
             if remaining <= 0:
+                if self._deadline <= unavailable:
+                    raise TimeoutError(
+                        f"the watch of job {self.job_id!r} ended before Redis confirmed "
+                        "its subscription"
+                    )
                 raise StateStoreUnavailable(
                     "the state store (Redis) is unavailable: no answer to SUBSCRIBE"
                 )
@@ -265,41 +306,52 @@ class JobWatch:
         return None
 
     def _published(self, data: str) -> Event | None:
-        """The event of a published record, or None when it is not newer than the last."""
+        """The event of a published record, or None when it is not newer than the last.
+
+        Raises:
+          JobNotFound: (a record of another incarnation) the record is gone.
+        """
         try:
             raw = record_from_event(data)
-            seq = int(raw.get("seq") or 0)
+            version = version_of(raw)
         except (ValueError, TypeError):
             return None  # not a record our scripts published: nothing to follow
-        if seq <= self._seq or "state" not in raw:
+        if "state" not in raw:
             return None
-        self._seq, self._status = seq, status_from_record(self.job_id, raw)
-        return Event(seq, self._status)
+        if version.incarnation != self._version.incarnation:
+            # The record was deleted and created again while watched (its seq counts from
+            # 0 again), or this is a late message of the record before the one read: only
+            # the record says which one is current.
+            return self._reread()
+        if version.seq <= self._version.seq:
+            return None
+        self._version, self._status = version, status_from_record(self.job_id, raw)
+        return Event(version, self._status)
 
     def _reread(self) -> Event | None:
-        """The record as it is now: an event when its ``seq`` changed, else None.
+        """The record as it is now: an event when its version changed, else None.
 
-        A ``seq`` below the last one is a record deleted and created again: it is the
-        truth from now on.
+        Another incarnation is a record deleted and created again: its status is the
+        truth from now on, whatever its ``seq``.
 
         Raises:
           JobNotFound: the record expired or was deleted.
         """
-        found = self.store.get_with_seq(self.job_id)
+        found = self.store.get_versioned(self.job_id)
         if found is None:
             raise JobNotFound(self.job_id)
-        seq, status = found
-        if seq == self._seq:
+        version, status = found
+        if version == self._version:
             return None
-        self._seq, self._status = seq, status
-        return Event(seq, status)
+        self._version, self._status = version, status
+        return Event(version, status)
 
 
 def watch(
     store: JobStore,
     job_id: str,
     *,
-    last_seq: int | None = None,
+    last_seen: Version | None = None,
     max_seconds: float | None = None,
     keepalive_seconds: float = 15.0,
 ) -> JobWatch:
@@ -308,11 +360,12 @@ def watch(
     Raises:
       JobNotFound: the job has no record.
       StateStoreUnavailable: Redis did not answer.
+      TimeoutError: ``max_seconds`` ended before Redis confirmed the subscription.
     """
     return JobWatch(
         store,
         job_id,
-        last_seq=last_seq,
+        last_seen=last_seen,
         max_seconds=max_seconds,
         keepalive_seconds=keepalive_seconds,
     ).open()
@@ -333,4 +386,4 @@ def _guarded(fn: Callable[[], _T]) -> _T:
         ) from exc
 
 
-__all__ = ["SUBSCRIBE_TIMEOUT", "Event", "JobWatch", "KeepAlive", "watch"]
+__all__ = ["SUBSCRIBE_TIMEOUT", "Event", "JobWatch", "KeepAlive", "Version", "watch"]

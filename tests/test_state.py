@@ -19,18 +19,22 @@ from dramatiq_preview.state import (
     JobStore,
     ProgressVerdict,
     RequeueOutcome,
+    Version,
+    WebhookOp,
     iso,
     load_script,
+    record_from_event,
+    version_of,
 )
+from dramatiq_preview.state import redis_client as client_for
+from dramatiq_preview.testing import RedisServer
 
 TTL = 600
 
 
 @pytest.fixture
 def store(redis_server: Any) -> JobStore:
-    from dramatiq_preview.state import redis_client
-
-    return JobStore(redis_client(redis_server.url), namespace="unit", ttl_seconds=TTL)
+    return JobStore(client_for(redis_server.url), namespace="unit", ttl_seconds=TTL)
 
 
 def create(store: JobStore, job_id: str, fp: str = "fp1") -> tuple[str, str]:
@@ -267,3 +271,285 @@ def test_the_scripts_are_read_from_the_package(store: JobStore) -> None:
     for name in SCRIPTS:
         assert "redis.call" in load_script(name), name
         assert getattr(store, f"_{name}").script == load_script(name)
+
+
+# --- events: seq and the notification of every change ---------------------------------------
+
+
+class Listener:
+    """A confirmed subscriber on one job's events channel.
+
+    :meth:`published` fences what the scripts published: it publishes a marker of its own
+    and reads up to it.  Redis delivers one channel's messages to a subscriber in order, so
+    every message a script published before the marker is read, and nothing is waited for.
+    """
+
+    FENCE = "fence"
+
+    def __init__(self, store: JobStore, job_id: str) -> None:
+        self.store = store
+        self.channel = store.events_channel(job_id)
+        self.pubsub = store.client.pubsub()
+        self.pubsub.subscribe(self.channel)
+        confirmed = self.pubsub.get_message(timeout=10)
+        assert confirmed is not None and confirmed["type"] == "subscribe"
+
+    def published(self) -> list[dict[str, str]]:
+        """The records published since the last call."""
+        self.store.client.publish(self.channel, self.FENCE)
+        records: list[dict[str, str]] = []
+        while True:
+            message = self.pubsub.get_message(timeout=10)
+            assert message is not None, "the fence never came back"
+            if message["type"] != "message":
+                continue
+            if message["data"] == self.FENCE:
+                return records
+            records.append(record_from_event(message["data"]))
+
+    def close(self) -> None:
+        self.pubsub.close()
+
+
+def seq_of(store: JobStore, job_id: str) -> int:
+    return int(store.client.hget(store.job_key(job_id), "seq") or 0)
+
+
+@pytest.fixture
+def listener(store: JobStore, job_id: str) -> Any:
+    heard = Listener(store, job_id)
+    yield heard
+    heard.close()
+
+
+def _then_one_event(store: JobStore, job_id: str, listener: Listener, before: int) -> None:
+    records = listener.published()
+    assert seq_of(store, job_id) == before + 1
+    assert len(records) == 1, records
+    assert records[0]["seq"] == str(before + 1)
+    assert records[0]["state"] == store.client.hget(store.job_key(job_id), "state")
+
+
+def _then_no_event(store: JobStore, job_id: str, listener: Listener, before: int) -> None:
+    assert listener.published() == []
+    assert seq_of(store, job_id) == before
+
+
+def _run(store: JobStore, job_id: str) -> bool:
+    """Claim the job for delivery ``t1``: it runs."""
+    return bool(claim(store, job_id).verdict == "run")
+
+
+#: Each change of state or progress, from the state its set-up leaves the job in.
+CHANGES: dict[str, Any] = {
+    "claim run": lambda s, j: claim(s, j).verdict == "run",
+    "claim cancelled_now": lambda s, j: claim(s, j, token="t2").verdict == "cancelled_now",
+    "claim lost": lambda s, j: claim(s, j, token="t9", max_deliveries=1).verdict == "lost",
+    "progress": lambda s, j: s.progress(j, token="t1", percent=40) == 0,
+    "finish retrying": lambda s, j: (
+        s.finish(j, token="t1", outcome="retrying", data={}, next_attempt_at=0).verdict == "ok"
+    ),
+    "finish succeeded": lambda s, j: (
+        s.finish(j, token="t1", outcome="succeeded", data={}).verdict == "ok"
+    ),
+    "finish failed": lambda s, j: (
+        s.finish(j, token="t1", outcome="failed", data={}).verdict == "ok"
+    ),
+    "finish cancelled": lambda s, j: s.finish(j, token="t1", outcome="cancelled").verdict == "ok",
+    "cancel of a waiting job": lambda s, j: s.cancel(j).outcome == "cancelled",
+    "requeue": lambda s, j: s.requeue(j, queue="preview-low") == "requeued",
+}
+
+
+def _set_up(store: JobStore, job_id: str, change: str) -> None:
+    create(store, job_id)
+    if change == "claim cancelled_now":
+        claim(store, job_id, lease_ms=0)
+        store.cancel(job_id)
+    elif change == "claim lost":
+        claim(store, job_id, lease_ms=0)
+    elif change.startswith(("progress", "finish")):
+        assert _run(store, job_id)
+    elif change == "requeue":
+        assert _run(store, job_id)
+        store.finish(job_id, token="t1", outcome="failed", data={})
+
+
+def test_creating_a_job_is_one_event(store: JobStore, job_id: str, listener: Listener) -> None:
+    assert create(store, job_id) == ("created", "queued")
+    _then_one_event(store, job_id, listener, 0)
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_each_change_bumps_seq_by_one_and_publishes_it_once(
+    store: JobStore, job_id: str, listener: Listener, change: str
+) -> None:
+    # Given a job in the state the change starts from, with a subscriber on its channel
+    _set_up(store, job_id, change)
+    listener.published()
+    before = seq_of(store, job_id)
+    # When it changes
+    assert CHANGES[change](store, job_id)
+    # Then seq rose by exactly one, and the subscriber got exactly that record
+    _then_one_event(store, job_id, listener, before)
+
+
+def _webhook_ops(store: JobStore, job_id: str) -> None:
+    store.create(
+        job_id,
+        fp="fp1",
+        priority="high",
+        queue="preview-high",
+        metadata={},
+        webhook_url="https://example.com/hook",
+    )
+    assert _run(store, job_id)
+    done = store.finish(job_id, token="t1", outcome="succeeded", data={})
+    assert done.webhook_due > 0
+
+
+#: What changes nothing a status shows: (set-up, the call).
+NO_CHANGES: dict[str, tuple[Any, Any]] = {
+    "create duplicate": (create, lambda s, j: create(s, j)[0] == "duplicate"),
+    "create conflict": (create, lambda s, j: create(s, j, fp="other")[0] == "conflict"),
+    "claim busy": (
+        lambda s, j: (create(s, j), _run(s, j)),
+        lambda s, j: claim(s, j, token="t2").verdict == "busy",
+    ),
+    "cancel of a running job": (
+        lambda s, j: (create(s, j), _run(s, j)),
+        lambda s, j: s.cancel(j).outcome == "running",
+    ),
+    "progress poll": (
+        lambda s, j: (create(s, j), _run(s, j)),
+        lambda s, j: s.progress(j, token="t1", percent=None) == 0,
+    ),
+    "progress of a lost lease": (
+        lambda s, j: (create(s, j), _run(s, j)),
+        lambda s, j: s.progress(j, token="t9", percent=70) == 2,
+    ),
+    "release": (
+        lambda s, j: (create(s, j), _run(s, j)),
+        lambda s, j: s.finish(j, token="t1", outcome="release").verdict == "ok",
+    ),
+    "a second finish": (
+        lambda s, j: (create(s, j), _run(s, j), s.finish(j, token="t1", outcome="failed")),
+        lambda s, j: s.finish(j, token="t1", outcome="succeeded").verdict == "final",
+    ),
+    "claim of a final job": (
+        lambda s, j: (create(s, j), _run(s, j), s.finish(j, token="t1", outcome="failed")),
+        lambda s, j: claim(s, j, token="t2").verdict == "done",
+    ),
+    "cancel of a final job": (
+        lambda s, j: (create(s, j), s.cancel(j)),
+        lambda s, j: s.cancel(j).outcome == "final",
+    ),
+    "claims of a cancelled job": (
+        lambda s, j: (create(s, j), s.cancel(j)),
+        lambda s, j: [claim(s, j).verdict for _ in range(2)] == ["cancelled_waiting", "cancelled"],
+    ),
+    "requeue of a job that did not fail": (
+        create,
+        lambda s, j: s.requeue(j, queue="preview-low") == "not_failed",
+    ),
+    "webhook ops": (
+        _webhook_ops,
+        lambda s, j: (
+            [
+                s.webhook(j, op, int(s.client.hget(s.job_key(j), "webhook_seq") or 0), "x")
+                for op in (WebhookOp.QUEUED, WebhookOp.RETRY, WebhookOp.FAILED, WebhookOp.DELIVERED)
+            ]
+            == ["ok"] * 4
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("call", list(NO_CHANGES))
+def test_what_changes_no_status_bumps_nothing_and_publishes_nothing(
+    store: JobStore, job_id: str, listener: Listener, call: str
+) -> None:
+    set_up, act = NO_CHANGES[call]
+    set_up(store, job_id)
+    listener.published()
+    before = seq_of(store, job_id)
+    assert act(store, job_id)
+    _then_no_event(store, job_id, listener, before)
+
+
+def test_without_a_subscriber_nothing_is_published() -> None:
+    # Given a redis-server of our own, whose command statistics only this test moves
+    with RedisServer() as server:
+        client = client_for(server.url)
+        own = JobStore(client, namespace="unit", ttl_seconds=TTL)
+
+        def publishes() -> int:
+            stats = client.info("commandstats").get("cmdstat_publish")
+            return int(stats["calls"]) if stats else 0
+
+        def every_change(job_id: str) -> int:
+            """Create, claim, progress, retry, run again, fail, requeue, cancel: 8 events."""
+            create(own, job_id)
+            claim(own, job_id)
+            own.progress(job_id, token="t1", percent=10)
+            own.finish(job_id, token="t1", outcome="retrying", data={}, next_attempt_at=0)
+            claim(own, job_id, token="t2")
+            own.finish(job_id, token="t2", outcome="failed", data={})
+            own.requeue(job_id, queue="preview-high")
+            own.cancel(job_id)
+            return 8
+
+        # When jobs change with nobody on their channels (a pattern subscriber included:
+        # PUBSUB NUMSUB does not count it)
+        patterns = client.pubsub()
+        patterns.psubscribe("unit:job:*")
+        assert patterns.get_message(timeout=10) is not None
+        every_change("quiet")
+        # Then the scripts published nothing
+        assert publishes() == 0
+        assert seq_of(own, "quiet") == 8
+        # while a subscriber (the control: script calls are counted) gets each change
+        heard = Listener(own, "watched")
+        changes = every_change("watched")
+        assert len(heard.published()) == changes
+        assert publishes() == changes + 1  # and the listener's fence
+        heard.close()
+        patterns.close()
+
+
+def test_a_record_created_again_is_another_incarnation(store: JobStore, job_id: str) -> None:
+    # Given a job that ran, failed and was requeued: one record all along
+    create(store, job_id)
+    first = store.get_versioned(job_id)
+    assert first is not None and first[0] == Version(first[0].incarnation, 1)
+    claim(store, job_id)
+    store.finish(job_id, token="t1", outcome="failed", data={})
+    store.requeue(job_id, queue="preview-high")
+    again = store.get_versioned(job_id)
+    assert again is not None and again[0] == Version(first[0].incarnation, 4)
+    assert store.get_with_seq(job_id) == (4, again[1])
+    # When the record is deleted (a submit whose enqueue failed) and the id submitted again
+    store.delete(job_id, "preview-high")
+    create(store, job_id)
+    # Then seq starts over, under another incarnation
+    new = store.get_versioned(job_id)
+    assert new is not None and new[0].seq == 1
+    assert new[0].incarnation != first[0].incarnation
+
+
+def test_event_ids_name_a_version_and_nothing_else() -> None:
+    version = Version("3f9c0a1b2d4e", 12)
+    assert str(version) == "3f9c0a1b2d4e-12"
+    assert Version.parse(str(version)) == version
+    assert Version.parse("1712345678901-3") == Version("1712345678901", 3)  # created_at
+    for text in ("12", "", "-12", "3f9c-", "3F9C-1", "3f9c-1-2", "3f9c-x", "3f9c-" + "9" * 19):
+        assert Version.parse(text) is None, text
+
+
+def test_a_record_from_before_incarnations_goes_by_its_creation_time() -> None:
+    assert version_of({"state": "queued", "created_at": "1712345678901", "seq": "2"}) == (
+        Version("1712345678901", 2)
+    )
+    assert version_of({"state": "queued", "incarnation": "ab", "created_at": "1"}) == (
+        Version("ab", 0)
+    )

@@ -94,14 +94,16 @@ _JOB_ID = {
     "required": True,
     "schema": {"type": "string", "pattern": JOB_ID_PATTERN},
 }
-_EVENT_ID = {"type": "string", "examples": ["7"]}
+_EVENT_ID = {"type": "string", "examples": ["3f9c0a1b2d4e-7"]}
 _LAST_EVENT_ID = [
     {
         "in": "header",
         "name": "Last-Event-ID",
         "description": (
             "The `id` of the last event the client has (an EventSource sends it when it "
-            "reconnects): the stream resumes after it. Anything but ASCII digits is ignored."
+            "reconnects): the stream resumes after it. An id of another record of the same "
+            "jobId (deleted and submitted again), or anything but `<incarnation>-<seq>` "
+            "(the plain `<seq>` ids of earlier releases included), gets the current status."
         ),
         "schema": _EVENT_ID,
     },
@@ -129,8 +131,13 @@ _SSE_EVENT = {
         "event": {"type": "string", "const": "status"},
         "id": {
             "type": "string",
-            "pattern": "^[0-9]+$",
-            "description": "The event id: send it back as `Last-Event-ID` to resume after it.",
+            "pattern": "^[0-9a-f]{1,32}-[0-9]{1,18}$",
+            "description": (
+                "The event id, `<incarnation>-<seq>`: the job record's incarnation (it "
+                "changes when the record is deleted and the jobId submitted again) and its "
+                "change counter (rises by one per change). Send it back as `Last-Event-ID` "
+                "to resume after it."
+            ),
         },
         "data": {
             "type": "string",
@@ -140,7 +147,7 @@ _SSE_EVENT = {
     },
 }
 _SSE_EXAMPLE = (
-    "retry: 2000\n\nid: 3\nevent: status\n"
+    "retry: 2000\n\nid: 3f9c0a1b2d4e-3\nevent: status\n"
     'data: {"jobId": "cat-42", "state": "running", "progress": 40, ...}\n\n'
     ": keep-alive\n\n"
 )
@@ -240,13 +247,14 @@ OPERATIONS: dict[str, tuple[str, list[dict[str, Any]], dict[str, Any]]] = {
             "summary": "The job's status as a live stream (Server-Sent Events)",
             "description": (
                 "A `text/event-stream`: `retry:` first, then one event per status, the "
-                "current one at once (`id:` the event id, `event: status`, `data:` the "
-                "status object, as `GET /job/{jobId}/status` answers it), then one per "
-                "change of state or progress. A comment line (`: keep-alive`) comes after "
-                "every PREVIEW_EVENTS_KEEPALIVE_SECONDS (at most 15) without an event. The "
-                "stream ends after the event of a final state (`succeeded`, `failed`, "
-                "`cancelled`), or after PREVIEW_EVENTS_MAX_SECONDS: reconnect with "
-                "`Last-Event-ID` to resume without missing the final state."
+                "current one at once (`id:` the event id `<incarnation>-<seq>`, `event: "
+                "status`, `data:` the status object, as `GET /job/{jobId}/status` answers "
+                "it), then one per change of state or progress. A comment line "
+                "(`: keep-alive`) comes after every PREVIEW_EVENTS_KEEPALIVE_SECONDS (at most "
+                "15) without an event. The stream ends after the event of a final state "
+                "(`succeeded`, `failed`, `cancelled`), or PREVIEW_EVENTS_MAX_SECONDS after "
+                "the request: reconnect with `Last-Event-ID` to resume without missing the "
+                "final state."
             ),
             "parameters": _LAST_EVENT_ID,
             "responses": {

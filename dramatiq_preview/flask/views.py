@@ -60,7 +60,7 @@ from ..health import check_health
 from ..models import CONTENT_TYPES
 from ..storage import Storage, StoredObject, open_storage
 from ..validation import ecma_regex
-from ..watch import JobWatch, KeepAlive
+from ..watch import JobWatch, KeepAlive, Version
 from .appstate import AppState, get_state
 from .openapi import openapi_document
 from .schemas import CANCEL_RESPONSE, JOB_ID_PATTERN, STATUS, SUBMIT_RESPONSE
@@ -73,6 +73,8 @@ OUTPUT_MAX_AGE = 3600
 RETRY_AFTER = 5
 #: The ``retry:`` of the event stream: milliseconds a browser waits before reconnecting.
 EVENTS_RETRY_MS = 2000
+#: Whether this process warned that a sync worker serves event streams (once per process).
+_sync_worker_warned = False
 
 _JOB_ID_RE = ecma_regex(JOB_ID_PATTERN)
 #: More digits than any output index can have (a job has at most 8 outputs).
@@ -442,20 +444,27 @@ def job_events(job_id: str) -> Response:
     real 503.  The stream sends ``retry:``, then one ``status`` event per change (the
     current status first, unless ``Last-Event-ID`` says the client has it), a comment every
     ``PREVIEW_EVENTS_KEEPALIVE_SECONDS`` without one, and ends after a final state's event
-    or after ``PREVIEW_EVENTS_MAX_SECONDS`` (a browser then reconnects with
-    ``Last-Event-ID``).  A client that already has the final event gets 204, which stops
-    an EventSource from reconnecting.
+    or after ``PREVIEW_EVENTS_MAX_SECONDS`` from the request (a browser then reconnects
+    with ``Last-Event-ID``).  A client that already has the final event gets 204, which
+    stops an EventSource from reconnecting.
     """
+    _warn_if_sync_worker()
     state = _state()
     settings = state.settings
     watch = JobWatch(
         state.client.store,
         _checked_job_id(job_id),
-        last_seq=_last_event_id(),
+        last_seen=_last_event_id(),
         max_seconds=settings.events_max_seconds,
         keepalive_seconds=settings.events_keepalive_seconds,
     )
-    watch.open()
+    try:
+        watch.open()
+    except TimeoutError:
+        # The stream's whole lifetime went by without Redis confirming the subscription.
+        raise StateStoreUnavailable(
+            "the state store (Redis) is unavailable: no answer to SUBSCRIBE"
+        ) from None
     try:
         if watch.done:
             watch.close()
@@ -476,23 +485,41 @@ def job_events(job_id: str) -> Response:
         raise
 
 
-def _last_event_id() -> int | None:
-    """The id of the last event the client has, or None.
+def _warn_if_sync_worker() -> None:
+    """Log once per process that a sync worker (one request at a time per process, e.g.
+    gunicorn's default worker class) serves event streams: one stream pins the process for
+    up to ``PREVIEW_EVENTS_MAX_SECONDS``, and gunicorn's ``--timeout`` kills it mid-stream."""
+    global _sync_worker_warned
+    environ = request.environ
+    if _sync_worker_warned or environ.get("wsgi.multithread", True):
+        return
+    if not environ.get("wsgi.multiprocess", False):
+        return
+    _sync_worker_warned = True
+    logger.warning(
+        "event streams (GET .../job/{jobId}/events) are served by a single-threaded worker "
+        "process (%s): each open stream pins a whole worker, and a sync worker's timeout "
+        "may kill it mid-stream; use threaded or gevent workers (docs/events.md, "
+        "'Web servers: what one stream holds')",
+        environ.get("SERVER_SOFTWARE", "unknown server"),
+    )
+
+
+def _last_event_id() -> Version | None:
+    """The version of the last event the client has, or None.
 
     The ``Last-Event-ID`` header (an EventSource sends it when it reconnects) wins over the
     ``lastEventId`` query parameter (for a page that resumes a stream itself: its URL keeps
-    the parameter on reconnects, while the header is the newer id).  Anything but ASCII
-    digits is no event id of ours and is ignored.
+    the parameter on reconnects, while the header is the newer id).  An event id is
+    ``<incarnation>-<seq>``; anything else (the plain ``<seq>`` ids of earlier releases
+    included) names no event of the current record: the client gets the current status.
     """
     text = request.headers.get("Last-Event-ID")
     if text is None:
         text = request.args.get("lastEventId")
     if text is None:
         return None
-    text = text.strip(" \t")
-    if not (text.isascii() and text.isdigit()) or len(text) > 18:
-        return None
-    return int(text)
+    return Version.parse(text.strip(" \t"))
 
 
 def _event_stream(watch: JobWatch) -> Iterator[str]:
@@ -505,7 +532,7 @@ def _event_stream(watch: JobWatch) -> Iterator[str]:
                 yield ": keep-alive\n\n"
                 continue
             data = json.dumps(_public_status(job_id, item.status))
-            yield f"id: {item.seq}\nevent: status\ndata: {data}\n\n"
+            yield f"id: {item.id}\nevent: status\ndata: {data}\n\n"
     except JobNotFound:
         # The record expired or was deleted: the stream ends, and a reconnect gets a 404.
         return

@@ -1,8 +1,9 @@
 -- Shared by every transition script: dramatiq_preview.state.load_script puts this first.
 
--- changed(job, ttl): the job's status just changed.  Count the change in 'seq' (the id of
--- its event), renew the TTL and publish the whole record on '<job key>:events', all in the
--- script's atomic step: a reader that subscribes and then reads the record misses nothing.
+-- changed(job, ttl): the job's status just changed.  Count the change in 'seq' (with the
+-- record's 'incarnation', set by create.lua, the id of its event), renew the TTL and publish
+-- the whole record on '<job key>:events', all in the script's atomic step: a reader that
+-- subscribes and then reads the record misses nothing.
 -- Nobody watches most jobs: the record is read and published only when the channel has a
 -- subscriber (PUBSUB NUMSUB costs about a fifth of HGETALL + PUBLISH; docs/events.md).
 -- The notification never aborts the transition written above it: a Redis user whose ACL

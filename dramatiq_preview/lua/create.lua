@@ -1,20 +1,22 @@
 -- create: record a new job as 'queued' unless its id exists (dramatiq_preview.state).
 -- KEYS: job, waiting_prefix[, broker_queue, broker_queue_msgs]
--- ARGV: fp, priority, queue, metadata, now_ms, ttl, job_id, prune, webhook_url
+-- ARGV: fp, priority, queue, metadata, now_ms, ttl, job_id, prune, webhook_url, incarnation
 --   [, message_id, message_data]
 -- Returns {outcome, state}: outcome 'created', 'duplicate' (same fingerprint) or 'conflict'.
 local job, waiting_prefix = KEYS[1], KEYS[2]
 local fp, priority, queue, meta = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, ttl, job_id, prune = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8]
-local webhook_url = ARGV[9]
+local webhook_url, incarnation = ARGV[9], ARGV[10]
 local cur = redis.call('hmget', job, 'fp', 'state')
 if cur[2] then
   if cur[1] == fp then return {'duplicate', cur[2]} end
   return {'conflict', cur[2]}
 end
--- Counters (attempts, progress, deliveries, cancel) start absent, which reads as 0.
+-- Counters (attempts, progress, deliveries, cancel, seq) start absent, which reads as 0.
+-- 'incarnation' (random) tells this record's events from those of an earlier record of the
+-- same id, whose 'seq' counted from 0 too.
 redis.call('hset', job, 'state', 'queued', 'fp', fp, 'priority', priority, 'queue', queue,
-  'metadata', meta, 'created_at', now)
+  'metadata', meta, 'created_at', now, 'incarnation', incarnation)
 if webhook_url ~= '' then
   redis.call('hset', job, 'webhook_url', webhook_url, 'webhook_state', 'pending',
     'webhook_attempts', 0)
@@ -29,7 +31,7 @@ redis.call('expire', waiting, ttl)
 if KEYS[3] then
   -- A Redis broker on this server: enqueue in the same step, in Dramatiq's layout (a list
   -- of message ids and a hash of id -> message), so the job and its message exist together.
-  redis.call('hset', KEYS[4], ARGV[10], ARGV[11])
-  redis.call('rpush', KEYS[3], ARGV[10])
+  redis.call('hset', KEYS[4], ARGV[11], ARGV[12])
+  redis.call('rpush', KEYS[3], ARGV[11])
 end
 return {'created', 'queued'}

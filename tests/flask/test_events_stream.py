@@ -9,8 +9,10 @@ the session's real worker.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dramatiq
 import httpx
 import imagegen
 import pytest
@@ -28,8 +31,12 @@ from preview_http import PREFIX, TOKEN, LiveServer, bearer, make_app, new_job_id
 from support import wait_until
 
 from dramatiq_preview.config import get_settings
-from dramatiq_preview.state import JobStore, get_store
+from dramatiq_preview.flask import views
+from dramatiq_preview.flask.appstate import get_state
+from dramatiq_preview.names import ACTOR_NAME, RECORDED, queue_for
+from dramatiq_preview.state import JobStore, Version, get_store
 from dramatiq_preview.testing import RedisServer, free_port
+from dramatiq_preview.validation import normalize
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -54,8 +61,19 @@ class Block:
         return "data" in self.fields
 
     @property
-    def id(self) -> int:
-        return int(self.fields["id"])
+    def id(self) -> str:
+        return self.fields["id"]
+
+    @property
+    def version(self) -> Version:
+        """The event id as the version it names (``<incarnation>-<seq>``)."""
+        version = Version.parse(self.id)
+        assert version is not None, f"not an event id: {self.id!r}"
+        return version
+
+    @property
+    def seq(self) -> int:
+        return self.version.seq
 
     @property
     def status(self) -> dict[str, Any]:
@@ -179,7 +197,9 @@ def test_the_stream_sends_the_status_then_every_change_and_ends_after_the_final_
         ("running", 50),
         ("succeeded", 100),
     ]
-    assert [b.id for b in changes] == [first.id + 1, first.id + 2, first.id + 3]
+    assert [b.version for b in changes] == [
+        Version(first.version.incarnation, first.seq + n) for n in (1, 2, 3)
+    ]
     # and the final event's data is the status route's answer, download URLs included
     final = changes[-1].status
     status = stream_app.test_client().get(f"{PREFIX}/job/{job_id}/status").json
@@ -215,18 +235,20 @@ def test_last_event_id_resumes_and_never_misses_the_final_state(
     # Given a client that saw the queued event, then lost its connection
     job_id = recorded(store)
     stream = Stream(stream_app, job_id)
-    seen = stream.next_event().id
+    seen = stream.next_event().version
     stream.close()
     # When the job ends meanwhile and the client reconnects with Last-Event-ID
     run_to_success(store, job_id, percent=None)
     again = Stream(stream_app, job_id, {"Last-Event-ID": str(seen)})
     # Then it gets the final state, and the stream ends
-    assert [(b.status["state"], b.id) for b in events(again.blocks)] == [("succeeded", seen + 2)]
+    assert [(b.status["state"], b.version) for b in events(again.blocks)] == [
+        ("succeeded", Version(seen.incarnation, seen.seq + 2))
+    ]
 
 
 def test_last_event_id_of_the_current_status_skips_it(stream_app: Flask, store: JobStore) -> None:
     job_id = recorded(store)
-    current = store.get_with_seq(job_id)
+    current = store.get_versioned(job_id)
     assert current is not None
     stream = Stream(stream_app, job_id, {"Last-Event-ID": str(current[0])})
     assert next(stream.blocks).fields == {"retry": "2000"}
@@ -243,7 +265,7 @@ def test_a_client_that_has_the_final_event_gets_204(
     # Given a finished job whose final event the client has
     job_id = recorded(store)
     run_to_success(store, job_id)
-    final = store.get_with_seq(job_id)
+    final = store.get_versioned(job_id)
     assert final is not None
     url = f"{PREFIX}/job/{job_id}/events"
     client = stream_app.test_client()
@@ -261,6 +283,125 @@ def test_a_last_event_id_that_is_no_event_id_is_ignored(stream_app: Flask, store
     store.cancel(job_id)
     stream = Stream(stream_app, job_id, {"Last-Event-ID": "99999999999999999999999"})
     assert [b.status["state"] for b in events(stream.blocks)] == ["cancelled"]
+
+
+def test_a_plain_seq_id_of_earlier_releases_gets_the_current_status(
+    stream_app: Flask, store: JobStore
+) -> None:
+    # Given a final job and a client resuming with an id of the old form (its seq alone)
+    job_id = recorded(store)
+    run_to_success(store, job_id)
+    final = store.get_versioned(job_id)
+    assert final is not None
+    stream = Stream(stream_app, job_id, {"Last-Event-ID": str(final[0].seq)})
+    # Then it gets the current status (not 204), with an id of the new form
+    assert stream.response.status_code == 200
+    assert [(b.status["state"], b.version) for b in events(stream.blocks)] == [
+        ("succeeded", final[0])
+    ]
+
+
+def test_an_id_of_a_record_since_deleted_gets_the_new_records_status(
+    stream_app: Flask, store: JobStore
+) -> None:
+    # Given a client that saw a job's final event
+    job_id = recorded(store)
+    run_to_success(store, job_id)
+    old = events(Stream(stream_app, job_id).blocks)[-1]
+    assert old.status["state"] == "succeeded"
+    # When the record is deleted, the jobId submitted again, and the new record succeeds
+    # at the same seq
+    store.delete(job_id, "preview-normal")
+    recorded(store, job_id)
+    run_to_success(store, job_id)
+    assert (store.get_with_seq(job_id) or (0, {}))[0] == old.seq
+    # Then resuming with the old id gets the new record's status, not 204
+    stream = Stream(stream_app, job_id, {"Last-Event-ID": old.id})
+    assert stream.response.status_code == 200
+    [event] = events(stream.blocks)
+    assert event.status["state"] == "succeeded" and event.seq == old.seq
+    assert event.version.incarnation != old.version.incarnation
+
+
+def test_a_record_deleted_mid_stream_ends_the_stream_cleanly(
+    stream_app: Flask, store: JobStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a client on the stream of a queued job
+    job_id = recorded(store)
+    stream = Stream(stream_app, job_id)
+    stream.next_event()
+    # When the record is deleted (as expiry would)
+    with caplog.at_level(logging.WARNING):
+        store.client.delete(store.job_key(job_id))
+        # Then the stream just ends at the next keep-alive period (no event, no error)
+        rest = list(stream.blocks)
+    assert events(rest) == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert no_subscriber_left(store, job_id)
+    # and a reconnect gets the 404
+    response = stream_app.test_client().get(f"{PREFIX}/job/{job_id}/events")
+    assert response.status_code == 404
+
+
+SYNC_WORKER = {"wsgi.multithread": False, "wsgi.multiprocess": True}
+
+
+def test_streams_from_a_sync_worker_are_warned_about_once_per_process(
+    stream_app: Flask,
+    store: JobStore,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(views, "_sync_worker_warned", False)
+    job_id = recorded(store)
+    store.cancel(job_id)
+    url = f"{PREFIX}/job/{job_id}/events"
+    client = stream_app.test_client()
+
+    def warnings() -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "dramatiq_preview.flask" and "single-threaded" in r.getMessage()
+        ]
+
+    with caplog.at_level(logging.WARNING, logger="dramatiq_preview.flask"):
+        # Given servers with threads, or a single process: no warning
+        for environ in (
+            {"wsgi.multithread": True, "wsgi.multiprocess": True},
+            {"wsgi.multithread": False, "wsgi.multiprocess": False},
+        ):
+            assert client.get(url, environ_overrides=environ).status_code == 200
+        assert warnings() == []
+        # When sync worker processes serve streams
+        for _ in range(2):
+            assert client.get(url, environ_overrides=SYNC_WORKER).status_code == 200
+    # Then the first stream logs a warning that points to the docs, once
+    [warning] = warnings()
+    assert "docs/events.md" in warning
+
+
+def test_redis_that_confirms_no_subscription_within_the_lifetime_is_a_503() -> None:
+    # Given a job on a Redis of our own that stops answering, and streams that may live 1 s
+    with RedisServer() as server:
+        app = make_app(
+            PREVIEW_REDIS_URL=server.url,
+            PREVIEW_EVENTS_MAX_SECONDS="1",
+            PREVIEW_EVENTS_KEEPALIVE_SECONDS="1",
+        )
+        state = get_state(app)
+        assert state is not None
+        # Recording it leaves a connection in the pool: nothing is left to connect.
+        job_id = recorded(state.client.store)
+        assert server.process is not None
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            response = app.test_client().get(f"{PREFIX}/job/{job_id}/events")
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+    # Then the stream's lifetime bounds the wait for SUBSCRIBE, and the answer is a 503
+    assert response.status_code == 503
+    assert response.json is not None and response.json["error"] == "unavailable"
 
 
 def test_head_answers_the_headers_and_holds_nothing_open(
@@ -423,7 +564,9 @@ def test_over_http_events_come_in_order_and_the_stream_closes_after_the_final_on
         ("running", 50),
         ("succeeded", 100),
     ]
-    assert [b.id for b in changes] == [first.id + 1, first.id + 2, first.id + 3]
+    assert [b.version for b in changes] == [
+        Version(first.version.incarnation, first.seq + n) for n in (1, 2, 3)
+    ]
     # and the client that has the final event gets 204 when it reconnects
     again = http.get(
         f"{PREFIX}/job/{job_id}/events", headers={"Last-Event-ID": str(changes[-1].id)}
@@ -443,13 +586,15 @@ def test_over_http_a_quiet_stream_keeps_alive_and_ends_after_its_lifetime(
     assert any(b.comments == ["keep-alive"] for b in blocks)
     # When it reconnects with Last-Event-ID after the job was cancelled
     store.cancel(job_id)
-    last = events(blocks)[-1].id
+    last = events(blocks)[-1].version
     with http.stream(
         "GET", f"{PREFIX}/job/{job_id}/events", headers={"Last-Event-ID": str(last)}
     ) as response:
         resumed = events(blocks_of_lines(response.iter_lines()))
     # Then it gets the final state, without the queued status again
-    assert [(b.status["state"], b.id) for b in resumed] == [("cancelled", last + 1)]
+    assert [(b.status["state"], b.version) for b in resumed] == [
+        ("cancelled", Version(last.incarnation, last.seq + 1))
+    ]
 
 
 def test_over_http_404_is_json_and_the_token_is_required(
@@ -474,28 +619,108 @@ def picture() -> str:
 
 @pytest.mark.usefixtures("worker")
 def test_over_http_a_rendered_job_streams_to_its_final_state(
-    http: httpx.Client, picture: str
+    http: httpx.Client, store: JobStore, make_broker: Any, picture: str
 ) -> None:
-    # Given a job submitted over HTTP and rendered by a real worker
-    submitted = http.post(
-        f"{PREFIX}/job",
-        json={
+    # Given a job recorded as a submit records it, but not on the broker yet: no worker can
+    # start it before its stream is open
+    payload = normalize(
+        {
             "jobId": new_job_id(),
             "source": {"path": picture},
             "outputs": [{"width": 60, "height": 60, "format": "webp"}],
-        },
+        }
     )
-    assert submitted.status_code == 202
-    job_id = submitted.json()["jobId"]
-    # When a client follows its events (from wherever the job is by then)
+    job_id = payload["jobId"]
+    queue = queue_for(payload["priority"])
+    assert store.record(payload, queue=queue)[0] == "created"
     with http.stream("GET", f"{PREFIX}/job/{job_id}/events") as response:
-        received = events(blocks_of_lines(response.iter_lines()))
-    # Then ids rise, progress never goes back, and the last event is the success
-    ids = [b.id for b in received]
-    assert ids == sorted(set(ids))
+        blocks = blocks_of_lines(response.iter_lines())
+        first = next(b for b in blocks if b.is_event)
+        # When the worker gets it, with the stream open
+        make_broker(get_settings()).enqueue(
+            dramatiq.Message(
+                queue_name=queue,
+                actor_name=ACTOR_NAME,
+                args=(payload,),
+                kwargs={},
+                options={RECORDED: True},
+            )
+        )
+        received = [first, *events(blocks)]
+    # Then the stream went queued, running, succeeded, in that order, with rising ids and
+    # progress that never goes back, and ended after the success
+    states = [b.status["state"] for b in received]
+    assert states[0] == "queued" and states[-1] == "succeeded"
+    assert [s for i, s in enumerate(states) if i == 0 or s != states[i - 1]] == [
+        "queued",
+        "running",
+        "succeeded",
+    ]
+    seqs = [b.seq for b in received]
+    assert seqs == sorted(set(seqs))
+    assert len({b.version.incarnation for b in received}) == 1
     progress = [b.status["progress"] for b in received]
     assert progress == sorted(progress)
-    assert received[-1].status["state"] == "succeeded"
-    assert all(b.status["state"] not in ("succeeded", "failed") for b in received[:-1])
     output = received[-1].status["result"]["outputs"][0]
     assert http.get(output["url"]).headers["Content-Type"] == "image/webp"
+
+
+def test_over_http_a_record_deleted_mid_stream_ends_the_response_cleanly(
+    http: httpx.Client, store: JobStore
+) -> None:
+    # Given a client on the stream of a queued job
+    job_id = recorded(store)
+    with http.stream("GET", f"{PREFIX}/job/{job_id}/events") as response:
+        blocks = blocks_of_lines(response.iter_lines())
+        assert next(b for b in blocks if b.is_event).status["state"] == "queued"
+        # When the record is deleted
+        store.client.delete(store.job_key(job_id))
+        # Then the response just ends: a complete chunked body (an error in the server's
+        # iterator would cut it short, which httpx reports), with no event after the first
+        assert events(blocks) == []
+    assert no_subscriber_left(store, job_id)
+    assert http.get(f"{PREFIX}/job/{job_id}/events").status_code == 404
+
+
+@pytest.fixture(scope="module", params=["sync", "gthread"])
+def long_stream_server(request: pytest.FixtureRequest) -> Iterator[Gunicorn]:
+    """gunicorn whose streams outlive any test (only a client that leaves ends one), with
+    the short keep-alive period."""
+    gunicorn = Gunicorn(
+        request.param,
+        {
+            "PREVIEW_API_TOKEN": TOKEN,
+            "PREVIEW_EVENTS_KEEPALIVE_SECONDS": str(KEEPALIVE),
+            "PREVIEW_EVENTS_MAX_SECONDS": "3600",
+        },
+    )
+    try:
+        gunicorn.wait_ready()
+        yield gunicorn
+    finally:
+        gunicorn.stop()
+
+
+def test_over_http_a_client_that_leaves_is_let_go_of(
+    long_stream_server: Gunicorn, store: JobStore
+) -> None:
+    # Given a client on the stream of a job that does not change
+    job_id = recorded(store)
+    client = socket.create_connection(("127.0.0.1", long_stream_server.port), timeout=30)
+    request = (
+        f"GET {PREFIX}/job/{job_id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {TOKEN}\r\n\r\n"
+    )
+    client.sendall(request.encode())
+    received = b""
+    while b"event: status" not in received:
+        chunk = client.recv(65536)
+        assert chunk, f"the stream ended early: {received!r}"
+        received += chunk
+    assert subscribers(store, job_id) == 1
+    # When the client drops the connection mid-stream
+    client.close()
+    # Then the server notices at a keep-alive it cannot send (the first write after the
+    # client's FIN still succeeds; the second fails: within two keep-alive periods) and
+    # lets go of the subscription
+    assert no_subscriber_left(store, job_id)
