@@ -28,6 +28,7 @@ def _running_the_command() -> bool:
 
 try:
     from .actors import render_preview, setup_broker
+    from .webhooks import deliver_preview_webhook
 except _ConfigError:
     # The one place a bad setting does not stop the import: the command's `validate` needs
     # no settings (contract §1), and its other subcommands report the bad setting in one
@@ -37,6 +38,7 @@ except _ConfigError:
         raise
     render_preview = None  # type: ignore[assignment]
     setup_broker = None  # type: ignore[assignment]
+    deliver_preview_webhook = None  # type: ignore[assignment]
 from .broker import build_broker
 from .client import (
     PreviewClient,

@@ -70,7 +70,9 @@ def setup_broker(broker: dramatiq.Broker) -> dramatiq.Broker:
     """Attach dramatiq-preview to a broker the host built itself.
 
     Adds our middleware (and Dramatiq's ``Retries``/``TimeLimit`` if missing), declares the
-    priority lanes, and declares ``render_preview`` on ``broker``.  Safe to call twice.
+    priority lanes and the webhook queue, and declares ``render_preview`` on ``broker``; the
+    webhook actor (``deliver_preview_webhook``, :mod:`.webhooks`) follows it there
+    (:func:`~.broker.follow_actor_broker`).  Safe to call twice.
     Call it after building the broker and before starting workers or sending jobs; calling
     ``dramatiq.set_broker(broker)`` as well is up to the host.
 

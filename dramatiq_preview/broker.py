@@ -18,6 +18,7 @@ This module sits above the middleware it assembles and below the actor, as Drama
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import dramatiq
 import dramatiq.broker
@@ -38,7 +39,7 @@ from .middleware import (
     RenderPool,
 )
 from .middleware.retention import Retention
-from .names import QUEUES
+from .names import ALL_QUEUES
 
 logger = logging.getLogger("dramatiq_preview.broker")
 
@@ -96,9 +97,9 @@ def attach_middleware(broker: dramatiq.Broker, settings: Settings | None = None)
         broker.add_middleware(Retention(settings=settings))
     if isinstance(broker, RedisBroker) and Recovery not in present:
         # Only Redis needs it: RabbitMQ gives a dead connection's messages back by itself.
-        broker.add_middleware(Recovery())
+        broker.add_middleware(Recovery(queues=ALL_QUEUES))
     _attach_observability(broker, settings)
-    for queue_name in QUEUES.values():
+    for queue_name in ALL_QUEUES:
         broker.declare_queue(queue_name)
 
 
@@ -115,12 +116,30 @@ def default_broker() -> dramatiq.Broker:
 
 #: The broker ``render_preview`` is declared on (recorded by :mod:`.actors`).
 _actor_broker: dramatiq.Broker | None = None
+#: Called with the broker whenever ``render_preview`` moves to another one.
+_followers: list[Callable[[dramatiq.Broker], None]] = []
 
 
 def use_for_actor(broker: dramatiq.Broker) -> None:
-    """Record ``broker`` as the one ``render_preview`` is declared on (``setup_broker``)."""
+    """Record ``broker`` as the one ``render_preview`` is declared on (``setup_broker``),
+    and move the actors that follow it there (:func:`follow_actor_broker`)."""
     global _actor_broker
     _actor_broker = broker
+    for follow in list(_followers):
+        follow(broker)
+
+
+def follow_actor_broker(declare: Callable[[dramatiq.Broker], None]) -> None:
+    """Keep another actor of ours on the broker of ``render_preview``: ``declare(broker)``
+    is called now with :func:`actor_broker`, and again whenever ``setup_broker`` moves
+    ``render_preview`` (the webhook actor uses it; ``actors`` and ``webhooks`` sit side by
+    side and do not import each other).
+
+    Raises:
+      ConfigError: as :func:`actor_broker`.
+    """
+    _followers.append(declare)
+    declare(actor_broker())
 
 
 def actor_broker() -> dramatiq.Broker:

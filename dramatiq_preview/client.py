@@ -22,7 +22,7 @@ import dramatiq
 
 from .broker import actor_broker, build_broker
 from .config import Settings, get_settings
-from .errors import BrokerUnavailable, JobConflict, JobNotFound, PreviewError
+from .errors import BrokerUnavailable, JobConflict, JobNotFound, PreviewError, WebhookNotQueued
 from .events import emit
 from .fused_enqueue import (
     BrokerMessage,
@@ -31,6 +31,8 @@ from .fused_enqueue import (
     with_redis_message_id,
 )
 from .names import ACTOR_NAME, RECORDED, queue_for
+from .netguard import check_webhook
+from .notify import enqueue_webhook
 from .state import CancelOutcome, CreateOutcome, JobStore, get_store
 from .validation import normalize, validate
 from .watch import Event, JobWatch
@@ -134,6 +136,7 @@ class PreviewClient:
         """
         validate(payload)
         normalized = normalize(payload)
+        check_webhook(normalized, self.settings)
         job_id = normalized["jobId"]
         queue = queue_for(normalized["priority"])
         message: dramatiq.Message[Any] = dramatiq.Message(
@@ -255,6 +258,13 @@ class PreviewClient:
           JobConflict: the job already finished: succeeded, failed or cancelled.
         """
         answer = self.store.cancel(job_id)
+        if answer.webhook_due:
+            try:
+                enqueue_webhook(self.broker, self.store, job_id, answer.webhook_due)
+            except WebhookNotQueued:
+                # Not lost: the job's render message, still on the broker, queues it when a
+                # worker claims it (and finds the event still due).
+                logger.warning("the webhook of cancelled job %s will be queued later", job_id)
         if answer.outcome is CancelOutcome.MISSING:
             raise JobNotFound(job_id)
         if answer.outcome is CancelOutcome.FINAL:

@@ -1,10 +1,14 @@
-"""The dead-letter queue: list, requeue and purge the messages of failed jobs.
+"""The dead-letter queue: list, requeue and purge the messages of failed jobs and failed
+webhook deliveries.
 
-Failed jobs sit in Dramatiq's own dead-letter queues (``preview-*.XQ``).  A backend per
-broker kind reads them: Redis keeps dead messages in a sorted set scored by failure time,
-RabbitMQ in a durable queue.  Listing joins each message with its job record for the
-error and attempt count; replaying resets the record to ``queued`` (same jobId, poison-pill
-counter cleared) before the message is enqueued again.
+Failed jobs sit in Dramatiq's own dead-letter queues (``preview-*.XQ``), webhook deliveries
+that failed for good in ``preview-webhooks.XQ``.  A backend per broker kind reads them:
+Redis keeps dead messages in a sorted set scored by failure time, RabbitMQ in a durable
+queue.  Listing joins each message with its job record for the error and attempt count (of
+the render, or of the webhook); replaying a render resets the record to ``queued`` (same
+jobId, poison-pill counter cleared) before the message is enqueued again; replaying a
+webhook delivery enqueues it again with a fresh set of attempts (the job is left as it is,
+and the actor drops it if the job has ended again since).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from dramatiq.message import Message
 
 from .errors import InvalidPayload, JobConflict, JobNotFound, PreviewError
 from .messages import job_id_of
-from .names import QUEUES, RECORDED
+from .names import ALL_QUEUES, RECORDED
+from .notify import is_webhook_message, webhook_of
 from .state import JobStore, RequeueOutcome, iso
 
 logger = logging.getLogger("dramatiq_preview.dlq")
@@ -34,7 +39,13 @@ _DELIVERY_OPTIONS = {"eta", "redis_message_id", "retries", "traceback", "requeue
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """One dead message: its job and why it died."""
+    """One dead message: its job and why it died.
+
+    ``kind`` is ``render`` (a job that failed: ``error`` and ``attempts`` are the job's) or
+    ``webhook`` (a webhook delivery that failed for good: ``error`` is
+    ``{"type": "webhook_failed", "message": <the last attempt's error>}`` and ``attempts``
+    counts the delivery's attempts).
+    """
 
     job_id: str
     queue: str
@@ -42,10 +53,12 @@ class DeadLetter:
     failed_at: str | None
     error: dict[str, Any] | None
     attempts: int
+    kind: str = "render"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "jobId": self.job_id,
+            "kind": self.kind,
             "queue": self.queue,
             "messageId": self.message_id,
             "failedAt": self.failed_at,
@@ -54,7 +67,8 @@ class DeadLetter:
         }
 
     def line(self) -> str:
-        """``jobId  error-type  attempts=N  failed=TIME  message`` for the CLI."""
+        """``jobId  error-type  attempts=N  failed=TIME  message`` for the CLI (a webhook
+        delivery's error type is ``webhook_failed``)."""
         err = self.error or {}
         return "\t".join(
             [
@@ -120,7 +134,7 @@ class DeadLetters(abc.ABC):
         replayed = []
         found = False
         for queue, message, _ in list(self._entries()):
-            this_id = job_id_of(message)
+            this_id = _job_id(message)
             if job_id is not None and this_id != job_id:
                 continue
             found = True
@@ -139,8 +153,13 @@ class DeadLetters(abc.ABC):
         return replayed
 
     def _replay(self, queue: str, message: Message[Any], job_id: str) -> None:
-        outcome = self.store.requeue(job_id, queue=queue)
         options = {k: v for k, v in message.options.items() if k not in _DELIVERY_OPTIONS}
+        if is_webhook_message(message):
+            # A fresh set of attempts; the job's state is not the delivery's to change.
+            self.broker.enqueue(dataclasses.replace(message, queue_name=queue, options=options))
+            self._remove(queue, message)
+            return
+        outcome = self.store.requeue(job_id, queue=queue)
         # A record that expired while the message sat in the DLQ is created afresh by the
         # broker's Idempotency middleware (and the payload checked again) on enqueue.
         options.pop(RECORDED, None)
@@ -153,8 +172,10 @@ class DeadLetters(abc.ABC):
         self._remove(queue, message)
 
     def _describe(self, queue: str, message: Message[Any], failed_ms: float | None) -> DeadLetter:
-        job_id = job_id_of(message)
+        job_id = _job_id(message)
         status = self.store.get(job_id)
+        if is_webhook_message(message):
+            return self._describe_webhook(queue, message, failed_ms, job_id, status)
         error = status["error"] if status else None
         if error is None and message.options.get("retries"):
             error = {"type": "unknown", "message": "record expired", "retryable": True}
@@ -167,6 +188,32 @@ class DeadLetters(abc.ABC):
             attempts=int(status["attempts"]) if status else int(message.options.get("retries", 0)),
         )
 
+    @staticmethod
+    def _describe_webhook(
+        queue: str,
+        message: Message[Any],
+        failed_ms: float | None,
+        job_id: str,
+        status: dict[str, Any] | None,
+    ) -> DeadLetter:
+        webhook = (status or {}).get("webhook") or {}
+        last = webhook.get("lastError") or ("record expired" if status is None else "unknown")
+        return DeadLetter(
+            job_id=job_id,
+            queue=queue,
+            message_id=message.message_id,
+            failed_at=iso(int(failed_ms)) if failed_ms else None,
+            error={"type": "webhook_failed", "message": last, "retryable": True},
+            attempts=int(webhook.get("attempts") or message.options.get("retries", 0)),
+            kind="webhook",
+        )
+
+
+def _job_id(message: Message[Any]) -> str:
+    """The jobId of a dead render message or webhook delivery."""
+    found = webhook_of(message)
+    return found[0] if found is not None else job_id_of(message)
+
 
 class RedisDeadLetters(DeadLetters):
     """Dead letters of a ``RedisBroker``: ``{ns}:{queue}.XQ`` (zset) + ``.XQ.msgs`` (hash)."""
@@ -177,7 +224,7 @@ class RedisDeadLetters(DeadLetters):
 
     def _entries(self) -> Iterator[tuple[str, Message[Any], float | None]]:
         client = self.broker.client
-        for queue in QUEUES.values():
+        for queue in ALL_QUEUES:
             zkey, hkey = self._keys(queue)
             ids = client.zrange(zkey, 0, -1, withscores=True)
             if not ids:
@@ -200,7 +247,7 @@ class RedisDeadLetters(DeadLetters):
 
     def purge(self) -> int:
         total = 0
-        for queue in QUEUES.values():
+        for queue in ALL_QUEUES:
             zkey, hkey = self._keys(queue)
             total += int(self.broker.client.zcard(zkey))
             self.broker.client.delete(zkey, hkey)
@@ -226,7 +273,7 @@ class RabbitmqDeadLetters(DeadLetters):
     def _entries(self) -> Iterator[tuple[str, Message[Any], float | None]]:
         connection, channel = self._channel()
         try:
-            for queue in QUEUES.values():
+            for queue in ALL_QUEUES:
                 self.broker.declare_queue(queue, ensure=True)
                 tags = []
                 while True:
@@ -263,7 +310,7 @@ class RabbitmqDeadLetters(DeadLetters):
         connection, channel = self._channel()
         total = 0
         try:
-            for queue in QUEUES.values():
+            for queue in ALL_QUEUES:
                 self.broker.declare_queue(queue, ensure=True)
                 total += int(channel.queue_purge(queue + ".XQ").method.message_count)
         finally:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from dramatiq.errors import BrokerConnectionError, Retry
 from dramatiq.middleware import MiddlewareError
 
 
@@ -199,6 +200,54 @@ class BrokerUnavailable(TransientError):
     type = "broker_unavailable"
 
 
+# --- webhook deliveries -----------------------------------------------------------------
+
+
+class WebhookFailed(TransientError, Retry):
+    """One webhook attempt failed (non-2xx answer, redirect, timeout, refused connection,
+    DNS failure); Dramatiq's ``Retries`` tries again with backoff until the last attempt.
+
+    A ``dramatiq.Retry``, so the worker does not log each failed attempt with a traceback;
+    the status middleware records it (``webhook.lastError``).
+
+    Parameters:
+      message: what went wrong, for ``lastError``.
+      seconds: how long the POST took (None when none was sent).
+    """
+
+    type = "webhook_failed"
+
+    def __init__(self, message: str, *, seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+
+
+class WebhookRefused(PermanentError):
+    """A webhook that must not be attempted again: its host is no longer allowed (or
+    resolves to a forbidden address), or the receiver answered 410 Gone.  The delivery
+    fails at once and is dead-lettered."""
+
+    type = "webhook_refused"
+
+    def __init__(self, message: str, *, seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+
+
+class WebhookNotQueued(BrokerUnavailable, MiddlewareError, BrokerConnectionError):
+    """The delivery message of a job's webhook could not be put on the broker.
+
+    Raised from the ``before_ack``/``before_nack`` hook of the job's render message: a
+    ``MiddlewareError`` gets through Dramatiq's hook dispatch, and as a
+    ``BrokerConnectionError`` it makes the worker retry the acknowledgement (every 5 s,
+    running the hook again) instead of acknowledging the message.  So the render message
+    stays unacknowledged until the delivery is queued, and a worker that dies meanwhile
+    leaves it to be redelivered, whose claim queues the delivery.
+    """
+
+    type = "webhook_not_queued"
+
+
 # --- errors of the job API (not job failures) --------------------------------------------
 
 
@@ -247,5 +296,8 @@ __all__ = [
     "TransientError",
     "UnsupportedFormat",
     "ValidationIssue",
+    "WebhookFailed",
+    "WebhookNotQueued",
+    "WebhookRefused",
     "WorkerLost",
 ]

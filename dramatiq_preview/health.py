@@ -14,6 +14,10 @@ included, so each worker process also keeps a presence entry (``{ns}:workers``, 
 fresh.  For RabbitMQ the count is
 the number of consumers on the busiest lane.
 
+Webhook deliveries have their own queue (``preview-webhooks``), reported apart from the
+lanes (``webhooks``): deliveries waiting, retries waiting for their backoff, and deliveries
+that failed for good (dead-lettered), which make the status ``degraded``.
+
 Storage (the output root, and the source root when it is another one) is checked by
 :meth:`~dramatiq_preview.storage.Storage.ping` in a daemon thread of its own, waited for
 against the same deadline.  At most one check per root is in flight: a check that outlives
@@ -43,7 +47,7 @@ from redis.retry import Retry
 
 from .config import S3Location, Settings, StorageRoot
 from .errors import PreviewError, StorageError, StorageForbidden
-from .names import QUEUES, presence_key
+from .names import QUEUES, WEBHOOK_QUEUE, presence_key
 from .storage import LocalStorage, Storage, open_storage
 
 logger = logging.getLogger("dramatiq_preview.health")
@@ -70,6 +74,28 @@ class LaneStats:
     delayed: int | None = None
     dead: int | None = None
     oldest_job_age: float | None = None
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """The webhook delivery queue (``preview-webhooks``); ``None`` where the broker did not
+    answer.  ``depth``: deliveries ready and not yet fetched; ``delayed``: retries waiting
+    for their backoff (and deliveries a worker fetched early); ``dead``: deliveries that
+    failed for good (every attempt, or a refused webhook) and were dead-lettered."""
+
+    queue: str
+    depth: int | None = None
+    delayed: int | None = None
+    dead: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ``webhooks`` object of the health body."""
+        return {
+            "queue": self.queue,
+            "depth": self.depth,
+            "delayed": self.delayed,
+            "dead": self.dead,
+        }
 
 
 @dataclass(frozen=True)
@@ -112,6 +138,8 @@ class Snapshot:
     storage: StorageCheck | None = None
     #: The source root (``PREVIEW_SOURCE_ROOT``) when it is set and another root.
     source_storage: StorageCheck | None = None
+    #: The webhook delivery queue.
+    webhooks: QueueStats = field(default_factory=lambda: QueueStats(WEBHOOK_QUEUE))
 
 
 @dataclass(frozen=True)
@@ -119,9 +147,10 @@ class HealthReport:
     """The answer of :func:`check_health`.
 
     ``status`` is ``ok``, ``degraded`` (a problem that does not stop jobs from being
-    accepted: no live worker, dead letters, an old waiting job, output or source storage
-    unreachable or refused) or ``down`` (Redis or the broker unreachable).  ``http_status``
-    is 503 when down, else 200.  ``body`` is the JSON object the health route returns.
+    accepted: no live worker, dead letters, webhook deliveries that failed for good, an old
+    waiting job, output or source storage unreachable or refused) or ``down`` (Redis or the
+    broker unreachable).  ``http_status`` is 503 when down, else 200.  ``body`` is the JSON
+    object the health route returns.
     """
 
     status: Status
@@ -191,6 +220,14 @@ def check_health(
                     f"{sum(dead.values())} dead-lettered job(s) ({listed})",
                 )
             )
+        if snap.webhooks.dead:
+            reasons.append(
+                _reason(
+                    "webhook_dead_letters",
+                    f"{snap.webhooks.dead} webhook delivery(ies) failed for good and were "
+                    f"dead-lettered ({snap.webhooks.queue}; dramatiq-preview dlq list)",
+                )
+            )
         limit = settings.health_max_age_seconds
         old = {
             q: s.oldest_job_age
@@ -234,6 +271,7 @@ def check_health(
             }
             for queue, lane in snap.lanes.items()
         },
+        "webhooks": snap.webhooks.as_dict(),
         "workers": {"live": snap.live_workers, "heartbeatTimeoutMs": snap.heartbeat_timeout_ms},
         "limits": {"maxOldestJobAgeSeconds": settings.health_max_age_seconds},
     }
@@ -304,6 +342,10 @@ def probe(
             dead=counts.get("dead"),
             oldest_job_age=state["oldest"].get(queue) if redis_ok else None,
         )
+    counts = raw_broker["queues"].get(WEBHOOK_QUEUE, {}) if broker_ok else {}
+    webhooks = QueueStats(
+        WEBHOOK_QUEUE, counts.get("depth"), counts.get("delayed"), counts.get("dead")
+    )
 
     live: int | None = None
     if kind == "redis":
@@ -331,6 +373,7 @@ def probe(
         heartbeat_timeout_ms=hb_timeout,
         storage=storage_checks.get("storage"),
         source_storage=storage_checks.get("sourceStorage"),
+        webhooks=webhooks,
     )
 
 
@@ -364,7 +407,7 @@ def _probe_redis_broker(
 ) -> dict[str, Any]:
     latency = _ping_ms(client)
     pipe = client.pipeline(transaction=False)
-    queues = list(QUEUES.values())
+    queues = [*QUEUES.values(), WEBHOOK_QUEUE]
     for queue in queues:
         base = f"{namespace}:{queue}"
         pipe.llen(base)
@@ -408,7 +451,7 @@ def _probe_rabbitmq(broker: dramatiq.Broker, sock_timeout: float) -> dict[str, A
         channel = connection.channel()
         counts: dict[str, dict[str, int]] = {}
         consumers = 0
-        for queue in QUEUES.values():
+        for queue in (*QUEUES.values(), WEBHOOK_QUEUE):
             numbers = {}
             for key, name in (
                 ("depth", queue),
@@ -423,7 +466,8 @@ def _probe_rabbitmq(broker: dramatiq.Broker, sock_timeout: float) -> dict[str, A
                     numbers[key] = 0
                     continue
                 numbers[key] = int(frame.method.message_count)
-                if key != "dead":
+                # Live workers: consumers of the render lanes (not of the webhook queue).
+                if key != "dead" and queue != WEBHOOK_QUEUE:
                     consumers = max(consumers, int(frame.method.consumer_count))
             counts[queue] = numbers
     finally:
@@ -714,6 +758,7 @@ __all__ = [
     "HealthReport",
     "LaneStats",
     "ProbeTimeout",
+    "QueueStats",
     "Snapshot",
     "StorageCheck",
     "check_health",

@@ -2,7 +2,8 @@
 
 * Job metrics, updated from job events in the worker processes: ``preview_jobs_total{outcome}``,
   ``preview_render_seconds{input_format,stage}``, ``preview_source_bytes{input_format}`` and
-  ``preview_duplicates_total``.
+  ``preview_duplicates_total``; webhook deliveries: ``preview_webhooks_total{outcome}`` and
+  ``preview_webhook_seconds``.
 * Scrape-time gauges, read from Redis by :class:`QueueCollector` when Prometheus scrapes:
   ``preview_queue_depth{queue}``, ``preview_delayed_messages{queue}``,
   ``preview_dead_letters{queue}``, ``preview_oldest_job_age_seconds{queue}``,
@@ -52,6 +53,12 @@ JOB_OUTCOMES = {
     "duplicate_skipped": "duplicate_skipped",
     "worker_lost": "worker_lost",
 }
+#: ``preview_webhooks_total`` outcome for each webhook event: one per attempt that was made.
+WEBHOOK_OUTCOMES = {
+    "webhook_delivered": "delivered",
+    "webhook_retried": "retried",
+    "webhook_failed": "failed",
+}
 INPUT_FORMATS = frozenset(
     {"jpeg", "png", "webp", "gif", "tiff", "bmp", "heic", "avif", "pdf", "svg"}
 )
@@ -68,6 +75,8 @@ SOURCE_BYTES_BUCKETS = (
     52_428_800,
     104_857_600,
 )
+#: From a receiver on the same network to one at the default 10 s timeout and beyond.
+WEBHOOK_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 HTTP_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 #: From a local write (well under a millisecond) to an S3 call at its read timeout.
 STORAGE_SECONDS_BUCKETS = (
@@ -107,6 +116,8 @@ PREVIEW_METRICS = frozenset(
         "preview_http_request_duration_seconds",
         "preview_storage_seconds",
         "preview_storage_errors_total",
+        "preview_webhooks_total",
+        "preview_webhook_seconds",
     }
 )
 #: The metrics of Dramatiq's ``Prometheus`` middleware, exported by workers next to ours.
@@ -166,9 +177,24 @@ class JobMetrics:
             "Submissions of a jobId that was already recorded (same payload).",
             registry=registry,
         )
+        self.webhooks = Counter(
+            "preview_webhooks_total",
+            "Webhook delivery attempts by how they ended: delivered, retried (another "
+            "attempt follows) or failed (the last attempt, or a refused webhook).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.webhook_seconds = Histogram(
+            "preview_webhook_seconds",
+            "Time of one webhook POST, until the receiver's answer or the timeout.",
+            buckets=WEBHOOK_SECONDS_BUCKETS,
+            registry=registry,
+        )
         # Every outcome exists from the start, so rate() and ratios work before it happens.
         for outcome in JOB_OUTCOMES.values():
             self.jobs.labels(outcome)
+        for outcome in WEBHOOK_OUTCOMES.values():
+            self.webhooks.labels(outcome)
         self._storage = StorageMetrics(registry)
         # Attributes of their own, so that the in-process exposition finds them too.
         self.storage_seconds = self._storage.seconds
@@ -179,6 +205,13 @@ class JobMetrics:
         """Count one job event (see :mod:`dramatiq_preview.events`)."""
         if event == "duplicate":
             self.duplicates.inc()
+            return
+        if event in WEBHOOK_OUTCOMES:
+            self.webhooks.labels(WEBHOOK_OUTCOMES[event]).inc()
+            seconds = fields.get("duration")
+            # None when no request was sent (a refused host, a DNS failure).
+            if isinstance(seconds, (int, float)) and seconds >= 0:
+                self.webhook_seconds.observe(seconds)
             return
         outcome = JOB_OUTCOMES.get(event)
         if outcome is None:
@@ -318,6 +351,11 @@ class QueueCollector:
                 dead.add_metric([queue], float(lane.dead))
             if lane.oldest_job_age is not None:
                 oldest.add_metric([queue], lane.oldest_job_age)
+        # The webhook delivery queue, under its own queue label (it has no waiting jobs).
+        hooks = snap.webhooks
+        for family, number in ((depth, hooks.depth), (delayed, hooks.delayed), (dead, hooks.dead)):
+            if number is not None:
+                family.add_metric([hooks.queue], float(number))
         if snap.broker_ok:
             yield depth
             yield delayed
@@ -568,6 +606,7 @@ __all__ = [
     "DRAMATIQ_METRICS",
     "JOB_OUTCOMES",
     "PREVIEW_METRICS",
+    "WEBHOOK_OUTCOMES",
     "JobMetrics",
     "QueueCollector",
     "StorageMetrics",

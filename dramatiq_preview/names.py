@@ -15,6 +15,14 @@ ACTOR_NAME = "render_preview"
 QUEUES = {"high": "preview-high", "normal": "preview-normal", "low": "preview-low"}
 DEFAULT_QUEUE = QUEUES["normal"]
 
+#: The actor that POSTs a job's final state to its webhook (:mod:`dramatiq_preview.webhooks`),
+#: and its queue: deliveries never wait behind renders in a lane, nor renders behind them.
+WEBHOOK_ACTOR_NAME = "deliver_preview_webhook"
+WEBHOOK_QUEUE = "preview-webhooks"
+
+#: Every queue of our actors: the lanes, then the webhook deliveries.
+ALL_QUEUES = (*QUEUES.values(), WEBHOOK_QUEUE)
+
 #: Message option set on messages whose job record already exists (submit, retry, replay).
 RECORDED = "preview_recorded"
 #: Message option counting how often a delivery found its job leased elsewhere.
@@ -48,10 +56,13 @@ def gc_lock_key(namespace: str) -> str:
 
 __all__ = [
     "ACTOR_NAME",
+    "ALL_QUEUES",
     "BUSY_TRIES",
     "DEFAULT_QUEUE",
     "QUEUES",
     "RECORDED",
+    "WEBHOOK_ACTOR_NAME",
+    "WEBHOOK_QUEUE",
     "canonical_queue",
     "gc_lock_key",
     "presence_key",

@@ -10,36 +10,33 @@ or an S3 prefix (the key is ``prefix/path``, never outside the prefix; the objec
 into an unlinked temporary file, so the child gets a descriptor either way and never network
 access or credentials).
 
-URL guard: only ``http``/``https`` to a host in ``PREVIEW_ALLOWED_URL_HOSTS``.  The host is
-resolved here and every address is checked (loopback, private, link-local, unspecified,
-multicast and reserved ranges are refused unless ``PREVIEW_ALLOW_PRIVATE_NETWORKS`` allows
-loopback and private ones); the connection goes to the checked address, so DNS cannot change
-its answer in between.  Redirects are followed by hand, at most five, each checked the same
-way.  The body is streamed into an anonymous spool file and cut at
-``PREVIEW_MAX_SOURCE_BYTES``.  ``https`` certificates are checked against the host name
-(not the address connected to) with certifi's CA bundle, or the bundle named by
-``SSL_CERT_FILE``/``SSL_CERT_DIR``; a certificate that fails the check fails the job
-permanently.
+URL guard (:mod:`dramatiq_preview.netguard`, the one webhooks use too): only
+``http``/``https`` to a host in ``PREVIEW_ALLOWED_URL_HOSTS``.  The host is resolved there
+and every address is checked (loopback, private, link-local, unspecified, multicast and
+reserved ranges are refused unless ``PREVIEW_ALLOW_PRIVATE_NETWORKS`` allows loopback and
+private ones); the connection goes to the checked address, so DNS cannot change its answer
+in between.  Redirects are followed by hand, at most five, each checked the same way.
+The body is streamed into an anonymous spool file and cut at ``PREVIEW_MAX_SOURCE_BYTES``.
+``https`` certificates are checked against the host name (not the address connected to) with
+certifi's CA bundle, or the bundle named by ``SSL_CERT_FILE``/``SSL_CERT_DIR``; a
+certificate that fails the check fails the job permanently.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import ipaddress
 import os
-import socket
 import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin
 
-import certifi
 import httpx
 
-from .config import Settings, canonical_host
+from . import netguard
+from .config import Settings
 from .errors import SourceForbidden, SourceNotFound, SourceUnavailable
 from .models import JobSpec
 from .rendering.formats import SNIFF_BYTES, sniff
@@ -50,7 +47,6 @@ _REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 # 4xx answers that mean "try again later" rather than "this will never work".
 _TRANSIENT_4XX = {408, 425, 429}
 _CHUNK = 64 * 1024
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass
@@ -197,89 +193,23 @@ def open_path(
 
 # --- URL sources -----------------------------------------------------------------------
 
-
-def check_address(address: IPAddress, *, allow_private: bool) -> str | None:
-    """Why ``address`` must not be contacted, or ``None`` when it may.
-
-    Unspecified, multicast, link-local (cloud metadata lives at 169.254.169.254) and
-    reserved addresses are always refused; loopback and private ones only unless
-    ``allow_private``.
-    """
-    if isinstance(address, ipaddress.IPv6Address):
-        mapped = address.ipv4_mapped or address.sixtofour
-        if mapped is not None:
-            return check_address(mapped, allow_private=allow_private)
-    if address.is_unspecified:
-        return "an unspecified address"
-    if address.is_multicast:
-        return "a multicast address"
-    if address.is_link_local:
-        return "a link-local address"
-    if address.is_loopback:
-        return None if allow_private else "a loopback address"
-    if address.is_private or (
-        isinstance(address, ipaddress.IPv4Address) and address in _SHARED_NET
-    ):
-        return None if allow_private else "a private address"
-    if address.is_reserved or not address.is_global:
-        return "a reserved address"
-    return None
+#: The guard itself lives in :mod:`dramatiq_preview.netguard`, shared with webhooks.
+check_address = netguard.check_address
 
 
-_SHARED_NET = ipaddress.IPv4Network("100.64.0.0/10")
-
-
-@dataclass(frozen=True)
-class _Target:
-    url: str
-    scheme: str
-    host: str
-    port: int
-    addresses: tuple[IPAddress, ...]
-
-
-def resolve_url(url: str, settings: Settings) -> _Target:
-    """Check ``url`` against the URL guard and pick the checked address to connect to.
+def resolve_url(url: str, settings: Settings) -> netguard.Target:
+    """Check ``url`` against the URL guard and pick the checked addresses to connect to.
 
     Raises:
       SourceForbidden: Scheme, credentials, host or any resolved address is not allowed.
       SourceUnavailable: DNS resolution failed (it may work later).
     """
-    if not settings.allowed_url_hosts:
-        raise SourceForbidden("URL sources are disabled: PREVIEW_ALLOWED_URL_HOSTS is not set")
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise SourceForbidden("the source URL is malformed") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise SourceForbidden("only http and https URLs are allowed")
-    if parts.username is not None or parts.password is not None:
-        raise SourceForbidden("URLs with credentials are not allowed")
-    host = canonical_host(parts.hostname or "")
-    if not host:
-        raise SourceForbidden("the source URL has no host")
-    if host not in settings.allowed_url_hosts:
-        raise SourceForbidden(f"host {host!r} is not in PREVIEW_ALLOWED_URL_HOSTS")
-    if port is None:
-        port = 443 if scheme == "https" else 80
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
-        raise SourceUnavailable(f"host {host!r} could not be resolved") from None
-    addresses: list[IPAddress] = []
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        reason = check_address(address, allow_private=settings.allow_private_networks)
-        if reason is not None:
-            # One bad answer is enough: a rebinding attacker mixes good and bad ones.
-            raise SourceForbidden(f"host {host!r} resolves to {reason} ({address})")
-        addresses.append(address)
-    if not addresses:
-        raise SourceUnavailable(f"host {host!r} has no address")
-    unique = tuple(dict.fromkeys(addresses))
-    return _Target(url=url, scheme=scheme, host=host, port=port, addresses=unique)
+        return netguard.resolve_url(url, netguard.Policy.for_sources(settings))
+    except netguard.Forbidden as exc:
+        raise SourceForbidden(exc.message) from None
+    except netguard.Unresolved as exc:
+        raise SourceUnavailable(exc.message) from None
 
 
 def fetch_url(
@@ -299,14 +229,21 @@ def fetch_url(
         pool=settings.fetch_connect_timeout_ms / 1000,
     )
     shown = _shown(url)
-    verify = _tls_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    try:
+        verify = netguard.tls_context()
+    except (OSError, ssl.SSLError) as exc:
+        # An operator's mistake that a fixed environment cures: transient.
+        raise SourceUnavailable(
+            "the CA certificates for https sources cannot be loaded (SSL_CERT_FILE, "
+            f"SSL_CERT_DIR): {type(exc).__name__}"
+        ) from None
     # No environment proxies: a proxy would resolve the name itself, after our check.
     with httpx.Client(
         timeout=timeout, follow_redirects=False, trust_env=False, verify=verify
     ) as client:
         for _ in range(MAX_REDIRECTS + 1):
             target = resolve_url(url, settings)
-            location = _fetch_any(client, target, settings, spool_dir, deadline)
+            location = _download(client, target, settings, spool_dir, deadline)
             if isinstance(location, LocalSource):
                 return location
             url = location
@@ -314,100 +251,35 @@ def fetch_url(
     raise SourceNotFound(f"{shown} redirected more than {MAX_REDIRECTS} times")
 
 
-@functools.lru_cache(maxsize=4)
-def _tls_context(cafile: str | None, capath: str | None) -> ssl.SSLContext:
-    """The TLS context of ``https`` sources: certifi's CA bundle, or the PEM file and
-    directory of ``SSL_CERT_FILE``/``SSL_CERT_DIR`` (the variables OpenSSL and httpx read;
-    we read only these, not the proxy variables)."""
-    try:
-        return ssl.create_default_context(cafile=cafile or certifi.where(), capath=capath or None)
-    except (OSError, ssl.SSLError) as exc:
-        # An operator's mistake that a fixed environment cures: transient.
-        raise SourceUnavailable(
-            "the CA certificates for https sources cannot be loaded (SSL_CERT_FILE, "
-            f"SSL_CERT_DIR): {type(exc).__name__}"
-        ) from None
-
-
-def _certificate_problem(exc: BaseException) -> str | None:
-    """Why the server's certificate was refused, if that is what ended ``exc``."""
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return str(cause.verify_message or cause.reason or "certificate verify failed")
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return None
-
-
 def _shown(url: str) -> str:
     """The URL without query and fragment, which may carry tokens."""
-    try:
-        parts = urlsplit(url)
-        return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))[:300]
-    except ValueError:
-        return "the source URL"
-
-
-class _ConnectFailed(Exception):
-    pass
-
-
-def _fetch_any(
-    client: httpx.Client,
-    target: _Target,
-    settings: Settings,
-    spool_dir: Path | None,
-    deadline: float,
-) -> LocalSource | str:
-    """Try each checked address in turn (e.g. ``::1`` then ``127.0.0.1``)."""
-    for ip in target.addresses:
-        try:
-            return _download(client, target, ip, settings, spool_dir, deadline)
-        except _ConnectFailed:
-            continue
-    raise SourceUnavailable(f"{_shown(target.url)} could not be reached (connection failed)")
+    return netguard.shown(url)
 
 
 def _download(
     client: httpx.Client,
-    target: _Target,
-    ip: IPAddress,
+    target: netguard.Target,
     settings: Settings,
     spool_dir: Path | None,
     deadline: float,
 ) -> LocalSource | str:
-    """Fetch one hop: a :class:`LocalSource`, or the absolute URL a redirect points to."""
-    parts = urlsplit(target.url)
-    ip_text = f"[{ip}]" if isinstance(ip, ipaddress.IPv6Address) else str(ip)
-    netloc = f"{ip_text}:{target.port}"
-    direct = urlunsplit((target.scheme, netloc, parts.path or "/", parts.query, ""))
-    default_port = 443 if target.scheme == "https" else 80
-    host_header = target.host if target.port == default_port else f"{target.host}:{target.port}"
-    if ":" in target.host and target.port == default_port:
-        host_header = f"[{target.host}]"
-    elif ":" in target.host:
-        host_header = f"[{target.host}]:{target.port}"
-    request = client.build_request(
-        "GET",
-        direct,
-        headers={"Host": host_header, "Accept-Encoding": "identity", "User-Agent": _UA},
-        # TLS: SNI and certificate checks use the name, the TCP connection uses the IP.
-        extensions={"sni_hostname": target.host},
-    )
+    """Fetch one hop from the first checked address that answers (e.g. ``::1`` then
+    ``127.0.0.1``): a :class:`LocalSource`, or the absolute URL a redirect points to."""
     shown = _shown(target.url)
     try:
-        response = client.send(request, stream=True)
-    except httpx.ConnectError as exc:
-        problem = _certificate_problem(exc)
-        if problem is not None:
-            # A wrong or untrusted certificate does not heal with retries; it may be an
-            # interception.  Not another address either: they all serve the same name.
-            raise SourceForbidden(
-                f"{shown}: the server's TLS certificate was refused ({problem[:200]})"
-            ) from None
-        raise _ConnectFailed from None
+        response = netguard.send(
+            client,
+            target,
+            "GET",
+            headers={"Accept-Encoding": "identity", "User-Agent": _UA},
+            stream=True,
+        )
+    except netguard.CertificateRefused as exc:
+        # A wrong or untrusted certificate does not heal with retries; it may be an
+        # interception.
+        raise SourceForbidden(f"{shown}: {exc.message}") from None
+    except netguard.Unreachable:
+        raise SourceUnavailable(f"{shown} could not be reached (connection failed)") from None
     except httpx.TimeoutException:
         raise SourceUnavailable(f"{shown} timed out") from None
     except httpx.HTTPError as exc:
@@ -418,6 +290,7 @@ def _download(
             location = response.headers.get("location")
             if not location:
                 raise SourceNotFound(f"{shown} answered {status} without a Location")
+            # Followed by fetch_url, which checks the new URL from the start.
             return str(urljoin(target.url, str(location)))
         if status >= 500 or status in _TRANSIENT_4XX:
             raise SourceUnavailable(f"{shown} answered HTTP {status}")

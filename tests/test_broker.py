@@ -23,7 +23,7 @@ from dramatiq_preview import (
 from dramatiq_preview.broker import actor_broker
 from dramatiq_preview.fused_enqueue import shared_redis_namespace
 from dramatiq_preview.middleware import Idempotency, JobStatus, PayloadValidation
-from dramatiq_preview.names import QUEUES, RECORDED
+from dramatiq_preview.names import ALL_QUEUES, QUEUES, RECORDED
 
 GOOD = {"source": {"path": "a.png"}, "outputs": [{"width": 8, "height": 8, "format": "png"}]}
 
@@ -56,7 +56,7 @@ def test_import_builds_a_redis_broker_from_the_environment_without_connecting() 
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "RedisBroker imp True"
-    assert lines[1] == str(sorted(QUEUES.values()))
+    assert lines[1] == str(sorted(ALL_QUEUES))
 
 
 def test_import_joins_the_broker_the_host_already_set() -> None:

@@ -18,9 +18,10 @@ from dramatiq_preview.broker import build_broker
 from dramatiq_preview.config import Settings
 from dramatiq_preview.dlq import DeadLetters, dead_letters
 from dramatiq_preview.errors import InvalidPayload, PreviewError
-from dramatiq_preview.names import ACTOR_NAME, QUEUES
-from dramatiq_preview.state import get_store
+from dramatiq_preview.names import ACTOR_NAME, QUEUES, WEBHOOK_ACTOR_NAME, WEBHOOK_QUEUE
+from dramatiq_preview.state import WebhookOp, get_store
 from dramatiq_preview.testing import RedisServer
+from dramatiq_preview.validation import normalize
 
 LANE = QUEUES["normal"]
 
@@ -108,3 +109,56 @@ def test_requeueing_one_refused_letter_says_why_and_keeps_it(dlq: DeadLetters) -
     # And the letter is still dead, nothing was queued
     assert [letter.job_id for letter in dlq.list()] == ["bad-2"]
     assert queued_ids(dlq) == []
+
+
+def bury_webhook(dlq: DeadLetters, job_id: str, seq: int) -> None:
+    """Put a delivery message of ``job_id``'s event ``seq`` into the webhook dead letters."""
+    redis_id = str(uuid.uuid4())
+    message = dramatiq.Message(
+        queue_name=WEBHOOK_QUEUE,
+        actor_name=WEBHOOK_ACTOR_NAME,
+        args=(job_id, seq),
+        kwargs={},
+        options={"redis_message_id": redis_id, "retries": 2},
+    )
+    base = f"{dlq.broker.namespace}:{WEBHOOK_QUEUE}.XQ"
+    dlq.broker.client.zadd(base, {redis_id: int(time.time() * 1000)})
+    dlq.broker.client.hset(base + ".msgs", redis_id, message.encode())
+
+
+def test_a_failed_webhook_delivery_is_listed_requeued_and_purged_apart_from_its_job(
+    dlq: DeadLetters,
+) -> None:
+    # Given a job that succeeded and whose webhook failed twice, for good
+    store = dlq.store
+    store.record(normalize(job("hook-1", webhook={"url": "https://hooks.example/h"})), queue=LANE)
+    seq = store.finish("hook-1", token="", outcome="succeeded", data={"outputs": []}).webhook_due
+    store.webhook("hook-1", WebhookOp.RETRY, seq, "https://hooks.example/h answered HTTP 503")
+    store.webhook("hook-1", WebhookOp.FAILED, seq, "https://hooks.example/h answered HTTP 503")
+    bury_webhook(dlq, "hook-1", seq)
+    # When the dead letters are listed / Then the delivery is there, its line led by the jobId
+    (letter,) = dlq.list()
+    assert (letter.job_id, letter.kind, letter.queue, letter.attempts) == (
+        "hook-1",
+        "webhook",
+        WEBHOOK_QUEUE,
+        2,
+    )
+    assert letter.line().startswith("hook-1\twebhook_failed\tattempts=2\tfailed=")
+    assert letter.line().endswith("https://hooks.example/h answered HTTP 503")
+    assert letter.to_dict()["kind"] == "webhook"
+    # When it is requeued / Then a fresh delivery waits, and the job is left as it was
+    assert dlq.requeue("hook-1") == ["hook-1"]
+    client = dlq.broker.client
+    (redis_id,) = client.lrange(f"{dlq.broker.namespace}:{WEBHOOK_QUEUE}", 0, -1)
+    fresh = dramatiq.Message.decode(
+        client.hget(f"{dlq.broker.namespace}:{WEBHOOK_QUEUE}.msgs", redis_id)
+    )
+    assert (fresh.actor_name, list(fresh.args)) == (WEBHOOK_ACTOR_NAME, ["hook-1", seq])
+    assert "retries" not in fresh.options
+    assert store.get("hook-1")["state"] == "succeeded"
+    assert dlq.list() == []
+    # And a purge takes webhook dead letters too
+    bury_webhook(dlq, "hook-1", seq)
+    assert dlq.purge() == 1
+    assert dlq.list() == []

@@ -128,6 +128,32 @@ def test_a_live_worker_and_empty_lanes_are_ok_then_dead_letters_and_a_stopped_wo
     assert {r["code"] for r in report.body["reasons"]} == {"dead_letters", "no_live_workers"}
 
 
+def test_a_dead_lettered_webhook_delivery_degrades_and_the_queue_is_reported(
+    make_broker: Any, redis_server: RedisServer
+) -> None:
+    # Given a namespace whose webhook queue has a dead delivery, a waiting one and a retry
+    ns = namespace()
+    settings = settings_for(redis_server.url, ns)
+    broker = make_broker(settings)
+    with redis_server.client() as client:
+        client.zadd(f"{ns}:preview-webhooks.XQ", {"m1": time.time() * 1000})
+        client.rpush(f"{ns}:preview-webhooks", "m2")
+        client.hset(f"{ns}:preview-webhooks.DQ.msgs", "m3", "{}")
+    # When health is checked
+    report = check_health(settings, broker)
+    # Then it is degraded, not down, says why, and shows the webhook queue apart
+    assert (report.status, report.http_status) == ("degraded", 200)
+    (reason,) = [r for r in report.body["reasons"] if r["code"] == "webhook_dead_letters"]
+    assert reason["message"].startswith("1 webhook delivery(ies) failed for good")
+    assert report.body["webhooks"] == {
+        "queue": "preview-webhooks",
+        "depth": 1,
+        "delayed": 1,
+        "dead": 1,
+    }
+    assert "preview-webhooks" not in report.body["queues"]
+
+
 def test_a_process_that_only_sends_jobs_is_not_a_live_worker(
     make_broker: Any, redis_server: RedisServer
 ) -> None:

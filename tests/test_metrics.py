@@ -36,6 +36,7 @@ from dramatiq_preview.events import emit
 from dramatiq_preview.metrics import (
     DRAMATIQ_METRICS,
     PREVIEW_METRICS,
+    WEBHOOK_OUTCOMES,
     JobMetrics,
     WebMetrics,
     prepare_run_directory,
@@ -190,6 +191,50 @@ def test_labels_stay_low_cardinality_whatever_the_events_say() -> None:
     assert labels["stage"] == {"total", "decode", "other"}
     assert not any("job-" in v for vals in labels.values() for v in vals)
     del metrics
+
+
+def test_webhook_attempts_are_counted_by_outcome_and_their_posts_timed() -> None:
+    # Given job metrics in a registry of their own
+    registry = CollectorRegistry()
+    metrics = JobMetrics(registry)  # observers are held weakly: keep a reference
+
+    def get(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    assert {o: get("preview_webhooks_total", outcome=o) for o in WEBHOOK_OUTCOMES.values()} == {
+        "delivered": 0,
+        "retried": 0,
+        "failed": 0,
+    }
+    # When attempts end as the status middleware reports them
+    emit("webhook_retried", job_id="w1", attempt=1, duration=0.25, error={"type": "x"})
+    emit("webhook_delivered", job_id="w1", attempt=2, duration=0.05, error=None)
+    # (a refused host: failed without a request, so nothing to time)
+    emit("webhook_failed", job_id="w2", attempt=1, duration=None, error={"type": "y"})
+    # Then each outcome is counted, and only the POSTs made are timed
+    assert get("preview_webhooks_total", outcome="retried") == 1
+    assert get("preview_webhooks_total", outcome="delivered") == 1
+    assert get("preview_webhooks_total", outcome="failed") == 1
+    assert get("preview_webhook_seconds_count") == 2
+    assert get("preview_webhook_seconds_sum") == pytest.approx(0.3)
+    # And webhook events are not job outcomes
+    assert sum(get("preview_jobs_total", outcome=o) for o in OUTCOMES) == 0
+    del metrics
+
+
+def test_the_webhook_queue_has_its_gauges(redis_server: RedisServer, clients: Any) -> None:
+    # Given a namespace with a dead-lettered webhook delivery and one waiting
+    ns = namespace()
+    client = clients(ns)
+    web = WebMetrics(client.settings, client.broker)
+    with redis_server.client() as redis_client:
+        redis_client.zadd(f"{ns}:preview-webhooks.XQ", {"m1": time.time() * 1000})
+        redis_client.rpush(f"{ns}:preview-webhooks", "m2")
+    # When the app is scraped / Then the webhook queue is there under its own label
+    samples = parse(web.exposition()[0].decode())
+    assert value(samples, "preview_dead_letters", queue="preview-webhooks") == 1
+    assert value(samples, "preview_queue_depth", queue="preview-webhooks") == 1
+    assert value(samples, "preview_delayed_messages", queue="preview-webhooks") == 0
 
 
 def test_our_middleware_is_inert_in_a_process_that_never_booted_a_worker(

@@ -17,6 +17,7 @@ from ..errors import JobConflict
 from ..events import emit
 from ..messages import is_preview_message, job_id_of, payload_of
 from ..names import BUSY_TRIES, RECORDED, canonical_queue
+from ..notify import owe
 from ..state import ClaimVerdict, CreateOutcome, JobStore, get_store, now_ms
 from ..validation import normalize
 
@@ -38,6 +39,9 @@ class Idempotency(dramatiq.Middleware):
       cancelled is skipped; a job another worker is rendering (live lease) is put back with a
       delay instead of rendered concurrently; a job whose worker died
       ``PREVIEW_MAX_DELIVERIES`` times is failed as ``worker_lost`` and dead-lettered.
+      A job found final with its webhook delivery still due (the worker that ended it died
+      before queueing it) has the delivery queued before this copy is acknowledged
+      (:mod:`dramatiq_preview.notify`).
 
     Parameters:
       settings: the settings to use; by default the process-wide ones, read at use time.
@@ -108,6 +112,10 @@ class Idempotency(dramatiq.Middleware):
             self._put_back(broker, message, delay, tries + 1)
             logger.info("job %s is being rendered elsewhere; retrying in %d ms", job_id, delay)
             raise SkipMessage(f"job {job_id} is leased by another delivery")
+
+        if claim.webhook_due:
+            # Queued by JobStatus.before_ack/before_nack, before this copy is acknowledged.
+            owe(message, job_id, claim.webhook_due)
 
         if claim.verdict is ClaimVerdict.LOST:
             message.fail()

@@ -1,4 +1,4 @@
-"""JobStatus: records how each delivery of a job ended."""
+"""JobStatus: records how each delivery of a job ended, and each attempt at its webhook."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from ..config import Settings, get_settings
 from ..delivery import current_job, set_current_job
-from ..errors import PreviewError, StateStoreUnavailable
+from ..errors import PreviewError, StateStoreUnavailable, WebhookRefused
 from ..events import emit
 from ..messages import is_preview_message, job_id_of, payload_of
 from ..models import JobResult
-from ..names import ACTOR_NAME, canonical_queue
-from ..state import FinishVerdict, get_store, now_ms
+from ..names import ACTOR_NAME, WEBHOOK_ACTOR_NAME, canonical_queue
+from ..notify import Attempt, is_webhook_message, owe, settle, webhook_of
+from ..state import Finished, FinishVerdict, WebhookOp, get_store, now_ms
 from ..storage import remove_outputs
 
 logger = logging.getLogger("dramatiq_preview.status")
@@ -26,13 +27,16 @@ logger = logging.getLogger("dramatiq_preview.status")
 
 class _ResultIsRecorded(logging.Filter):
     """Drops the warning Dramatiq's worker logs when an actor returns a value and the broker
-    has no ``Results`` middleware: the value of ``render_preview`` is not discarded, this
-    middleware records it in the job's status."""
+    has no ``Results`` middleware: the values of ``render_preview`` and
+    ``deliver_preview_webhook`` are not discarded, this middleware records them."""
 
-    _text = f"Actor '{ACTOR_NAME}' returned a value that is not None"
+    _texts = tuple(
+        f"Actor '{name}' returned a value that is not None"
+        for name in (ACTOR_NAME, WEBHOOK_ACTOR_NAME)
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self._text)
+        return not str(record.msg).startswith(self._texts)
 
 
 _RESULT_FILTER = _ResultIsRecorded()
@@ -63,6 +67,20 @@ def error_dict(exception: BaseException, settings: Settings) -> dict[str, Any]:
     }
 
 
+def webhook_error(exception: BaseException, settings: Settings) -> dict[str, Any]:
+    """The ``error`` of a failed webhook attempt (its ``message`` becomes ``lastError``)."""
+    if isinstance(exception, TimeLimitExceeded):
+        return {
+            "type": "time_limit",
+            "message": "the webhook delivery exceeded its time limit "
+            f"(3 x PREVIEW_WEBHOOK_TIMEOUT_MS of {settings.webhook_timeout_ms} ms)",
+            "retryable": True,
+        }
+    if isinstance(exception, PreviewError):
+        return exception.to_dict()
+    return error_dict(exception, settings)
+
+
 class JobStatus(dramatiq.Middleware):
     """Write ``succeeded``, ``failed``, ``retrying`` and ``cancelled`` from Dramatiq's hooks.
 
@@ -70,6 +88,12 @@ class JobStatus(dramatiq.Middleware):
     ``running`` when a delivery claims it (:class:`Idempotency`); this middleware writes how
     the delivery ended, after ``Retries`` has decided between a retry and the dead-letter
     queue.  The actor never writes a state.
+
+    Webhooks: a final state that arms a webhook delivery (or a claim that finds one still
+    due) is owed by the render message, and queued from its ``before_ack``/``before_nack``
+    hook: a broker that refuses keeps the message unacknowledged (:mod:`..notify`).  For a
+    ``deliver_preview_webhook`` message it records how the attempt ended (delivered, to be
+    retried, failed for good), also after ``Retries`` has decided.
 
     Parameters:
       settings: the settings to use; by default the process-wide ones, read at use time.
@@ -95,6 +119,13 @@ class JobStatus(dramatiq.Middleware):
         if is_preview_message(message):
             set_current_job(None)
 
+    def before_ack(self, broker: dramatiq.Broker, message: Any) -> None:
+        # The webhook delivery this message owes goes on the broker before the message is
+        # acknowledged; WebhookNotQueued makes Dramatiq retry (and call this again).
+        settle(broker, get_store(self.settings), message)
+
+    before_nack = before_ack
+
     def after_process_message(
         self,
         broker: dramatiq.Broker,
@@ -103,6 +134,9 @@ class JobStatus(dramatiq.Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
+        if is_webhook_message(message):
+            self._webhook_attempt_ended(message, result, exception)
+            return
         if not is_preview_message(message):
             return
         ctx = current_job()
@@ -118,7 +152,7 @@ class JobStatus(dramatiq.Middleware):
             self._finish(job_id, token, "release")
             return
         if exception is None and ctx is not None and ctx.cancelled:
-            self._finish(job_id, token, "cancelled")
+            self._owe(message, job_id, self._finish(job_id, token, "cancelled"))
             remove_outputs(settings.output_dir, job_id)
             emit("cancelled", **fields)
             return
@@ -131,12 +165,14 @@ class JobStatus(dramatiq.Middleware):
                 "message": "the render returned no result; see the worker log",
                 "retryable": False,
             }
-            self._finish(job_id, token, "failed", data=error)
+            self._owe(message, job_id, self._finish(job_id, token, "failed", data=error))
             emit("failed", error=error, **fields)
             return
         if exception is None:
             # The actor's return value: ``{"outputs": [...]}`` with render facts in .stats.
-            _verdict, state = self._finish(job_id, token, "succeeded", data=result)
+            finished = self._finish(job_id, token, "succeeded", data=result)
+            self._owe(message, job_id, finished)
+            state = finished.state
             if state == "cancelled":
                 remove_outputs(settings.output_dir, job_id)
                 emit("cancelled", **fields)
@@ -147,12 +183,13 @@ class JobStatus(dramatiq.Middleware):
 
         error = error_dict(exception, settings)
         if message.failed:
-            verdict, _state = self._finish(job_id, token, "failed", data=error)
-            if verdict is FinishVerdict.MISSING:
+            finished = self._finish(job_id, token, "failed", data=error)
+            if finished.verdict is FinishVerdict.MISSING:
                 # Refused before it was recorded (e.g. an invalid payload from a producer
                 # without our middleware): record it so that its failure can be looked up.
                 self._record(message, job_id)
-                self._finish(job_id, token, "failed", data=error)
+                finished = self._finish(job_id, token, "failed", data=error)
+            self._owe(message, job_id, finished)
             emit("failed", error=error, **fields)
             return
         delay = 0
@@ -163,6 +200,50 @@ class JobStatus(dramatiq.Middleware):
         self._finish(job_id, token, "retrying", data=error, next_attempt_at=now_ms() + delay)
         emit("retrying", error=error, delay_ms=delay, **fields)
 
+    @staticmethod
+    def _owe(message: Any, job_id: str, finished: Finished) -> None:
+        if finished.webhook_due:
+            owe(message, job_id, finished.webhook_due)
+
+    def _webhook_attempt_ended(
+        self, message: Any, result: Any, exception: BaseException | None
+    ) -> None:
+        """Record one attempt of a webhook delivery: delivered, retried or failed."""
+        found = webhook_of(message)
+        if found is None:
+            return
+        job_id, seq = found
+        retries = int(message.options.get("retries", 0))
+        if exception is None:
+            if isinstance(result, Attempt) and not result.delivered:
+                logger.info("webhook of job %s (event %d) dropped: %s", job_id, seq, result.reason)
+                return
+            op, event, error, attempt = WebhookOp.DELIVERED, "webhook_delivered", None, retries + 1
+        else:
+            error = webhook_error(exception, self.settings)
+            # Retries counted the attempt already, unless the error ended it without retry.
+            attempt = retries + 1 if isinstance(exception, WebhookRefused) else retries
+            if message.failed:
+                op, event = WebhookOp.FAILED, "webhook_failed"
+            else:
+                op, event = WebhookOp.RETRY, "webhook_retried"
+        seconds = result.seconds if isinstance(result, Attempt) else None
+        seconds = getattr(exception, "seconds", seconds)
+        try:
+            answer = get_store(self.settings).webhook(
+                job_id, op, seq, error["message"] if error else ""
+            )
+        except StateStoreUnavailable:
+            logger.error(
+                "could not record the webhook attempt of job %s: Redis unavailable", job_id
+            )
+        else:
+            if answer != "ok":
+                logger.info(
+                    "webhook attempt of job %s (event %d) not recorded: %s", job_id, seq, answer
+                )
+        emit(event, job_id=job_id, attempt=attempt, duration=seconds, error=error)
+
     def _record(self, message: Any, job_id: str) -> None:
         payload = payload_of(message)
         get_store(self.settings).record_refused(
@@ -171,9 +252,7 @@ class JobStatus(dramatiq.Middleware):
             queue=canonical_queue(message.queue_name),
         )
 
-    def _finish(
-        self, job_id: str, token: str, outcome: str, **kwargs: Any
-    ) -> tuple[FinishVerdict, str]:
+    def _finish(self, job_id: str, token: str, outcome: str, **kwargs: Any) -> Finished:
         store = get_store(self.settings)
         for attempt in range(FINAL_WRITE_TRIES):
             try:
