@@ -22,7 +22,14 @@ import dramatiq
 
 from .broker import actor_broker, build_broker
 from .config import Settings, get_settings
-from .errors import BrokerUnavailable, JobConflict, JobNotFound, PreviewError, WebhookNotQueued
+from .errors import (
+    BrokerUnavailable,
+    JobConflict,
+    JobNotFound,
+    PreviewError,
+    WaitTimeout,
+    WebhookNotQueued,
+)
 from .events import emit
 from .fused_enqueue import (
     BrokerMessage,
@@ -223,8 +230,8 @@ class PreviewClient:
           timeout: the longest wait in seconds (None: as long as it takes).
 
         Raises:
-          TimeoutError: the job was not final within ``timeout`` (it goes on; wait again),
-            or Redis did not confirm the subscription within it.
+          WaitTimeout: the job was not final within ``timeout`` (it goes on; wait again),
+            or Redis did not confirm the subscription within it (a ``TimeoutError``).
           JobNotFound: no job with this id, or its record expired while waiting.
           StateStoreUnavailable: Redis did not answer.
         """
@@ -237,15 +244,17 @@ class PreviewClient:
         try:
             watch.open()
         except TimeoutError:
-            raise TimeoutError(
-                f"job {job_id!r}: Redis did not answer within {timeout or 0:g}s"
+            raise WaitTimeout(
+                f"job {job_id!r}: Redis did not answer within {timeout or 0:g}s", job_id=job_id
             ) from None
         with watch:
             for item in watch:
                 if isinstance(item, Event) and item.final:
                     return item.status
             state = watch.status["state"]
-        raise TimeoutError(f"job {job_id!r} is not final after {timeout or 0:g}s: it is {state}")
+        raise WaitTimeout(
+            f"job {job_id!r} is not final after {timeout or 0:g}s: it is {state}", job_id=job_id
+        )
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a job: a waiting job at once, a running one at its next checkpoint.

@@ -259,6 +259,19 @@ class JobNotFound(PreviewError):
         self.job_id = job_id
 
 
+class WaitTimeout(PreviewError, TimeoutError):
+    """A wait for a job's final state ran out (:meth:`PreviewClient.wait`); the job goes on.
+
+    A :class:`TimeoutError` too, so ``except TimeoutError`` catches it.
+    """
+
+    type = "wait_timeout"
+
+    def __init__(self, message: str, *, job_id: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
 class JobConflict(PreviewError, MiddlewareError):
     """A jobId was reused with a different payload, or a finished job was cancelled."""
 

@@ -21,7 +21,7 @@ from support import wait_until
 
 from dramatiq_preview import watch as watch_module
 from dramatiq_preview.client import PreviewClient
-from dramatiq_preview.errors import JobNotFound, StateStoreUnavailable
+from dramatiq_preview.errors import JobNotFound, PreviewError, StateStoreUnavailable, WaitTimeout
 from dramatiq_preview.state import JobStore, Version, redis_client
 from dramatiq_preview.testing import RedisServer
 from dramatiq_preview.watch import Event, JobWatch, KeepAlive, watch
@@ -472,6 +472,21 @@ def test_the_wait_for_the_subscription_is_bounded_by_the_lifetime(job_id: str) -
         # Then a watch that may live less than SUBSCRIBE_TIMEOUT gives up when it ends
         with frozen(server), pytest.raises(TimeoutError):
             watch(own, job_id, max_seconds=0.5)
+
+
+def test_a_wait_on_a_job_that_does_not_end_raises_wait_timeout(job_id: str) -> None:
+    # Given a queued job that no worker takes
+    with RedisServer() as server:
+        client = PreviewClient.from_url(server.url, PREVIEW_NAMESPACE=NAMESPACE)
+        create(client.store, job_id)
+        # When a wait runs out / Then it says which job and its state, as a PreviewError
+        # that is also a TimeoutError
+        with pytest.raises(WaitTimeout, match=r"is not final after 0\.3s: it is queued") as info:
+            client.wait(job_id, timeout=0.3)
+        assert info.value.job_id == job_id
+        assert isinstance(info.value, PreviewError) and isinstance(info.value, TimeoutError)
+        # And the job goes on as it was
+        assert client.status(job_id)["state"] == "queued"
 
 
 def test_a_wait_gives_up_on_a_silent_redis_at_its_timeout(job_id: str) -> None:
