@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
+import redis
+from dramatiq.errors import BrokerConnectionError
 
 from .errors import StateStoreUnavailable, WebhookNotQueued
 from .names import WEBHOOK_ACTOR_NAME, WEBHOOK_QUEUE
@@ -95,20 +97,43 @@ def enqueue_webhook(broker: dramatiq.Broker, store: JobStore, job_id: str, seq: 
     A store that fails after the enqueue leaves ``webhook_due`` set: the event may be
     queued again later, which the actor and the ``webhook-id`` make harmless.
 
+    An error that is not the broker's connection (a host middleware refusing the message,
+    an ACL refusing the queue's keys, an undeclared queue) will not heal by trying again:
+    it is logged, the webhook is recorded ``failed`` with the reason, and nothing is raised,
+    so the render message is acknowledged rather than held for ever.
+
     Raises:
-      WebhookNotQueued: the broker refused the message (``webhook_due`` stays set).
+      WebhookNotQueued: the broker could not be reached (``webhook_due`` stays set).
     """
     try:
         broker.enqueue(webhook_message(job_id, seq))
-    except Exception as exc:
+    except _UNREACHABLE as exc:
         logger.warning("the webhook of job %s could not be queued: %r", job_id, exc)
         raise WebhookNotQueued(
             f"the webhook delivery of job {job_id!r} could not be queued: {type(exc).__name__}"
         ) from exc
+    except Exception as exc:
+        logger.error("the webhook of job %s was refused by the broker: %r", job_id, exc)
+        try:
+            store.webhook(
+                job_id,
+                WebhookOp.FAILED,
+                seq,
+                f"the delivery could not be queued: {type(exc).__name__}",
+            )
+        except StateStoreUnavailable:
+            logger.warning("could not record the failed webhook of job %s", job_id)
+        return
     try:
         store.webhook(job_id, WebhookOp.QUEUED, seq)
     except StateStoreUnavailable:
         logger.warning("the webhook of job %s is queued but still marked due", job_id)
+
+
+#: What a broker that cannot be reached raises from ``enqueue``: Dramatiq's own connection
+#: errors (RabbitMQ's, after its retries), redis-py's (the Redis broker lets them through)
+#: and socket errors.  Anything else is a refusal.
+_UNREACHABLE = (BrokerConnectionError, redis.ConnectionError, redis.TimeoutError, OSError)
 
 
 class _Owed(threading.local):

@@ -553,3 +553,31 @@ def test_a_record_from_before_incarnations_goes_by_its_creation_time() -> None:
     assert version_of({"state": "queued", "incarnation": "ab", "created_at": "1"}) == (
         Version("ab", 0)
     )
+
+
+def test_a_requeued_job_waits_for_its_next_end_before_its_webhook_is_due_again(
+    store: JobStore, job_id: str
+) -> None:
+    # Given a job with a webhook that failed, and whose failure was delivered
+    store.create(
+        job_id,
+        fp="fp1",
+        priority="normal",
+        queue="preview-normal",
+        metadata={},
+        webhook_url="https://hooks.example/x",
+    )
+    claim(store, job_id)
+    failed = store.finish(job_id, token="t1", outcome="failed", data={"type": "x"})
+    assert failed.webhook_due
+    assert store.webhook(job_id, WebhookOp.DELIVERED, failed.webhook_due) == "ok"
+    # When it is requeued from the dead letters
+    assert store.requeue(job_id, queue="preview-normal") == "requeued"
+    # Then its status shows a webhook waiting for the next final state, not the old one's
+    status = store.get(job_id)
+    assert status is not None and status["state"] == "queued"
+    assert status["webhook"] == {"state": "pending", "attempts": 0, "lastError": None}
+    # And an attempt at the old event still in flight records nothing
+    for op in (WebhookOp.RETRY, WebhookOp.FAILED, WebhookOp.DELIVERED):
+        assert store.webhook(job_id, op, failed.webhook_due, "late") == "stale"
+    assert store.get(job_id)["webhook"]["attempts"] == 0  # type: ignore[index]

@@ -15,6 +15,7 @@ if op == 'queued' then
   return 'ok'
 end
 if h[2] ~= seq then return 'stale' end
+if h[1] ~= 'succeeded' and h[1] ~= 'failed' and h[1] ~= 'cancelled' then return 'stale' end
 redis.call('hincrby', job, 'webhook_attempts', 1)
 if op == 'delivered' then
   redis.call('hset', job, 'webhook_state', 'delivered', 'webhook_error', '')

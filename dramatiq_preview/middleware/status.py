@@ -197,7 +197,16 @@ class JobStatus(dramatiq.Middleware):
         if stashed and stashed[0] == message.message_id:
             delay = stashed[1]
         self._retry_delays.value = None
-        self._finish(job_id, token, "retrying", data=error, next_attempt_at=now_ms() + delay)
+        finished = self._finish(
+            job_id, token, "retrying", data=error, next_attempt_at=now_ms() + delay
+        )
+        # A job whose cancellation was asked for while it ran ends cancelled here, not
+        # retrying (the retry's message then finds it cancelled): its webhook is due now.
+        self._owe(message, job_id, finished)
+        if finished.state == "cancelled":
+            remove_outputs(settings.output_dir, job_id)
+            emit("cancelled", **fields)
+            return
         emit("retrying", error=error, delay_ms=delay, **fields)
 
     @staticmethod

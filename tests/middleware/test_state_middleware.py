@@ -10,7 +10,8 @@ from conftest import Stack, payload
 
 from dramatiq_preview.delivery import current_job
 from dramatiq_preview.errors import InvalidPayload, JobConflict, SourceNotFound, StorageError
-from dramatiq_preview.names import QUEUES
+from dramatiq_preview.names import QUEUES, RECORDED, WEBHOOK_QUEUE
+from dramatiq_preview.notify import is_webhook_message, webhook_of
 
 
 def test_an_invalid_payload_is_refused_in_the_sender_and_never_enqueued(stack: Stack) -> None:
@@ -168,3 +169,63 @@ def test_an_actor_that_returns_no_result_fails_the_job_instead_of_succeeding(
     status = stack.store.get(job_id)
     assert status["state"] == "failed"
     assert status["error"]["type"] == "internal_error"
+
+
+def test_a_job_cancelled_while_its_render_fails_transiently_queues_its_webhook_at_once(
+    stack: Stack, job_id: str
+) -> None:
+    # Given a job with a webhook whose render is cancelled, then fails transiently
+    stack.broker.declare_queue(WEBHOOK_QUEUE)
+    stack.store.create(
+        job_id,
+        fp="x",
+        priority="normal",
+        queue=QUEUES["normal"],
+        metadata={},
+        webhook_url="https://hooks.example/x",
+    )
+
+    def body(p: dict[str, Any]) -> Any:
+        stack.store.cancel(job_id)
+        raise StorageError("disk hiccup")
+
+    stack.body[0] = body
+    stack.actor.send_with_options(args=(payload(job_id),), **{RECORDED: True})
+    # When it is processed
+    stack.run()
+    # Then it ended cancelled (not retrying), rendered once, and its delivery is on the
+    # broker now, not when the retry's message comes round
+    status = stack.store.get(job_id)
+    assert status is not None and status["state"] == "cancelled"
+    assert len(stack.calls) == 1
+    # (this stub worker consumes it without the actor: it lands in the dead letters)
+    queued = [webhook_of(m) for m in stack.broker.dead_letters if is_webhook_message(m)]
+    assert queued == [(job_id, stack.store.get_with_seq(job_id)[0])]  # type: ignore[index]
+    assert stack.store.client.hget(stack.store.job_key(job_id), "webhook_due") is None
+
+
+def test_a_broker_that_refuses_a_delivery_for_good_fails_the_webhook_not_the_ack(
+    stack: Stack, job_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a job with a webhook, on a broker without the webhook queue (a refusal that
+    # trying again cannot cure, unlike a lost connection)
+    stack.store.create(
+        job_id,
+        fp="x",
+        priority="normal",
+        queue=QUEUES["normal"],
+        metadata={},
+        webhook_url="https://hooks.example/x",
+    )
+    stack.body[0] = lambda p: {"outputs": []}
+    stack.actor.send_with_options(args=(payload(job_id),), **{RECORDED: True})
+    # When it succeeds
+    with caplog.at_level(logging.ERROR, logger="dramatiq_preview.notify"):
+        stack.run()
+    # Then the render message was acknowledged (the worker did not hang on it), the job
+    # succeeded, and its webhook says why it will not be delivered
+    status = stack.store.get(job_id)
+    assert status is not None and status["state"] == "succeeded"
+    assert status["webhook"]["state"] == "failed"
+    assert "could not be queued: QueueNotFound" in status["webhook"]["lastError"]
+    assert "refused by the broker" in caplog.text
