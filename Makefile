@@ -4,6 +4,7 @@
 #   make test    install what is missing, run the whole test suite against a private Redis
 #   make lint    ruff check, ruff format --check, mypy, the layers (import-linter), deptry
 #   make bench   the benchmarks under tests/benchmarks (prints ratios)
+#   make faults  the fault scenarios of docs/reliability.md, CI-sized; make soak: larger
 #
 # System packages come from apt (sudo is used when not root); Python packages go into .venv.
 
@@ -20,7 +21,7 @@ APT_PACKAGES := "libmagickwand-6.q16-6|libmagickwand-6.q16-7t64" poppler-utils g
 	"libheif-plugin-aomenc?" librsvg2-bin
 STAMP := $(VENV)/.installed
 
-.PHONY: deps venv demo test lint bench clean
+.PHONY: deps venv demo test lint bench faults soak clean
 
 deps:
 	scripts/install-system-deps $(APT_PACKAGES)
@@ -39,6 +40,13 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest
+
+# The fault scenarios of docs/reliability.md, CI-sized (about 8 minutes); soak: FAULTS_SCALE x.
+faults: venv
+	$(PY) -m pytest tests/faults -m faults -rxX
+
+soak: venv
+	PYTHON=$(PY) scripts/soak $${FAULTS_SCALE:-5}
 
 lint: venv
 	$(VENV)/bin/ruff check .
