@@ -12,12 +12,13 @@ from .config import get_settings
 from .errors import PermanentError
 from .jobs import run_job
 from .models import JobResult
-from .names import ACTOR_NAME, DEFAULT_QUEUE, queue_for
+from .names import ACTOR_NAME, broker_queues
 from .validation import new_job_id
 
 
 class PreviewActor(dramatiq.Actor[Any, Any]):
-    """The actor class of ``render_preview``: routes each message to its priority lane.
+    """The actor class of ``render_preview``: routes each message to its priority lane
+    (the lanes of its broker and PREVIEW_NAMESPACE, :func:`~.names.broker_queues`).
 
     It also gives a payload without ``jobId`` a fresh one (on a copy: the caller's dict is
     left alone), so the id can be read back from the returned message's ``args[0]``.
@@ -32,19 +33,21 @@ class PreviewActor(dramatiq.Actor[Any, Any]):
             if "jobId" not in payload:
                 payload["jobId"] = new_job_id()
             args = (payload,)
-            queue_name = queue_for(payload.get("priority", "normal"))
+            lanes = broker_queues(self.broker, get_settings().namespace)
+            queue_name = lanes.for_priority(payload.get("priority", "normal"))
         message = super().message_with_options(args=args, kwargs=kwargs, **options)
         return dataclasses.replace(message, queue_name=queue_name)
 
 
 _settings = get_settings()
+_broker = default_broker()
 
 
 @dramatiq.actor(
     actor_class=PreviewActor,
     actor_name=ACTOR_NAME,
-    queue_name=DEFAULT_QUEUE,
-    broker=default_broker(),
+    queue_name=broker_queues(_broker, _settings.namespace).default,
+    broker=_broker,
     max_retries=_settings.max_retries,
     min_backoff=_settings.min_backoff_ms,
     max_backoff=_settings.max_backoff_ms,
@@ -81,6 +84,8 @@ def setup_broker(broker: dramatiq.Broker) -> dramatiq.Broker:
     """
     attach_middleware(broker)
     render_preview.broker = broker
+    # The lanes depend on the broker (namespaced on RabbitMQ, not on Redis).
+    render_preview.queue_name = broker_queues(broker, get_settings().namespace).default
     use_for_actor(broker)
     if broker.actors.get(ACTOR_NAME) is not render_preview:
         broker.declare_actor(render_preview)

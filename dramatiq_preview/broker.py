@@ -39,7 +39,7 @@ from .middleware import (
     RenderPool,
 )
 from .middleware.retention import Retention
-from .names import ALL_QUEUES
+from .names import broker_queues
 
 logger = logging.getLogger("dramatiq_preview.broker")
 
@@ -76,12 +76,14 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
 
 def attach_middleware(broker: dramatiq.Broker, settings: Settings | None = None) -> None:
     """Add Retries, TimeLimit and our middleware to ``broker`` unless already there
-    (:class:`Recovery` on a ``RedisBroker`` only).
+    (:class:`Recovery` on a ``RedisBroker`` only), and declare our queues on it, named for
+    ``settings.namespace`` (the process settings when None; :func:`~.names.broker_queues`).
 
     Our state middleware sits just before ``Retries`` so that, when a message fails,
     ``Retries`` has already decided between retry and dead-letter by the time we record it
     (Dramatiq runs ``after_*`` hooks in reverse order).
     """
+    ours = broker_queues(broker, (settings or get_settings()).namespace)
     present = {type(m) for m in broker.middleware}
     if TimeLimit not in present:
         broker.add_middleware(TimeLimit())
@@ -97,9 +99,9 @@ def attach_middleware(broker: dramatiq.Broker, settings: Settings | None = None)
         broker.add_middleware(Retention(settings=settings))
     if isinstance(broker, RedisBroker) and Recovery not in present:
         # Only Redis needs it: RabbitMQ gives a dead connection's messages back by itself.
-        broker.add_middleware(Recovery(queues=ALL_QUEUES))
+        broker.add_middleware(Recovery(queues=ours.all))
     _attach_observability(broker, settings)
-    for queue_name in ALL_QUEUES:
+    for queue_name in ours.all:
         broker.declare_queue(queue_name)
 
 

@@ -37,7 +37,7 @@ from .fused_enqueue import (
     shared_redis_namespace,
     with_redis_message_id,
 )
-from .names import ACTOR_NAME, RECORDED, queue_for
+from .names import ACTOR_NAME, RECORDED, broker_queues
 from .netguard import check_webhook
 from .notify import enqueue_webhook
 from .state import CancelOutcome, CreateOutcome, JobStore, get_store
@@ -145,7 +145,9 @@ class PreviewClient:
         normalized = normalize(payload)
         check_webhook(normalized, self.settings)
         job_id = normalized["jobId"]
-        queue = queue_for(normalized["priority"])
+        queue = broker_queues(self.broker, self.settings.namespace).for_priority(
+            normalized["priority"]
+        )
         message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=queue,
             actor_name=ACTOR_NAME,

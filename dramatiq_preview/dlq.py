@@ -27,7 +27,7 @@ from dramatiq.message import Message
 
 from .errors import InvalidPayload, JobConflict, JobNotFound, PreviewError
 from .messages import job_id_of
-from .names import ALL_QUEUES, RECORDED
+from .names import RECORDED, broker_queues
 from .notify import is_webhook_message, webhook_of
 from .state import JobStore, RequeueOutcome, iso
 
@@ -88,6 +88,8 @@ class DeadLetters(abc.ABC):
         # Broker-specific attributes (client, namespace, parameters) are read by subclasses.
         self.broker: Any = broker
         self.store = store
+        #: Our queues on this broker, whose ``.XQ`` hold our dead letters.
+        self.queues = broker_queues(broker, store.namespace).all
 
     @abc.abstractmethod
     def _entries(self) -> Iterator[tuple[str, Message[Any], float | None]]:
@@ -224,7 +226,7 @@ class RedisDeadLetters(DeadLetters):
 
     def _entries(self) -> Iterator[tuple[str, Message[Any], float | None]]:
         client = self.broker.client
-        for queue in ALL_QUEUES:
+        for queue in self.queues:
             zkey, hkey = self._keys(queue)
             ids = client.zrange(zkey, 0, -1, withscores=True)
             if not ids:
@@ -247,7 +249,7 @@ class RedisDeadLetters(DeadLetters):
 
     def purge(self) -> int:
         total = 0
-        for queue in ALL_QUEUES:
+        for queue in self.queues:
             zkey, hkey = self._keys(queue)
             total += int(self.broker.client.zcard(zkey))
             self.broker.client.delete(zkey, hkey)
@@ -273,7 +275,7 @@ class RabbitmqDeadLetters(DeadLetters):
     def _entries(self) -> Iterator[tuple[str, Message[Any], float | None]]:
         connection, channel = self._channel()
         try:
-            for queue in ALL_QUEUES:
+            for queue in self.queues:
                 self.broker.declare_queue(queue, ensure=True)
                 tags = []
                 while True:
@@ -310,7 +312,7 @@ class RabbitmqDeadLetters(DeadLetters):
         connection, channel = self._channel()
         total = 0
         try:
-            for queue in ALL_QUEUES:
+            for queue in self.queues:
                 self.broker.declare_queue(queue, ensure=True)
                 total += int(channel.queue_purge(queue + ".XQ").method.message_count)
         finally:

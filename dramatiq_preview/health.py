@@ -47,7 +47,7 @@ from redis.retry import Retry
 
 from .config import S3Location, Settings, StorageRoot
 from .errors import PreviewError, StorageError, StorageForbidden
-from .names import QUEUES, WEBHOOK_QUEUE, presence_key
+from .names import WEBHOOK_QUEUE, Queues, broker_queues, presence_key
 from .storage import LocalStorage, Storage, open_storage
 
 logger = logging.getLogger("dramatiq_preview.health")
@@ -303,6 +303,7 @@ def probe(
             f"timeout must be a finite number of seconds greater than 0, got {timeout}"
         )
     kind = _broker_kind(broker)
+    ours = broker_queues(broker, settings.namespace)
     hb_timeout = int(getattr(broker, "heartbeat_timeout", settings.broker_heartbeat_timeout_ms))
     sock_timeout = max(0.05, timeout * _SOCKET_SHARE)
     now_ms = int(time.time() * 1000)
@@ -313,14 +314,16 @@ def probe(
 
     state_client = _url_client(settings.redis_url, sock_timeout)
     tasks: dict[str, Callable[[], Any]] = {
-        "redis": lambda: _probe_state(state_client, settings.namespace, now_ms, hb_timeout),
+        "redis": lambda: _probe_state(state_client, settings.namespace, ours, now_ms, hb_timeout),
     }
     if kind == "redis":
         broker_client = _broker_client(broker, sock_timeout)
         namespace = str(getattr(broker, "namespace", settings.namespace))
-        tasks["broker"] = lambda: _probe_redis_broker(broker_client, namespace, now_ms, hb_timeout)
+        tasks["broker"] = lambda: _probe_redis_broker(
+            broker_client, namespace, ours, now_ms, hb_timeout
+        )
     elif kind == "rabbitmq":
-        tasks["broker"] = lambda: _probe_rabbitmq(broker, sock_timeout)
+        tasks["broker"] = lambda: _probe_rabbitmq(broker, ours, sock_timeout)
     results = _run_all(tasks, deadline)
     storage_checks = {
         name: _storage_check(ping, deadline, timeout) for name, ping in storage_pings.items()
@@ -332,7 +335,7 @@ def probe(
     broker_ok = raw_broker is not None and not isinstance(raw_broker, BaseException)
 
     lanes: dict[str, LaneStats] = {}
-    for priority, queue in QUEUES.items():
+    for priority, queue in ours.lanes.items():
         counts = raw_broker["queues"].get(queue, {}) if broker_ok else {}
         lanes[queue] = LaneStats(
             queue=queue,
@@ -342,9 +345,9 @@ def probe(
             dead=counts.get("dead"),
             oldest_job_age=state["oldest"].get(queue) if redis_ok else None,
         )
-    counts = raw_broker["queues"].get(WEBHOOK_QUEUE, {}) if broker_ok else {}
+    counts = raw_broker["queues"].get(ours.webhooks, {}) if broker_ok else {}
     webhooks = QueueStats(
-        WEBHOOK_QUEUE, counts.get("depth"), counts.get("delayed"), counts.get("dead")
+        ours.webhooks, counts.get("depth"), counts.get("delayed"), counts.get("dead")
     )
 
     live: int | None = None
@@ -387,11 +390,12 @@ def _ping_ms(client: redis.Redis) -> float:
 
 
 def _probe_state(
-    client: redis.Redis, namespace: str, now_ms: int, hb_timeout: int
+    client: redis.Redis, namespace: str, ours: Queues, now_ms: int, hb_timeout: int
 ) -> dict[str, Any]:
     latency = _ping_ms(client)
     pipe = client.pipeline(transaction=False)
-    queues = list(QUEUES.values())
+    # The waiting sets are keyed by the queue a job was recorded with: its lane's name.
+    queues = list(ours.lanes.values())
     for queue in queues:
         pipe.zrange(f"{namespace}:waiting:{queue}", 0, 0, withscores=True)
     pipe.zrangebyscore(presence_key(namespace), now_ms - hb_timeout, "+inf")
@@ -403,11 +407,11 @@ def _probe_state(
 
 
 def _probe_redis_broker(
-    client: redis.Redis, namespace: str, now_ms: int, hb_timeout: int
+    client: redis.Redis, namespace: str, ours: Queues, now_ms: int, hb_timeout: int
 ) -> dict[str, Any]:
     latency = _ping_ms(client)
     pipe = client.pipeline(transaction=False)
-    queues = [*QUEUES.values(), WEBHOOK_QUEUE]
+    queues = list(ours.all)
     for queue in queues:
         base = f"{namespace}:{queue}"
         pipe.llen(base)
@@ -428,7 +432,7 @@ def _probe_redis_broker(
     return {"latency_ms": round(latency, 3), "queues": counts, "heartbeats": set(replies[-1])}
 
 
-def _probe_rabbitmq(broker: dramatiq.Broker, sock_timeout: float) -> dict[str, Any]:
+def _probe_rabbitmq(broker: dramatiq.Broker, ours: Queues, sock_timeout: float) -> dict[str, Any]:
     # optional: pika comes with the rabbitmq extra (this probe runs only for RabbitMQ)
     import pika
     import pika.exceptions
@@ -451,7 +455,7 @@ def _probe_rabbitmq(broker: dramatiq.Broker, sock_timeout: float) -> dict[str, A
         channel = connection.channel()
         counts: dict[str, dict[str, int]] = {}
         consumers = 0
-        for queue in (*QUEUES.values(), WEBHOOK_QUEUE):
+        for queue in ours.all:
             numbers = {}
             for key, name in (
                 ("depth", queue),
@@ -467,7 +471,7 @@ def _probe_rabbitmq(broker: dramatiq.Broker, sock_timeout: float) -> dict[str, A
                     continue
                 numbers[key] = int(frame.method.message_count)
                 # Live workers: consumers of the render lanes (not of the webhook queue).
-                if key != "dead" and queue != WEBHOOK_QUEUE:
+                if key != "dead" and queue != ours.webhooks:
                     consumers = max(consumers, int(frame.method.consumer_count))
             counts[queue] = numbers
     finally:

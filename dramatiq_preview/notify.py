@@ -38,7 +38,7 @@ import redis
 from dramatiq.errors import BrokerConnectionError
 
 from .errors import StateStoreUnavailable, WebhookNotQueued
-from .names import WEBHOOK_ACTOR_NAME, WEBHOOK_QUEUE
+from .names import WEBHOOK_ACTOR_NAME, broker_queues
 from .state import JobStore, WebhookOp
 
 logger = logging.getLogger("dramatiq_preview.notify")
@@ -61,10 +61,11 @@ class Attempt:
     reason: str = ""
 
 
-def webhook_message(job_id: str, seq: int) -> dramatiq.Message[Any]:
-    """The delivery message of event ``seq`` of job ``job_id``."""
+def webhook_message(job_id: str, seq: int, queue: str) -> dramatiq.Message[Any]:
+    """The delivery message of event ``seq`` of job ``job_id``, on ``queue`` (the webhook
+    queue of the deployment: :func:`~.names.broker_queues`)."""
     return dramatiq.Message(
-        queue_name=WEBHOOK_QUEUE,
+        queue_name=queue,
         actor_name=WEBHOOK_ACTOR_NAME,
         args=(job_id, int(seq)),
         kwargs={},
@@ -106,7 +107,8 @@ def enqueue_webhook(broker: dramatiq.Broker, store: JobStore, job_id: str, seq: 
       WebhookNotQueued: the broker could not be reached (``webhook_due`` stays set).
     """
     try:
-        broker.enqueue(webhook_message(job_id, seq))
+        queue = broker_queues(broker, store.namespace).webhooks
+        broker.enqueue(webhook_message(job_id, seq, queue))
     except _UNREACHABLE as exc:
         logger.warning("the webhook of job %s could not be queued: %r", job_id, exc)
         raise WebhookNotQueued(

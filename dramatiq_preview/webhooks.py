@@ -46,7 +46,7 @@ from ._version import __version__
 from .broker import actor_broker, follow_actor_broker
 from .config import Settings, get_settings
 from .errors import StateStoreUnavailable, WebhookFailed, WebhookRefused
-from .names import WEBHOOK_ACTOR_NAME, WEBHOOK_QUEUE
+from .names import WEBHOOK_ACTOR_NAME, broker_queues
 from .notify import Attempt
 from .state import FINAL_STATES, JobStore, get_store, iso, status_from_record, version_of
 
@@ -209,14 +209,16 @@ def _record(store: JobStore, job_id: str) -> dict[str, str] | None:
 
 
 _settings = get_settings()
+_broker = actor_broker()
 
 
 @dramatiq.actor(
     actor_name=WEBHOOK_ACTOR_NAME,
-    queue_name=WEBHOOK_QUEUE,
+    # The webhook queue of this deployment on that broker (namespaced on RabbitMQ).
+    queue_name=broker_queues(_broker, _settings.namespace).webhooks,
     # The broker render_preview is on (never Dramatiq's implicit default); it follows
     # render_preview when setup_broker moves it (_declare_on below).
-    broker=actor_broker(),
+    broker=_broker,
     max_retries=_settings.webhook_max_attempts - 1,
     min_backoff=_settings.webhook_min_backoff_ms,
     max_backoff=_settings.webhook_max_backoff_ms,
@@ -235,6 +237,9 @@ def deliver_preview_webhook(job_id: str, seq: int) -> Attempt:
 def _declare_on(broker: dramatiq.Broker) -> None:
     if broker.actors.get(WEBHOOK_ACTOR_NAME) is not deliver_preview_webhook:
         deliver_preview_webhook.broker = broker
+        # Its queue depends on the broker too (namespaced on RabbitMQ, not on Redis).
+        ours = broker_queues(broker, get_settings().namespace)
+        deliver_preview_webhook.queue_name = ours.webhooks
         broker.declare_actor(deliver_preview_webhook)
 
 

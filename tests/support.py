@@ -165,3 +165,24 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     """The sum of the samples of ``name`` whose labels include ``labels``."""
     wanted = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
+
+
+def delete_amqp_queues(url: str, namespace: str) -> None:
+    """Delete the RabbitMQ queues of the deployment with ``namespace`` (its lanes and webhook
+    queue with their ``.DQ``/``.XQ``) at ``url``.  For tests that use a namespace of their
+    own: these queues are theirs alone, and would otherwise pile up on the shared vhost."""
+    import pika  # optional: only the RabbitMQ tests call this
+
+    # Not at the top: this module sets the environment the package reads when imported.
+    from dramatiq_preview.names import queues
+
+    if queues(namespace) == queues():
+        return  # the historical names are shared: never delete them
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        for name in queues(namespace).all:
+            for queue in (name, name + ".DQ", name + ".XQ"):
+                channel.queue_delete(queue)
+    finally:
+        connection.close()

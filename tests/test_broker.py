@@ -88,6 +88,59 @@ def test_amqp_url_gives_a_rabbitmq_broker_without_connecting() -> None:
     assert result.stdout.strip() == "RabbitmqBroker"
 
 
+def test_on_rabbitmq_every_queue_of_ours_carries_the_namespace() -> None:
+    # Given a RabbitMQ broker URL (nothing listens) and a namespace of one deployment
+    result = run_python(
+        """
+        import dramatiq_preview as dp
+        from dramatiq_preview.dlq import dead_letters
+        from dramatiq_preview.client import PreviewClient
+        broker = dp.render_preview.broker
+        print(sorted(broker.get_declared_queues()))
+        print(dp.render_preview.queue_name, dp.deliver_preview_webhook.queue_name)
+        print(dp.render_preview.message({"priority": "high"}).queue_name)
+        print(dead_letters(broker, PreviewClient().store).queues)
+        """,
+        PREVIEW_BROKER_URL="amqp://guest:guest@127.0.0.1:1/%2F",
+        PREVIEW_NAMESPACE="acme:staging",
+    )
+    # When the package is imported / Then the lanes, the actors and the dead letters use
+    # the namespaced queues, and only those
+    assert result.returncode == 0, result.stderr
+    ns = "preview.acme..staging"
+    lines = result.stdout.splitlines()
+    ours = [f"{ns}.{q}" for q in ("high", "normal", "low", "webhooks")]
+    assert lines[0] == str(sorted(ours))
+    assert lines[1] == f"{ns}.normal {ns}.webhooks"
+    assert lines[2] == f"{ns}.high"
+    assert lines[3] == str(tuple(ours))
+
+
+def test_setup_broker_names_the_lanes_for_the_broker_it_is_given() -> None:
+    # Given a process on Redis under a custom namespace, moved to a RabbitMQ broker
+    result = run_python(
+        """
+        import dramatiq_preview as dp
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+        print(dp.render_preview.queue_name, dp.deliver_preview_webhook.queue_name)
+        host = RabbitmqBroker(url="amqp://guest:guest@127.0.0.1:1/%2F")
+        dp.setup_broker(host)
+        print(dp.render_preview.queue_name, dp.deliver_preview_webhook.queue_name)
+        print(dp.render_preview.message({"priority": "low"}).queue_name)
+        """,
+        PREVIEW_REDIS_URL="redis://127.0.0.1:1/0",
+        PREVIEW_NAMESPACE="tenant-a",
+    )
+    # Then the Redis broker keeps the historical names and the RabbitMQ one gets the
+    # namespaced ones (PREVIEW_NAMESPACE applies to a host's broker too)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "preview-normal preview-webhooks",
+        "preview.tenant-a.normal preview.tenant-a.webhooks",
+        "preview.tenant-a.low",
+    ]
+
+
 def test_a_bad_environment_value_stops_import_naming_the_variable() -> None:
     result = run_python("import dramatiq_preview", PREVIEW_MAX_RETRIES="lots")
     assert result.returncode != 0

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
-from support import wait_until
+from support import delete_amqp_queues, wait_until
 
 from dramatiq_preview import PreviewClient, Settings, render_preview
 from dramatiq_preview.broker import build_broker
@@ -331,9 +331,9 @@ def test_a_rabbitmq_broker_reports_counts_and_consumers(
     url = _rabbitmq_url()
     if url is None:
         pytest.skip("no RabbitMQ at PREVIEW_TEST_AMQP_URL")
-    # Given a worker consuming from RabbitMQ (its lanes are shared with other tests)
+    # Given a worker consuming from RabbitMQ (its lanes carry its namespace: this test's own)
     ns = namespace()
-    start_worker(worker_env(ns, tmp_path, PREVIEW_BROKER_URL=url), processes=2)
+    worker = start_worker(worker_env(ns, tmp_path, PREVIEW_BROKER_URL=url), processes=2)
     settings = settings_for(redis_server.url, ns, PREVIEW_BROKER_URL=url)
     broker = build_broker(settings)
     try:
@@ -348,8 +348,13 @@ def test_a_rabbitmq_broker_reports_counts_and_consumers(
         for lane in report.body["queues"].values():
             assert all(isinstance(lane[k], int) for k in ("depth", "delayed", "dead"))
         assert report.status in {"ok", "degraded"}
+        assert set(report.body["queues"]) == {
+            f"preview.{ns}.{p}" for p in ("high", "normal", "low")
+        }
     finally:
         broker.close()
+        worker.stop()  # before its queues go: a live consumer would declare them again
+        delete_amqp_queues(url, ns)
 
 
 def test_an_unreachable_rabbitmq_is_down_quickly(redis_server: RedisServer) -> None:

@@ -15,9 +15,9 @@ from typing import Any
 import imagegen
 import pytest
 from sourceserver import wait_until
-from support import SOURCE_ROOT
+from support import SOURCE_ROOT, delete_amqp_queues
 
-from dramatiq_preview import PreviewClient, Settings
+from dramatiq_preview import JobNotFound, PreviewClient, Settings
 from dramatiq_preview.dlq import dead_letters
 from dramatiq_preview.testing import WorkerProcess, wait_for_state
 
@@ -55,6 +55,8 @@ def amqp() -> Iterator[tuple[dict[str, str], PreviewClient]]:
     client = PreviewClient(Settings.from_mapping(env))
     yield env, client
     client.close()
+    # The deployment's queues carry its namespace: they are this test's alone.
+    delete_amqp_queues(AMQP_URL, env["PREVIEW_NAMESPACE"])
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -98,6 +100,52 @@ def test_failed_jobs_are_dead_lettered_listed_and_replayed(
     status = wait_for_state(client.status, job_id, timeout=60)
     assert status["state"] == "succeeded" and status["attempts"] == 2
     assert job_id not in {d.job_id for d in dlq.list()}
+
+
+def test_the_lanes_carry_the_namespace(amqp: tuple[dict[str, str], PreviewClient]) -> None:
+    env, client = amqp
+    ns = env["PREVIEW_NAMESPACE"]
+    assert f"preview.{ns}.high" in client.broker.get_declared_queues()
+    assert f"preview.{ns}.webhooks" in client.broker.get_declared_queues()
+
+
+def test_deployments_with_their_own_namespaces_on_one_vhost_keep_to_their_own_jobs(
+    amqp: tuple[dict[str, str], PreviewClient], start_worker: Any, job_id: str
+) -> None:
+    # Given deployments a and b on one vhost, each with its own namespace (and so its own
+    # state store), and a worker of b only
+    env_a, client_a = amqp
+    env_b = dict(env_a, PREVIEW_NAMESPACE=env_a["PREVIEW_NAMESPACE"] + "-b")
+    client_b = PreviewClient(Settings.from_mapping(env_b))
+    worker_b: WorkerProcess = start_worker(env=env_b, threads=2)
+    try:
+        # When a submits jobs (of every lane), then b submits one and it is rendered
+        theirs = {f"{job_id}-a-{p}": p for p in ("high", "normal", "low")}
+        for jid, priority in theirs.items():
+            client_a.submit(
+                {
+                    "jobId": jid,
+                    "priority": priority,
+                    "source": {"path": "amqp/a.png"},
+                    "outputs": OUT,
+                }
+            )
+        mine = f"{job_id}-b"
+        client_b.submit({"jobId": mine, "source": {"path": "amqp/a.png"}, "outputs": OUT})
+        assert wait_for_state(client_b.status, mine, timeout=60)["state"] == "succeeded"
+        # Then b's worker took none of a's jobs: they wait in a's store, unknown to b's
+        for jid in theirs:
+            assert client_a.status(jid)["state"] == "queued"
+            with pytest.raises(JobNotFound):
+                client_b.status(jid)
+        # And a's own worker renders them
+        start_worker(env=env_a, threads=2)
+        for jid in theirs:
+            assert wait_for_state(client_a.status, jid, timeout=60)["state"] == "succeeded"
+    finally:
+        worker_b.stop()  # before its queues go: a live consumer would declare them again
+        client_b.close()
+        delete_amqp_queues(AMQP_URL, env_b["PREVIEW_NAMESPACE"])
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ import dramatiq
 import imagegen
 import pytest
 from standardwebhooks import Webhook
-from support import SOURCE_ROOT, wait_for_log, wait_until
+from support import SOURCE_ROOT, delete_amqp_queues, wait_for_log, wait_until
 from webhookreceiver import HANG, Received, Receiver
 
 from dramatiq_preview import PreviewClient, Settings, render_preview
@@ -552,21 +552,26 @@ def test_deliveries_retry_and_dead_letter_through_rabbitmq(
         pytest.skip(_why_not)
     env = hook_env(PREVIEW_BROKER_URL=AMQP_URL, PREVIEW_WEBHOOK_MAX_ATTEMPTS="2")
     client = clients(env)
-    start_worker(env=env, threads=2)
-    ok = receiver.script("/amqp-ok", 500, 200)
-    down = receiver.script("/amqp-down", 503)
-    client.submit(job(job_id, ok))
-    client.submit(job(job_id + "-down", down))
-    requests = receiver.wait_for("/amqp-ok", 2, timeout=60)
-    assert len({r.headers["webhook-id"] for r in requests}) == 1
-    assert wait_webhook(client, job_id, "delivered")["attempts"] == 2
-    failed = wait_webhook(client, job_id + "-down", "failed")
-    assert (failed["attempts"], failed["lastError"]) == (2, f"{down} answered HTTP 503")
-    dlq = dead_letters(client.broker, client.store)
-    letters = wait_until(
-        lambda: [d for d in dlq.list() if d.job_id == job_id + "-down"],
-        what="the delivery in RabbitMQ's dead letters",
-    )
-    assert letters[0].kind == "webhook"
-    assert dlq.requeue(job_id + "-down") == [job_id + "-down"]
-    receiver.wait_for("/amqp-down", 3, timeout=60)
+    worker = start_worker(env=env, threads=2)
+    try:
+        ok = receiver.script("/amqp-ok", 500, 200)
+        down = receiver.script("/amqp-down", 503)
+        client.submit(job(job_id, ok))
+        client.submit(job(job_id + "-down", down))
+        requests = receiver.wait_for("/amqp-ok", 2, timeout=60)
+        assert len({r.headers["webhook-id"] for r in requests}) == 1
+        assert wait_webhook(client, job_id, "delivered")["attempts"] == 2
+        failed = wait_webhook(client, job_id + "-down", "failed")
+        assert (failed["attempts"], failed["lastError"]) == (2, f"{down} answered HTTP 503")
+        dlq = dead_letters(client.broker, client.store)
+        letters = wait_until(
+            lambda: [d for d in dlq.list() if d.job_id == job_id + "-down"],
+            what="the delivery in RabbitMQ's dead letters",
+        )
+        assert letters[0].kind == "webhook"
+        assert dlq.requeue(job_id + "-down") == [job_id + "-down"]
+        receiver.wait_for("/amqp-down", 3, timeout=60)
+    finally:
+        worker.stop()  # before its queues go: a live consumer would declare them again
+        # The queues carry this test's namespace: they are its own.
+        delete_amqp_queues(AMQP_URL, env["PREVIEW_NAMESPACE"])

@@ -15,18 +15,8 @@ from .harness import RECOVERY_BOUND, DefectObserved, Deployment, report, scaled
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
-RABBITMQ_DEFECT = pytest.mark.xfail(
-    strict=True,
-    raises=DefectObserved,
-    reason="issue #16: on RabbitMQ the lanes' queue names ignore PREVIEW_NAMESPACE "
-    "(names.QUEUES, declared as they are by broker.attach_middleware), so deployments "
-    "sharing a vhost consume each other's jobs, which then wait for ever in their own store",
-)
 
-
-def test_deployments_sharing_a_broker(broker: str, request: pytest.FixtureRequest) -> None:
-    if broker == "rabbitmq":
-        request.applymarker(RABBITMQ_DEFECT)
+def test_deployments_sharing_a_broker(broker: str) -> None:
     jobs = scaled(20)
     run = uuid.uuid4().hex[:6]
     with Deployment("namespace-x", broker) as x:
