@@ -167,6 +167,22 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
 
 
+def rabbitmq_unavailable(url: str) -> str | None:
+    """Why no RabbitMQ test can run against ``url`` (None when a server answers there)."""
+    try:
+        import pika  # optional: only the RabbitMQ tests call this
+    except ImportError as exc:  # pragma: no cover - the rabbitmq extra is a test dependency
+        return f"pika is not installed ({exc})"
+    try:
+        params = pika.URLParameters(url)
+        params.socket_timeout = 2
+        params.connection_attempts = 1
+        pika.BlockingConnection(params).close()
+    except Exception as exc:
+        return f"no RabbitMQ at {url} ({type(exc).__name__}); set PREVIEW_TEST_AMQP_URL"
+    return None
+
+
 def delete_amqp_queues(url: str, namespace: str) -> None:
     """Delete the RabbitMQ queues of the deployment with ``namespace`` (its lanes and webhook
     queue with their ``.DQ``/``.XQ``) at ``url``.  For tests that use a namespace of their

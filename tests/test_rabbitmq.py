@@ -15,7 +15,7 @@ from typing import Any
 import imagegen
 import pytest
 from sourceserver import wait_until
-from support import SOURCE_ROOT, delete_amqp_queues
+from support import SOURCE_ROOT, delete_amqp_queues, rabbitmq_unavailable
 
 from dramatiq_preview import JobNotFound, PreviewClient, Settings
 from dramatiq_preview.dlq import dead_letters
@@ -25,20 +25,7 @@ AMQP_URL = os.environ.get("PREVIEW_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1
 OUT = [{"width": 8, "height": 8, "format": "png"}]
 
 
-def _rabbitmq_answers() -> str | None:
-    import pika
-
-    try:
-        params = pika.URLParameters(AMQP_URL)
-        params.socket_timeout = 2
-        params.connection_attempts = 1
-        pika.BlockingConnection(params).close()
-    except Exception as exc:
-        return f"no RabbitMQ at {AMQP_URL} ({type(exc).__name__}); set PREVIEW_TEST_AMQP_URL"
-    return None
-
-
-_why_not = _rabbitmq_answers()
+_why_not = rabbitmq_unavailable(AMQP_URL)
 pytestmark = [
     pytest.mark.rabbitmq,
     pytest.mark.skipif(_why_not is not None, reason=_why_not or ""),

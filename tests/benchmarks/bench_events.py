@@ -45,6 +45,12 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# One gunicorn start-up check with bench_submit.py, also when run as a script.
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from bench_submit import _wait_for  # noqa: E402
 
 #: ``changed(job, ttl)`` of ``lua/_shared.lua``: the function every transition ends with.
 CHANGED = re.compile(r"^local function changed\(job, ttl\)\n.*?^end\n", re.MULTILINE | re.DOTALL)
@@ -409,21 +415,6 @@ def run_latency(jobs: int = 200, concurrency: int = 4) -> dict[str, Any]:
             lat / max(ren, 1.0) for lat, ren in zip(latencies, renders, strict=True)
         ),
     }
-
-
-def _wait_for(port: int, server: subprocess.Popen[bytes]) -> None:
-    import socket
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {server.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("gunicorn did not start")
 
 
 def report_latency(result: dict[str, Any]) -> str:

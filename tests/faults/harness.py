@@ -43,6 +43,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import dramatiq
 import redis
+import support
 from sourceserver import SourceServer
 
 from dramatiq_preview import PreviewClient, Settings
@@ -190,18 +191,7 @@ class PersistentRedis:
 @functools.cache
 def rabbitmq_unavailable() -> str | None:
     """Why the RabbitMQ scenarios cannot run here (None when a server answers)."""
-    try:
-        import pika
-    except ImportError as exc:  # pragma: no cover - the rabbitmq extra is a test dependency
-        return f"pika is not installed ({exc})"
-    try:
-        params = pika.URLParameters(AMQP_URL)
-        params.socket_timeout = 2
-        params.connection_attempts = 1
-        pika.BlockingConnection(params).close()
-    except Exception as exc:
-        return f"no RabbitMQ at {AMQP_URL} ({type(exc).__name__}); set PREVIEW_TEST_AMQP_URL"
-    return None
+    return support.rabbitmq_unavailable(AMQP_URL)
 
 
 def _rabbitmqctl(*args: str) -> subprocess.CompletedProcess[str] | None:
