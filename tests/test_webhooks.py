@@ -2,7 +2,8 @@
 on 127.0.0.1 (tests/webhookreceiver.py), real Redis and RabbitMQ.
 
 Signatures are checked with the ``standardwebhooks`` package itself.  Waits are failure
-guards only: no test asserts how long something took.
+guards only: no test asserts an absolute duration (the trickle test compares an attempt
+with the trickle it is given, both measured in the same run).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +25,7 @@ import imagegen
 import pytest
 from standardwebhooks import Webhook
 from support import SOURCE_ROOT, delete_amqp_queues, wait_for_log, wait_until
-from webhookreceiver import HANG, Received, Receiver
+from webhookreceiver import HANG, TRICKLE, TRICKLED, Received, Receiver
 
 from dramatiq_preview import PreviewClient, Settings, render_preview
 from dramatiq_preview.broker import build_broker
@@ -240,28 +243,41 @@ def test_a_webhook_job_cancelled_while_waiting_gets_a_cancelled_event(
 
 
 @pytest.mark.slow
-def test_a_slow_receiver_does_not_delay_renders(
+def test_hanging_receivers_do_not_take_every_worker_thread(
     receiver: Receiver, start_worker: Any, clients: Any, job_id: str
 ) -> None:
-    # Given a worker with two threads and a receiver that holds a delivery
+    # Given a worker with two threads, so one delivery slot, and two receivers that hang
     env = hook_env(PREVIEW_WEBHOOK_TIMEOUT_MS="60000", PREVIEW_WEBHOOK_MAX_ATTEMPTS="1")
     client = clients(env)
     start_worker(env=env, threads=2)
-    url = receiver.script("/stuck", HANG)
-    client.submit(job(job_id, url))
-    receiver.wait_for("/stuck", 1)
-    # When other jobs are submitted while it is held
+    hooked = [f"{job_id}-hook{i}" for i in range(2)]
+    paths = [f"/stuck{i}" for i in range(2)]
+    for hook_job, path in zip(hooked, paths, strict=True):
+        client.submit(job(hook_job, receiver.script(path, HANG)))
+    for hook_job in hooked:
+        assert wait_for_state(client.status, hook_job, timeout=60)["state"] == "succeeded"
+    wait_until(
+        lambda: sum(receiver.hanging(p) for p in paths), lambda n: n == 1, what="a held delivery"
+    )
+    # When plain jobs are submitted while both deliveries are due
     others = [f"{job_id}-{i}" for i in range(3)]
     for other in others:
         client.submit({"jobId": other, "source": SOURCE, "outputs": OUT})
-    # Then they are rendered, while the delivery is still held
+    # Then they are rendered: the second delivery waits for the slot instead of a thread
     for other in others:
         assert wait_for_state(client.status, other, timeout=60)["state"] == "succeeded"
-    assert receiver.hanging("/stuck") == 1
-    assert webhook_of(client, job_id) == {"state": "pending", "attempts": 0, "lastError": None}
+    assert sum(receiver.hanging(p) for p in paths) == 1
+    for hook_job in hooked:
+        assert webhook_of(client, hook_job) == {
+            "state": "pending",
+            "attempts": 0,
+            "lastError": None,
+        }
+    # And waiting for the slot was no attempt: each delivery makes its one attempt
     receiver.release()
-    hook = wait_webhook(client, job_id, "failed")
-    assert hook["attempts"] == 1
+    for hook_job in hooked:
+        assert wait_webhook(client, hook_job, "failed")["attempts"] == 1
+    assert [len(receiver.requests(p)) for p in paths] == [1, 1]
 
 
 # -- not losing a delivery -------------------------------------------------------------------
@@ -375,6 +391,35 @@ def recorded(hooks: PreviewClient) -> Any:
         return client.settings, store, finished.webhook_due
 
     return make
+
+
+def test_a_receiver_trickling_its_headers_is_cut_at_the_timeout(
+    recorded: Any, receiver: Receiver, job_id: str
+) -> None:
+    # Given a receiver that sends its status line and headers a byte at a time, each byte
+    # long before any read timeout; how long its whole answer takes, measured here
+    url = receiver.script("/trickle", TRICKLE)
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=30) as sock:
+        sock.sendall(b"POST /trickle HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b"\r\n\r\n") and (chunk := sock.recv(1024)):
+            answer += chunk
+    trickle = time.monotonic() - started
+    assert answer == TRICKLED
+    settings, store, seq = recorded(job_id, url)
+    short = Settings.from_mapping(
+        {"PREVIEW_WEBHOOK_TIMEOUT_MS": "300", "PREVIEW_ALLOW_PRIVATE_NETWORKS": "true"},
+        {**hook_env(), "PREVIEW_REDIS_URL": settings.redis_url},
+    )
+    # When an attempt with a 300 ms timeout meets it
+    started = time.monotonic()
+    with pytest.raises(WebhookFailed, match="did not answer within 300 ms") as caught:
+        deliver(job_id, seq, short, store)
+    # Then it fails as a timeout, before the trickle would have ended
+    assert time.monotonic() - started < trickle
+    assert caught.value.seconds is not None and caught.value.seconds < trickle
+    assert len(receiver.requests("/trickle")) == 2
 
 
 def test_an_event_delivered_already_or_superseded_is_dropped_without_a_request(

@@ -2,7 +2,9 @@
 
 Each path answers from a script of its own, one step per request, the last step repeated:
 ``receiver.script("/hook", 500, 500, 200)``; a step is a status, ``HANG`` (accept the
-request, read it, and answer nothing until :meth:`Receiver.release` or :meth:`stop`) or
+request, read it, and answer nothing until :meth:`Receiver.release` or :meth:`stop`),
+``TRICKLE`` (a 200 whose status line and headers, :data:`TRICKLED`, are sent one byte every
+:data:`TRICKLE_INTERVAL` seconds: every read gets a byte long before any read timeout) or
 ``("redirect", url)`` (a 302 to ``url``).  Every request is kept (:class:`Received`: path,
 headers, body, arrival time) and :meth:`Receiver.wait_for` blocks until enough arrived.
 """
@@ -16,6 +18,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 HANG = "hang"
+TRICKLE = "trickle"
+TRICKLE_INTERVAL = 0.05
+#: What a TRICKLE step sends, byte by byte (about 3 s at TRICKLE_INTERVAL).
+TRICKLED = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"." * 32 + b"\r\nContent-Length: 0\r\n\r\n"
 Step = int | str | tuple[str, str]
 
 
@@ -62,6 +68,16 @@ class Receiver:
                             receiver.routes[self.path].hanging -= 1
                             receiver._lock.notify_all()
                     self.close_connection = True
+                    return
+                if step == TRICKLE:
+                    self.close_connection = True
+                    try:
+                        for i in range(len(TRICKLED)):
+                            self.wfile.write(TRICKLED[i : i + 1])
+                            self.wfile.flush()
+                            time.sleep(TRICKLE_INTERVAL)
+                    except OSError:
+                        pass  # the sender gave up
                     return
                 if isinstance(step, tuple):
                     self._answer(302, {"Location": step[1]})
