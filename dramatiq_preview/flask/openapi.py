@@ -494,5 +494,18 @@ def openapi_document(app: Flask, state: AppState, *, server_url: str = "") -> di
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     if JOB_REQUEST in schemas:  # pragma: no cover - a marshmallow schema of the same name
         raise RuntimeError(f"components/schemas/{JOB_REQUEST} is taken")
-    schemas[JOB_REQUEST] = embedded_json_schema(load_schema(), JOB_REQUEST)
+    schemas[JOB_REQUEST] = embedded_json_schema(_job_schema(state), JOB_REQUEST)
     return document
+
+
+def _job_schema(state: AppState) -> dict[str, Any]:
+    """The payload schema as this deployment takes it: without ``webhook`` when webhooks are
+    off (``PREVIEW_WEBHOOK_ALLOWED_HOSTS`` unset), where a payload with one is a 422."""
+    schema = load_schema()
+    webhook = schema["properties"].get("webhook")
+    if webhook is not None and not state.settings.webhook_allowed_hosts:
+        del schema["properties"]["webhook"]
+    elif webhook is not None:
+        hosts = ", ".join(sorted(state.settings.webhook_allowed_hosts))
+        webhook["description"] += f" Allowed hosts here: {hosts}."
+    return schema

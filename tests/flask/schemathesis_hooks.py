@@ -11,8 +11,9 @@ Three places where schemathesis's reading of the document and the server's valid
   judges its generated bodies with Python's ``re``, so bodies whose ``jobId`` or
   ``source.url`` hit exactly these differences are left out of the run.
 * A ``webhook`` is refused (422) unless its host is in ``PREVIEW_WEBHOOK_ALLOWED_HOSTS`` and
-  resolves to an allowed address: a setting no schema can express, so bodies with a
-  ``webhook`` are left out (tests/test_webhooks.py covers them against a live receiver).
+  resolves to an allowed address.  The document leaves ``webhook`` out where webhooks are
+  off; where they are on, no schema can say which addresses a host resolves to, so bodies
+  with a ``webhook`` are left out (tests/test_webhooks.py covers them against a receiver).
 """
 
 from __future__ import annotations

@@ -117,10 +117,24 @@ def _objects(schema: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
 
 
 def test_the_request_body_is_the_json_schema_as_it_is() -> None:
-    # Given the request body of POST /job as the document states it
-    schema = _request_schema(document(make_app()))
+    # Given the request body of POST /job as the document states it, on an app with webhooks
+    schema = _request_schema(
+        document(
+            make_app(
+                PREVIEW_WEBHOOK_ALLOWED_HOSTS="hooks.example",
+                PREVIEW_WEBHOOK_SECRET="whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            )
+        )
+    )
     contract = load_schema()
-    # Then it is the wire contract, less the keys that tie it to its own file
+    # Then it is the wire contract, less the keys that tie it to its own file, with the
+    # allowed webhook hosts in the webhook's description
+    assert schema["properties"]["webhook"]["description"].endswith(
+        "Allowed hosts here: hooks.example."
+    )
+    schema["properties"]["webhook"]["description"] = contract["properties"]["webhook"][
+        "description"
+    ]
     assert schema == {k: v for k, v in contract.items() if k not in ("$id", "$schema")}
     # and so it has the contract's required fields, enums and closed objects
     assert schema["required"] == ["source", "outputs"]
@@ -142,6 +156,23 @@ def test_the_request_body_is_the_json_schema_as_it_is() -> None:
         "type": "string",
         "maxLength": 256,
     }
+
+
+def test_without_webhook_hosts_the_documented_request_body_has_no_webhook() -> None:
+    # Given an app without PREVIEW_WEBHOOK_ALLOWED_HOSTS, where a webhook is a 422
+    app = make_app()
+    schema = _request_schema(document(app))
+    # Then its document does not offer one, and a body with one is refused as documented
+    assert "webhook" not in schema["properties"]
+    assert schema["additionalProperties"] is False
+    body = {
+        "source": {"path": "a.png"},
+        "outputs": [{"width": 8, "height": 8, "format": "png"}],
+        "webhook": {"url": "https://hooks.example/x"},
+    }
+    response = app.test_client().post(f"{PREFIX}/job", json=body, headers=bearer())
+    assert response.status_code == 422
+    assert response.get_json()["details"][0]["path"] == "webhook/url"
 
 
 def test_no_marshmallow_request_schema_is_left_in_the_document() -> None:
