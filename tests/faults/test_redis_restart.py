@@ -78,8 +78,11 @@ def in_flight_at(deployment: Deployment, moment: float) -> dict[str, int]:
     return counts
 
 
+# Not strict: whether a render's final write falls inside the outage is timing (the
+# Redis-broker run lost 2, 0 and 2 jobs in three CI-sized runs); the loss is printed either
+# way, and any other failure still fails (raises=DefectObserved).
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,
     raises=DefectObserved,
     reason="issue #16: a Redis outage longer than the final-write retries of "
     "middleware/status.py (FINAL_WRITE_TRIES = 4, about 1.4 s) leaves jobs `running` (or "
