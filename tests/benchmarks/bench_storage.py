@@ -158,10 +158,9 @@ def noise_png(width: int, height: int) -> bytes:
 # --- 1. throughput -----------------------------------------------------------------------
 
 
-def _cpu_seconds(root: int) -> float:
-    """CPU time (user + system) of ``root`` and every process below it, including children
-    they already reaped (render children are recycled)."""
-    tick = os.sysconf("SC_CLK_TCK")
+def proc_stats() -> dict[int, list[str]]:
+    """The fields of ``/proc/PID/stat`` after the command name, for every process now
+    (``[1]`` is the parent pid; ``[11:15]`` utime, stime, cutime, cstime in clock ticks)."""
     stats: dict[int, list[str]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -171,14 +170,26 @@ def _cpu_seconds(root: int) -> float:
                     stats[int(entry)] = fh.read().rsplit(")", 1)[1].split()
             except OSError:
                 continue
+    return stats
+
+
+def process_tree(stats: dict[int, list[str]], root: int) -> set[int]:
+    """``root`` and every process below it, in ``stats`` (:func:`proc_stats`)."""
     tree, todo = set(), [root]
     while todo:
         pid = todo.pop()
         if pid in stats and pid not in tree:
             tree.add(pid)
             todo.extend(p for p, fields in stats.items() if int(fields[1]) == pid)
-    # Fields after the name: utime, stime, cutime, cstime are the 12th to 15th.
-    return sum(sum(int(x) for x in stats[pid][11:15]) for pid in tree) / tick
+    return tree
+
+
+def _cpu_seconds(root: int) -> float:
+    """CPU time (user + system) of ``root`` and every process below it, including children
+    they already reaped (render children are recycled)."""
+    stats = proc_stats()
+    tree = process_tree(stats, root)
+    return sum(sum(int(x) for x in stats[pid][11:15]) for pid in tree) / os.sysconf("SC_CLK_TCK")
 
 
 def _pid(process: Any) -> int:

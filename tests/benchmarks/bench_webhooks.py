@@ -186,21 +186,10 @@ class _CpuMeter:
         self.tick = os.sysconf("SC_CLK_TCK")
 
     def read(self) -> dict[str, float]:
-        stats: dict[int, list[str]] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat") as fh:
-                        stats[int(entry)] = fh.read().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-        tree, frontier = {self.worker_pid}, [self.worker_pid]
-        while frontier:
-            parent = frontier.pop()
-            for pid, fields in stats.items():
-                if int(fields[1]) == parent and pid not in tree:
-                    tree.add(pid)
-                    frontier.append(pid)
+        from bench_storage import proc_stats, process_tree
+
+        stats = proc_stats()
+        tree = process_tree(stats, self.worker_pid)
         # `dramatiq` forks its worker processes; they spawn the render children.
         workers = {pid for pid in tree if int(stats[pid][1]) == self.worker_pid}
 
