@@ -5,6 +5,8 @@
 #   make lint    ruff check, ruff format --check, mypy, the layers (import-linter), deptry
 #   make bench   the benchmarks under tests/benchmarks (prints ratios)
 #   make faults  the fault scenarios of docs/reliability.md, CI-sized; make soak: larger
+#   make docs    the documentation site into site/ (mkdocs build --strict: no warning passes)
+#   make docs-check  run the shell commands the site shows (scripts/docs-check)
 #
 # System packages come from apt (sudo is used when not root); Python packages go into .venv.
 
@@ -18,10 +20,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Ubuntu 24.04 (built in on Debian 12, where the "?" entries are skipped); SVG: rsvg-convert.
 APT_PACKAGES := "libmagickwand-6.q16-6|libmagickwand-6.q16-7t64" poppler-utils ghostscript redis-server \
 	"libvips42|libvips42t64" libheif1 "libheif-plugin-libde265?" "libheif-plugin-dav1d?" \
-	"libheif-plugin-aomenc?" librsvg2-bin
+	"libheif-plugin-aomenc?" librsvg2-bin "chromium?" "chromium-driver?"
 STAMP := $(VENV)/.installed
 
-.PHONY: deps venv demo test lint bench faults soak clean
+.PHONY: deps venv demo test lint bench faults soak docs docs-check clean
 
 deps:
 	scripts/install-system-deps $(APT_PACKAGES)
@@ -30,7 +32,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(MAKE) deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e ".[flask,rabbitmq,s3,test,dev]"
+	$(PIP) install -q -c constraints.txt -e ".[flask,rabbitmq,s3,test,dev,docs]"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -58,5 +60,13 @@ lint: venv
 bench: venv
 	$(PY) -m pytest tests/benchmarks -m benchmark -s
 
+# The site's references are generated from the code at build time (scripts/docs_hooks.py).
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+# Each console/bash block of the site is run here, run by a test, or marked not run (why).
+docs-check: venv
+	$(PY) scripts/docs-check
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache previews
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache previews site

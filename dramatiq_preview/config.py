@@ -215,46 +215,140 @@ StorageRoot = Path | S3Location
 class Settings:
     """The parsed configuration.  Build it with :meth:`from_env` or :meth:`from_mapping`."""
 
+    # Each field's docstring is its entry in the configuration reference of the documentation
+    # site (scripts/docs_hooks.py; a paragraph "Default: ..." replaces the default shown).
     redis_url: str = "redis://localhost:6379/0"
+    """The state store: job records, idempotency keys, events (`redis://`, `rediss://`,
+    `unix://`)."""
     broker_url: str = "redis://localhost:6379/0"
+    """`redis://…` gives a Redis broker, `amqp://…` (or `amqps://`) a RabbitMQ broker.
+
+    Default: the value of `PREVIEW_REDIS_URL`."""
     namespace: str = "dramatiq_preview"
+    """Prefix of every Redis key this library writes, and the Redis broker's namespace when the
+    library builds the broker. On RabbitMQ any other value is part of the queue names
+    (`preview.{ns}.high`, ...), so deployments sharing a vhost keep to their own jobs."""
     source_root: StorageRoot | None = None
+    """Where path sources are read from: a directory, or `s3://bucket[/prefix]`. A path source
+    must resolve inside it.
+
+    Default: unset, path sources are refused."""
     output_dir: StorageRoot = Path("previews")
+    """Where rendered files go, as `{root}/{jobId}/{index}.{ext}`: a directory, or
+    `s3://bucket[/prefix]`.
+
+    Default: `./previews`, relative to the working directory."""
     allowed_url_hosts: frozenset[str] = frozenset()
+    """Comma-separated host names (or IP literals; IPv6 with or without brackets) that URL
+    sources may point to.
+
+    Default: unset, URL sources are refused."""
     allow_private_networks: bool = False
+    """Let allowed hosts (of URL sources and webhooks) resolve to loopback, link-local or
+    private addresses: for development and tests only."""
     max_payload_bytes: int = 65536
+    """HTTP request bodies larger than this get 413 `payload_too_large`."""
     max_source_bytes: int = 52428800
+    """Larger sources fail permanently (`source_too_large`)."""
     max_pixels: int = 100_000_000
+    """Sources with more pixels (width x height) fail permanently, before a full decode."""
     max_output_bytes: int = 52428800
+    """The most bytes a job's encoded outputs may take together, checked before each output is
+    written: a job whose outputs would exceed it fails at once with `output_too_large`
+    (permanent, not retried) and none of its outputs is kept."""
     time_limit_ms: int = 60000
+    """Dramatiq `TimeLimit` of one render attempt; the render child is killed just before. A
+    time-out is transient (retried)."""
     max_retries: int = 5
+    """Dramatiq `Retries` `max_retries` for transient failures; after the last one the job is
+    `failed` and its message dead-lettered."""
     min_backoff_ms: int = 1000
+    """Lower bound of the exponential backoff between retries (at most
+    `PREVIEW_MAX_BACKOFF_MS`)."""
     max_backoff_ms: int = 300000
+    """Upper bound of the exponential backoff between retries."""
     job_ttl_seconds: int = 604800
+    """Expiry of job records and idempotency keys (renewed on every write) and of dead
+    letters."""
     max_deliveries: int = 3
+    """A job whose worker process died this many times while rendering it fails as
+    `worker_lost` instead of being redelivered again."""
     api_token: str | None = None
+    """When set (16 characters or more), every HTTP route but health needs
+    `Authorization: Bearer <token>` (401 otherwise).
+
+    Default: unset, no token needed."""
     url_prefix: str = "/api/preview"
+    """Where the Flask blueprint is mounted (Flask only)."""
     health_max_age_seconds: int = 300
+    """Health is `degraded` when the oldest waiting job is older than this."""
     log_format: str = "text"
+    """`text`, or `json` for one JSON object per log line."""
     # Settings beyond the contract's table (documented in docs/configuration.md).
     render_processes: int = 0
+    """Render child processes per worker process; `0` means one per Dramatiq worker thread."""
     render_memory_mb: int = 2048
+    """What one render may allocate on top of the render child's baseline (about 85 MiB);
+    exceeding it fails the job (`memory_limit`). Keep it at least `PREVIEW_MAX_PIXELS` x 18 B
+    + 256 MiB (the default covers 100 Mpx), and lower the two together."""
     render_recycle_after: int = 200
+    """A render child is replaced after this many renders."""
     fetch_connect_timeout_ms: int = 5000
+    """Connect timeout of URL sources and S3 requests; a time-out is transient (retried)."""
     fetch_read_timeout_ms: int = 15000
+    """Read timeout of URL sources and S3 requests; a time-out is transient (retried)."""
     broker_heartbeat_timeout_ms: int = 60000
+    """Redis broker: a worker silent this long is dead, and its unacknowledged messages are
+    redelivered."""
     broker_maintenance_chance: int = 1000
+    """Redis broker: in how many of a million broker commands Dramatiq runs its maintenance
+    (redelivering a dead worker's messages, trimming dead letters). Recovery does not depend
+    on it: every worker process also runs it for our queues about every half
+    `PREVIEW_BROKER_HEARTBEAT_TIMEOUT_MS`."""
     progress_interval_ms: int = 500
+    """Progress writes and cancellation checks happen at most this often per job."""
+    store_retry_seconds: int = 120
+    """How long a worker keeps trying a write that starts or ends a delivery (its claim, its
+    final state) while Redis does not answer, backing off up to 2 s between tries, before it
+    gives the delivery up (`0`: one try). Keep it above the longest Redis restart or failover
+    you expect: a render that ends during the outage is then recorded, and its message
+    acknowledged, once Redis answers again."""
     output_url_ttl_seconds: int = 900
+    """S3 outputs: `GET …/outputs/{i}` answers 307 to a presigned URL valid this long (at most
+    604800, SigV4's limit); `0` streams the bytes through the web process. Ignored for a local
+    output directory."""
     gc_interval_seconds: int = 3600
+    """Workers delete the outputs of expired jobs this often, one worker at a time; `0`: never
+    (`dramatiq-preview gc` does the same on demand)."""
     webhook_allowed_hosts: frozenset[str] = frozenset()
+    """Comma-separated host names (or IP literals) that a job's `webhook.url` may point to; the
+    address guard of URL sources applies.
+
+    Default: unset, a payload with `webhook` is a 422."""
     webhook_secret: str | None = None
+    """`whsec_` and the base64 of 24 to 64 random bytes: every webhook delivery is signed with
+    it (Standard Webhooks).
+
+    Default: unset; required when `PREVIEW_WEBHOOK_ALLOWED_HOSTS` is set."""
     webhook_min_backoff_ms: int = 5000
+    """Lower bound of the exponential backoff between webhook delivery attempts."""
     webhook_max_backoff_ms: int = 3600000
+    """Upper bound of the exponential backoff between webhook delivery attempts."""
     webhook_max_attempts: int = 8
+    """Delivery attempts in all before the webhook is `failed` and its message
+    dead-lettered."""
     webhook_timeout_ms: int = 10000
+    """Deadline of one webhook attempt (DNS, connect, sending and the answer's headers
+    together); a time-out is a failed attempt, retried."""
     events_max_seconds: int = 300
+    """The longest one `GET …/job/{jobId}/events` response lasts; an `EventSource` then
+    reconnects with `Last-Event-ID` and misses nothing. Under gunicorn's sync workers keep it
+    below `--timeout`."""
     events_keepalive_seconds: int = 15
+    """A comment line is sent on an idle event stream this often (at most 15)."""
+    dashboard: bool = False
+    """Serve the operator dashboard at `{PREVIEW_URL_PREFIX}/dashboard/` (Flask only); when
+    false that URL is a 404."""
 
     def __post_init__(self) -> None:
         # Settings built directly spell hosts as the parsed ones do (IPv6 compressed).
@@ -460,6 +554,7 @@ _SPECS = [
     _Spec("PREVIEW_BROKER_HEARTBEAT_TIMEOUT_MS", "broker_heartbeat_timeout_ms", _int(1000)),
     _Spec("PREVIEW_BROKER_MAINTENANCE_CHANCE", "broker_maintenance_chance", _int(0, 1_000_000)),
     _Spec("PREVIEW_PROGRESS_INTERVAL_MS", "progress_interval_ms", _int(0)),
+    _Spec("PREVIEW_STORE_RETRY_SECONDS", "store_retry_seconds", _int(0, 86400)),
     # SigV4 presigned URLs live at most 7 days; 0 streams outputs through the web process.
     _Spec("PREVIEW_OUTPUT_URL_TTL_SECONDS", "output_url_ttl_seconds", _int(0, 7 * 86400)),
     _Spec("PREVIEW_GC_INTERVAL_SECONDS", "gc_interval_seconds", _int(0)),
@@ -472,6 +567,7 @@ _SPECS = [
     # A sync web worker serves one stream at a time: bound how long it does.
     _Spec("PREVIEW_EVENTS_MAX_SECONDS", "events_max_seconds", _int(1, 86400)),
     _Spec("PREVIEW_EVENTS_KEEPALIVE_SECONDS", "events_keepalive_seconds", _int(1, 15)),
+    _Spec("PREVIEW_DASHBOARD", "dashboard", _parse_bool),
 ]
 
 ENV_NAMES = tuple(spec.env for spec in _SPECS)
