@@ -18,6 +18,8 @@ PIP := $(PY) -m pip
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # HEIC/AVIF: libheif, whose HEVC and AV1 decoders and AV1 encoder are plugins on Debian 13 and
 # Ubuntu 24.04 (built in on Debian 12, where the "?" entries are skipped); SVG: rsvg-convert.
+# Chromium and its driver: the dashboard's browser tests (optional: where apt has no
+# "chromium", as on Ubuntu, those tests skip and say why).
 APT_PACKAGES := "libmagickwand-6.q16-6|libmagickwand-6.q16-7t64" poppler-utils ghostscript redis-server \
 	"libvips42|libvips42t64" libheif1 "libheif-plugin-libde265?" "libheif-plugin-dav1d?" \
 	"libheif-plugin-aomenc?" librsvg2-bin "chromium?" "chromium-driver?"

@@ -23,7 +23,13 @@ from typing import Any, TextIO
 import redis
 
 from .broker import actor_broker
-from .client import cancel_preview, get_status, submit_preview, wait_for_preview
+from .client import (
+    cancel_preview,
+    default_client,
+    get_status,
+    submit_preview,
+    wait_for_preview,
+)
 from .config import get_settings
 from .dlq import DeadLetters, dead_letters
 from .errors import (
@@ -38,7 +44,7 @@ from .errors import (
 )
 from .health import check_health
 from .retention import SweepReport, sweep
-from .state import get_store
+from .state import STATES, get_store
 from .validation import validation_issues
 
 EXIT_OK, EXIT_REFUSED, EXIT_UNREADABLE, EXIT_UNAVAILABLE, EXIT_CONFIG = 0, 1, 2, 3, 4
@@ -202,6 +208,28 @@ def _cmd_cancel(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextI
     return EXIT_OK
 
 
+def _cmd_jobs(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    for status in default_client().recent_jobs(state=args.state, limit=args.limit):
+        if args.json:
+            print(json.dumps(status), file=out)
+            continue
+        error = (status["error"] or {}).get("type", "")
+        line = [status["jobId"], status["state"], status["createdAt"] or "-", error]
+        print("\t".join(line).rstrip("\t"), file=out)
+    return EXIT_OK
+
+
+def _jobs_limit(text: str) -> int:
+    """The ``jobs --limit`` argument: an integer from 1 to 1000."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 1000, not {value}")
+    return value
+
+
 def _dead_letters() -> DeadLetters:
     return dead_letters(actor_broker(), get_store(get_settings()))
 
@@ -327,6 +355,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"seconds, more than 0 and at most {MAX_HEALTH_TIMEOUT:g} (default 1)",
     )
     p.set_defaults(func=_cmd_health)
+
+    p = sub.add_parser(
+        "jobs", help="the newest jobs, one line each: jobId, state, createdAt, error type"
+    )
+    p.add_argument("--state", choices=STATES, help="only jobs in this state")
+    p.add_argument("--limit", type=_jobs_limit, default=50, help="at most N (default 50)")
+    p.add_argument("--json", action="store_true", help="one status object per line")
+    p.set_defaults(func=_cmd_jobs)
 
     p = sub.add_parser("dlq", help="inspect and replay the dead-letter queue")
     dlq = p.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")

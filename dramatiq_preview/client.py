@@ -40,7 +40,7 @@ from .fused_enqueue import (
 from .names import ACTOR_NAME, RECORDED, broker_queues
 from .netguard import check_webhook
 from .notify import enqueue_webhook
-from .state import CancelOutcome, CreateOutcome, JobStore, get_store
+from .state import STATES, CancelOutcome, CreateOutcome, JobStore, get_store
 from .validation import normalize, validate
 from .watch import Event, JobWatch
 
@@ -218,6 +218,27 @@ class PreviewClient:
         if status is None:
             raise JobNotFound(job_id)
         return status
+
+    def recent_jobs(self, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The status objects of the newest jobs (by creation), newest first.
+
+        The recent-jobs index holds the last 10,000 jobs created within the job TTL
+        (:data:`~dramatiq_preview.state.RECENT_MAX`); ``GET /jobs``, the dashboard and the
+        CLI's ``jobs`` command read it through here.
+
+        Parameters:
+          state: only jobs in this state (None: any).
+          limit: at most this many (1 to 1000).
+
+        Raises:
+          ValueError: an unknown state or a limit out of range.
+          StateStoreUnavailable: Redis did not answer.
+        """
+        if state is not None and state not in STATES:
+            raise ValueError(f"unknown state {state!r}; one of {', '.join(STATES)}")
+        if not 1 <= limit <= 1000:
+            raise ValueError(f"limit must be from 1 to 1000, not {limit}")
+        return self.store.recent(state=state, limit=limit)
 
     def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Wait until the job is final; return its final status object (contract §5).

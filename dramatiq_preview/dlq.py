@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import builtins
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator
@@ -22,10 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.errors import BrokerConnectionError
 from dramatiq.message import Message
 
-from .errors import InvalidPayload, JobConflict, JobNotFound, PreviewError
+from .errors import BrokerUnavailable, InvalidPayload, JobConflict, JobNotFound, PreviewError
 from .messages import job_id_of
 from .names import RECORDED, broker_queues
 from .notify import is_webhook_message, webhook_of
@@ -100,18 +103,49 @@ class DeadLetters(abc.ABC):
         """Delete one dead message."""
 
     @abc.abstractmethod
-    def purge(self) -> int:
+    def _purge(self) -> int:
         """Delete every dead message of our lanes; returns how many there were."""
+
+    def _broker_errors(self) -> tuple[type[BaseException], ...]:
+        """The exceptions that mean the broker did not answer (not a bug of ours)."""
+        return (redis.RedisError, BrokerConnectionError, OSError)
+
+    @contextlib.contextmanager
+    def _answering(self) -> Iterator[None]:
+        """Turn the broker's connection errors into :class:`BrokerUnavailable` (a 503 for
+        the HTTP API, a one-line message for the CLI)."""
+        try:
+            yield
+        except PreviewError:
+            raise
+        except self._broker_errors() as exc:
+            raise BrokerUnavailable(
+                f"the broker is unavailable for the dead-letter queues: {type(exc).__name__}"
+            ) from exc
+
+    def purge(self) -> int:
+        """Delete every dead message of our lanes; returns how many there were.
+
+        Raises:
+          BrokerUnavailable: the broker did not answer.
+        """
+        with self._answering():
+            return self._purge()
 
     @abc.abstractmethod
     def count(self, queue: str) -> int:
         """Number of dead messages of one lane."""
 
     def list(self) -> builtins.list[DeadLetter]:
-        """Every dead job, oldest failure first."""
+        """Every dead job, oldest failure first.
+
+        Raises:
+          BrokerUnavailable, StateStoreUnavailable: the broker or Redis did not answer.
+        """
         letters = []
-        for queue, message, failed_ms in self._entries():
-            letters.append(self._describe(queue, message, failed_ms))
+        with self._answering():
+            for queue, message, failed_ms in self._entries():
+                letters.append(self._describe(queue, message, failed_ms))
         return sorted(letters, key=lambda d: d.failed_at or "")
 
     def requeue(
@@ -132,7 +166,14 @@ class DeadLetters(abc.ABC):
         Raises:
           JobNotFound: ``job_id`` has no dead message.
           InvalidPayload, JobConflict: ``job_id``'s dead letter cannot be replayed.
+          BrokerUnavailable, StateStoreUnavailable: the broker or Redis did not answer.
         """
+        with self._answering():
+            return self._requeue(job_id, on_skip)
+
+    def _requeue(
+        self, job_id: str | None, on_skip: Callable[[str, PreviewError], None] | None
+    ) -> builtins.list[str]:
         replayed = []
         found = False
         for queue, message, _ in list(self._entries()):
@@ -247,7 +288,7 @@ class RedisDeadLetters(DeadLetters):
         pipe.hdel(hkey, redis_id)
         pipe.execute()
 
-    def purge(self) -> int:
+    def _purge(self) -> int:
         total = 0
         for queue in self.queues:
             zkey, hkey = self._keys(queue)
@@ -308,7 +349,12 @@ class RabbitmqDeadLetters(DeadLetters):
         finally:
             connection.close()
 
-    def purge(self) -> int:
+    def _broker_errors(self) -> tuple[type[BaseException], ...]:
+        import pika.exceptions  # optional: the rabbitmq extra (this class is only used so)
+
+        return (*super()._broker_errors(), pika.exceptions.AMQPError)
+
+    def _purge(self) -> int:
         connection, channel = self._channel()
         total = 0
         try:

@@ -63,7 +63,7 @@ FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 _T = TypeVar("_T")
 
 #: The scripts of the transitions, in ``dramatiq_preview/lua/NAME.lua``.
-SCRIPTS = ("create", "claim", "progress", "finish", "cancel", "requeue", "webhook")
+SCRIPTS = ("create", "claim", "progress", "finish", "cancel", "requeue", "webhook", "recent")
 #: The functions every script starts with (``lua/_shared.lua``).
 SHARED = "_shared"
 
@@ -193,8 +193,15 @@ class Version(NamedTuple):
 _VERSION = re.compile(r"([0-9a-f]{1,32})-([0-9]{1,18})")
 
 
-#: Share of submits that also trim stale entries from the waiting set.
+#: Share of submits that also trim stale entries from the waiting set and the recent-jobs
+#: index.
 PRUNE_CHANCE = 1 / 32
+
+#: How many jobs the recent-jobs index keeps (newest by creation; a little more between trims).
+RECENT_MAX = 10_000
+
+#: Entries the recent-jobs script reads per step while it looks for jobs in one state.
+_RECENT_BATCH = 200
 
 
 def now_ms() -> int:
@@ -294,6 +301,7 @@ class JobStore:
         self._cancel = client.register_script(load_script("cancel"))
         self._requeue = client.register_script(load_script("requeue"))
         self._webhook = client.register_script(load_script("webhook"))
+        self._recent = client.register_script(load_script("recent"))
 
     # -- keys ---------------------------------------------------------------------------
 
@@ -306,6 +314,11 @@ class JobStore:
 
     def waiting_key(self, queue: str) -> str:
         return self.waiting_prefix + queue
+
+    @property
+    def recent_key(self) -> str:
+        """The recent-jobs index: a sorted set of jobIds scored by creation time (µs)."""
+        return f"{self.namespace}:recent"
 
     def events_channel(self, job_id: str) -> str:
         """The pub/sub channel of the job's events (the scripts publish the whole record)."""
@@ -335,7 +348,7 @@ class JobStore:
         Returns ``(outcome, state)``: ``state`` is ``queued`` for a job created now, else the
         existing job's (:class:`CreateOutcome`).
         """
-        keys = [self.job_key(job_id), self.waiting_prefix]
+        keys = [self.job_key(job_id), self.waiting_prefix, self.recent_key]
         extra: list[Any] = []
         if message is not None:
             keys += [message.queue_key, message.messages_key]
@@ -357,6 +370,8 @@ class JobStore:
                 webhook_url,
                 # Tells this record from an earlier or later one of the same id (Version).
                 secrets.token_hex(6),
+                RECENT_MAX,
+                time.time_ns() // 1000,
                 *extra,
             ],
         )
@@ -398,6 +413,7 @@ class JobStore:
             pipe = self.client.pipeline(transaction=True)
             pipe.delete(self.job_key(job_id))
             pipe.zrem(self.waiting_key(queue), job_id)
+            pipe.zrem(self.recent_key, job_id)
             pipe.execute()
 
         self._guard(run)
@@ -531,6 +547,28 @@ class JobStore:
         if "state" not in raw:
             return None
         return version_of(raw), status_from_record(job_id, raw)
+
+    def recent(self, *, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The status objects of the newest jobs (by creation time), newest first.
+
+        Parameters:
+          state: only jobs in this state (None: any).
+          limit: at most this many.
+
+        The index holds the last :data:`RECENT_MAX` jobs created (and none older than the
+        job TTL), so a state filter looks at those only; one script reads it, in one round
+        trip.
+        """
+        found = self._call(
+            self._recent,
+            [self.recent_key, self.job_key("")],
+            [state or "", limit, _RECENT_BATCH],
+        )
+        jobs = []
+        for job_id, flat in zip(found[::2], found[1::2], strict=True):
+            raw = {str(k): str(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+            jobs.append(status_from_record(str(job_id), raw))
+        return jobs
 
     def existing(self, job_ids: Sequence[str]) -> set[str]:
         """Which of ``job_ids`` still have a record, in one round trip (retention)."""

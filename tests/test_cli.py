@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -236,3 +237,52 @@ def test_health_accepts_a_timeout_within_the_bounds(redis_server: RedisServer) -
     code, out, _ = run("health", "--timeout", "60")
     assert json.loads(out)["redis"]["ok"] is True
     assert code in (0, 1)
+
+
+def test_jobs_lists_the_newest_jobs_and_filters_by_state(tmp_path: Path) -> None:
+    namespace = "cli-jobs-" + uuid.uuid4().hex[:8]
+    ids = [f"cli-jobs-{n}-{uuid.uuid4().hex[:6]}" for n in range(3)]
+    for job_id in ids:
+        payload = dict(GOOD, jobId=job_id)
+        result = cli_subprocess(
+            "submit", write(tmp_path, json.dumps(payload)), PREVIEW_NAMESPACE=namespace
+        )
+        assert result.returncode == 0, result.stderr
+    cancelled = cli_subprocess("cancel", ids[1], PREVIEW_NAMESPACE=namespace)
+    assert cancelled.returncode == 0, cancelled.stderr
+
+    result = cli_subprocess("jobs", PREVIEW_NAMESPACE=namespace)
+    assert result.returncode == 0, result.stderr
+    lines = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [(line[0], line[1]) for line in lines] == [
+        (ids[2], "queued"),
+        (ids[1], "cancelled"),
+        (ids[0], "queued"),
+    ]
+    result = cli_subprocess("jobs", "--state", "cancelled", "--json", PREVIEW_NAMESPACE=namespace)
+    assert [json.loads(line)["jobId"] for line in result.stdout.splitlines()] == [ids[1]]
+    result = cli_subprocess("jobs", "--limit", "1", PREVIEW_NAMESPACE=namespace)
+    assert [line.split("\t")[0] for line in result.stdout.splitlines()] == [ids[2]]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--state", "done"], "invalid choice: 'done'"),
+        (["--limit", "0"], "must be from 1 to 1000, not 0"),
+        (["--limit", "many"], "not an integer: 'many'"),
+    ],
+)
+def test_jobs_refuses_a_bad_filter_with_exit_2(argv: list[str], message: str) -> None:
+    with contextlib.redirect_stderr(io.StringIO()) as err, pytest.raises(SystemExit) as exited:
+        run("jobs", *argv)
+    assert exited.value.code == 2
+    assert message in err.getvalue()
+
+
+def test_jobs_with_redis_down_exits_3() -> None:
+    server = RedisServer()  # never started: nothing listens on its port
+    result = cli_subprocess("jobs", PREVIEW_REDIS_URL=server.url)
+    server.close()
+    assert result.returncode == 3
+    assert result.stderr.strip() == "the state store (Redis) is unavailable: ConnectionError"

@@ -48,7 +48,9 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # setuptools leaves egg-info next to setup.cfg; it would pass for an installed copy.
     for leftover in REPO.glob("*.egg-info"):
         shutil.rmtree(leftover)
-    shutil.rmtree(REPO / "build", ignore_errors=True)
+    # setuptools' work directories only: build/screenshots (tests/browser) stays.
+    for work in [REPO / "build" / "lib", *(REPO / "build").glob("bdist.*")]:
+        shutil.rmtree(work, ignore_errors=True)
     return built
 
 
@@ -79,6 +81,11 @@ def test_the_wheel_ships_the_schema_the_policy_and_the_type_marker(wheel: Path) 
         n.startswith("dramatiq_preview/rendering/policy/") and n.endswith(".xml") for n in names
     )
     assert not any(n.startswith("tests/") for n in names)
+    # the dashboard's templates and static files (package_data, include_package_data is off)
+    for name in ("base.html", "overview.html", "job.html", "login.html", "error.html"):
+        assert f"dramatiq_preview/flask/templates/dramatiq_preview/{name}" in names
+    for name in ("dashboard.css", "dashboard.js"):
+        assert f"dramatiq_preview/flask/static/dramatiq_preview/{name}" in names
 
 
 def test_the_installed_package_imports_from_site_packages_and_reads_its_schema(
@@ -112,6 +119,34 @@ def test_the_console_script_validates_with_the_documented_exit_codes(
     bad_env = sh(cli, "status", "x", cwd=tmp_path, env=clean_env(PREVIEW_MAX_PIXELS="many"))
     assert bad_env.returncode == 4
     assert "PREVIEW_MAX_PIXELS" in bad_env.stderr
+
+
+def test_the_installed_dashboard_renders_its_templates_and_static_files(
+    venv: Path, tmp_path: Path
+) -> None:
+    # Given the installed package with its [flask] extra, and a dashboard behind a token
+    code = (
+        "from flask import Flask\n"
+        "from dramatiq_preview.flask import PreviewExtension\n"
+        "app = Flask('wheel-host')\n"
+        "app.config.update(SECRET_KEY='k' * 32, PREVIEW_DASHBOARD='true',\n"
+        "                  PREVIEW_API_TOKEN='wheel-token-0123456789')\n"
+        "PreviewExtension(app)\n"
+        "client = app.test_client()\n"
+        "page = client.get('/api/preview/dashboard/')\n"
+        "print(page.status_code, 'name=\"token\"' in page.get_data(as_text=True))\n"
+        "with client.get('/api/preview/dashboard/static/dashboard.js') as script:\n"
+        "    print(script.status_code, len(script.data) > 1000)\n"
+        "login = client.post('/api/preview/dashboard/login',\n"
+        "                    data={'token': 'wheel-token-0123456789'})\n"
+        "print(login.status_code, 'HttpOnly' in login.headers['Set-Cookie'])\n"
+    )
+    env = clean_env(**{**BASE_ENV, "PREVIEW_NAMESPACE": "wheel-dashboard"})
+    # When it serves the sign-in page, the script and a sign-in from site-packages
+    result = sh(venv / "bin" / "python", "-c", code, cwd=tmp_path, env=env)
+    # Then the templates and static files were found, and itsdangerous signed the cookie
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["200 True", "200 True", "303 True"]
 
 
 def test_a_worker_from_the_wheel_renders_a_job(venv: Path, tmp_path: Path) -> None:

@@ -68,7 +68,9 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # for an installed copy of the package on this checkout's path.
     for leftover in REPO.glob("*.egg-info"):
         shutil.rmtree(leftover)
-    shutil.rmtree(REPO / "build", ignore_errors=True)
+    # setuptools' work directories only: build/screenshots (tests/browser) stays.
+    for work in [REPO / "build" / "lib", *(REPO / "build").glob("bdist.*")]:
+        shutil.rmtree(work, ignore_errors=True)
     assert result.returncode == 0, result.stdout + result.stderr
     return out
 

@@ -22,7 +22,7 @@ from flask.blueprints import BlueprintSetupState
 
 from ..client import PreviewClient
 from ..config import Settings
-from . import views
+from . import dashboard, views
 from .appstate import EXTENSION_KEY, AppState, Authorize, get_state, read_settings
 
 
@@ -108,6 +108,8 @@ def create_blueprint() -> Blueprint:
     # Must run before the routes are added: it may fill in the url_prefix they use.
     bp.record_once(_on_register)
     views.add_routes(bp)
+    # Added at registration, on apps whose PREVIEW_DASHBOARD is true.
+    dashboard.add_routes(bp)
     return bp
 
 

@@ -25,13 +25,18 @@ from flask import Flask
 from .._version import __version__
 from ..config import S3Location
 from ..models import CONTENT_TYPES
+from ..state import STATES
 from ..validation import load_schema
 from .appstate import AppState
 from .schemas import (
     JOB_ID_PATTERN,
     CancelResponseSchema,
+    DeadLetterListSchema,
     ErrorSchema,
     HealthSchema,
+    JobListSchema,
+    PurgeResponseSchema,
+    RequeueResponseSchema,
     StatusSchema,
     SubmitResponseSchema,
     ValidationErrorSchema,
@@ -331,6 +336,97 @@ OPERATIONS: dict[str, tuple[str, list[dict[str, Any]], dict[str, Any]]] = {
                     ),
                     "headers": {"Retry-After": {"schema": {"type": "integer"}}},
                 },
+            },
+        },
+    ),
+    "list_jobs": (
+        "get",
+        [
+            {
+                "in": "query",
+                "name": "state",
+                "description": "Only jobs in this state.",
+                "schema": {"type": "string", "enum": list(STATES)},
+            },
+            {
+                "in": "query",
+                "name": "limit",
+                "description": "At most this many jobs.",
+                "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+            },
+        ],
+        {
+            "operationId": "listJobs",
+            "summary": "The newest jobs, optionally in one state",
+            "description": (
+                "Newest first by creation time, from an index of the last 10,000 jobs "
+                "created within PREVIEW_JOB_TTL_SECONDS."
+            ),
+            "responses": {
+                "200": {
+                    "description": "Status objects, newest first.",
+                    "content": {_JSON: {"schema": JobListSchema}},
+                },
+                "422": _error(
+                    "An unknown `state` or a `limit` out of range (`validation_error`).",
+                    ValidationErrorSchema,
+                ),
+                "503": _UNAVAILABLE,
+            },
+        },
+    ),
+    "dead_letters": (
+        "get",
+        [],
+        {
+            "operationId": "listDeadLetters",
+            "summary": "The dead-letter queues: failed jobs and failed webhook deliveries",
+            "responses": {
+                "200": {
+                    "description": "Every dead message of our lanes, oldest failure first.",
+                    "content": {_JSON: {"schema": DeadLetterListSchema}},
+                },
+                "503": _UNAVAILABLE,
+            },
+        },
+    ),
+    "requeue_dead_letter": (
+        "post",
+        [_JOB_ID],
+        {
+            "operationId": "requeueDeadLetter",
+            "summary": "Put a job's dead messages back on their lanes",
+            "description": (
+                "A failed job goes back to `queued` (same jobId, attempts counted afresh); "
+                "a dead webhook delivery is tried again with a fresh set of attempts."
+            ),
+            "responses": {
+                "202": {
+                    "description": "Requeued.",
+                    "content": {_JSON: {"schema": RequeueResponseSchema}},
+                },
+                "404": _error("The job has no dead letter (`not_found`)."),
+                "409": _error(
+                    "The dead letter cannot be requeued: its jobId was reused with another "
+                    "payload, or its record expired and the payload is no longer valid "
+                    "(`conflict`)."
+                ),
+                "503": _UNAVAILABLE,
+            },
+        },
+    ),
+    "purge_dead_letters": (
+        "post",
+        [],
+        {
+            "operationId": "purgeDeadLetters",
+            "summary": "Delete every dead message of our lanes",
+            "responses": {
+                "200": {
+                    "description": "How many were deleted.",
+                    "content": {_JSON: {"schema": PurgeResponseSchema}},
+                },
+                "503": _UNAVAILABLE,
             },
         },
     ),

@@ -204,17 +204,74 @@ class HealthSchema(Schema):
     )
 
 
+class JobListSchema(Schema):
+    """The answer to ``GET /jobs``: status objects, newest first."""
+
+    jobs = fields.List(fields.Nested(StatusSchema), required=True)
+
+
+class DeadLetterSchema(Schema):
+    """One dead message: a job that failed for good, or its webhook delivery that did."""
+
+    jobId = fields.String(required=True)
+    kind = fields.String(
+        required=True,
+        metadata={
+            "enum": ["render", "webhook"],
+            "description": "`render`: the job failed; `webhook`: its webhook delivery failed.",
+        },
+    )
+    queue = fields.String(required=True, metadata={"description": "The lane it died on."})
+    messageId = fields.String(required=True)
+    failedAt = fields.String(required=True, allow_none=True, metadata=_TIME)
+    error = fields.Nested(JobErrorSchema, required=True, allow_none=True)
+    attempts = fields.Integer(required=True)
+
+
+class DeadLetterListSchema(Schema):
+    """The answer to ``GET /dlq``: every dead message of our lanes, oldest failure first."""
+
+    deadLetters = fields.List(fields.Nested(DeadLetterSchema), required=True)
+
+
+class RequeueResponseSchema(Schema):
+    """The answer to ``POST /dlq/{jobId}/requeue``: the job's state once its dead messages
+    are back on their lanes (``queued`` for a failed job; a job whose webhook delivery died
+    keeps its final state)."""
+
+    jobId = fields.String(required=True)
+    state = fields.String(required=True, allow_none=True, metadata=_STATE)
+    requeued = fields.Integer(
+        required=True, metadata={"description": "How many dead messages of the job went back."}
+    )
+
+
+class PurgeResponseSchema(Schema):
+    """The answer to ``POST /dlq/purge``."""
+
+    purged = fields.Integer(required=True, metadata={"description": "Dead messages deleted."})
+
+
 SUBMIT_RESPONSE = SubmitResponseSchema()
 STATUS = StatusSchema()
 CANCEL_RESPONSE = CancelResponseSchema()
+JOB_LIST = JobListSchema()
+DEAD_LETTERS = DeadLetterListSchema()
+REQUEUE_RESPONSE = RequeueResponseSchema()
+PURGE_RESPONSE = PurgeResponseSchema()
 
 
 __all__ = [
     "JOB_ID_PATTERN",
     "CancelResponseSchema",
+    "DeadLetterListSchema",
+    "DeadLetterSchema",
     "ErrorSchema",
     "HealthSchema",
+    "JobListSchema",
     "PlaceholderSchema",
+    "PurgeResponseSchema",
+    "RequeueResponseSchema",
     "StatusSchema",
     "StorageHealthSchema",
     "SubmitResponseSchema",

@@ -46,6 +46,7 @@ from werkzeug.exceptions import (
 from werkzeug.http import parse_date, parse_etags, quote_etag
 from werkzeug.routing import RequestRedirect
 
+from ..dlq import DeadLetters, dead_letters
 from ..errors import (
     BrokerUnavailable,
     InvalidPayload,
@@ -58,17 +59,31 @@ from ..errors import (
 )
 from ..health import check_health
 from ..models import CONTENT_TYPES
+from ..state import STATES
 from ..storage import Storage, StoredObject, open_storage
 from ..validation import ecma_regex
 from ..watch import JobWatch, KeepAlive, Version
 from .appstate import AppState, get_state
 from .openapi import openapi_document
-from .schemas import CANCEL_RESPONSE, JOB_ID_PATTERN, STATUS, SUBMIT_RESPONSE
+from .schemas import (
+    CANCEL_RESPONSE,
+    DEAD_LETTERS,
+    JOB_ID_PATTERN,
+    JOB_LIST,
+    PURGE_RESPONSE,
+    REQUEUE_RESPONSE,
+    STATUS,
+    SUBMIT_RESPONSE,
+)
+from .session import CSRF_HEADER, DASHBOARD_ENDPOINTS, SAFE_METHODS, csrf_ok, signed_in
 
 logger = logging.getLogger("dramatiq_preview.flask")
 
 #: How long clients may reuse a rendered file before revalidating it with its ETag.
 OUTPUT_MAX_AGE = 3600
+#: ``GET /jobs``: how many jobs without ``limit``, and the most one request may ask for.
+JOBS_DEFAULT_LIMIT = 50
+JOBS_MAX_LIMIT = 200
 #: Seconds a client should wait after a 503 before trying again.
 RETRY_AFTER = 5
 #: The ``retry:`` of the event stream: milliseconds a browser waits before reconnecting.
@@ -133,6 +148,12 @@ def add_routes(bp: Blueprint) -> None:
     bp.add_url_rule("/job/<job_id>/events", "job_events", job_events, methods=["GET"])
     # A string, not <int:>: werkzeug's int converter also takes fullwidth or Arabic-Indic digits.
     bp.add_url_rule("/job/<job_id>/outputs/<index>", "job_output", job_output, methods=["GET"])
+    bp.add_url_rule("/jobs", "list_jobs", list_jobs, methods=["GET"])
+    bp.add_url_rule("/dlq", "dead_letters", list_dead_letters, methods=["GET"])
+    bp.add_url_rule(
+        "/dlq/<job_id>/requeue", "requeue_dead_letter", requeue_dead_letter, methods=["POST"]
+    )
+    bp.add_url_rule("/dlq/purge", "purge_dead_letters", purge_dead_letters, methods=["POST"])
     bp.add_url_rule("/worker/health", "worker_health", worker_health, methods=["GET"])
     bp.add_url_rule("/metrics", "metrics", metrics, methods=["GET"])
     bp.add_url_rule("/openapi.json", "openapi", openapi, methods=["GET"])
@@ -252,12 +273,33 @@ def _after_app_request(response: Response) -> Response:
 
 
 def _authenticate() -> None:
-    if request.method == "OPTIONS" or _endpoint_name() == "worker_health":
+    """Who may use the API: the bearer token, or the dashboard's session cookie (§11).
+
+    With ``PREVIEW_API_TOKEN`` set, a request with an ``Authorization`` header is judged by
+    that header alone; one without it may present the dashboard's session cookie (when the
+    dashboard is on), and a state-changing one must then also carry its page's CSRF token
+    in ``X-CSRF-Token`` (session.py).  The host's ``authorize`` hook decides after that.
+    The health check is open, and the dashboard's pages answer for themselves (they show
+    the sign-in form and no job data until the operator signs in: dashboard.py).
+    """
+    endpoint = _endpoint_name()
+    if request.method == "OPTIONS" or endpoint == "worker_health":
+        return
+    if endpoint in DASHBOARD_ENDPOINTS:
         return
     state = _state()
     token = state.settings.api_token
-    if token is not None:
-        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    header = request.headers.get("Authorization")
+    if token is not None and header is None and state.settings.dashboard and signed_in(request):
+        if request.method not in SAFE_METHODS and not csrf_ok(request):
+            raise ApiError(
+                403,
+                "forbidden",
+                "a request signed in with the dashboard's session cookie that changes "
+                f"something needs the page's CSRF token in the {CSRF_HEADER} header",
+            )
+    elif token is not None:
+        scheme, _, credentials = (header or "").partition(" ")
         # Only the spaces and tabs of RFC 9110's OWS go: str.strip() would also drop a
         # non-breaking space or other Unicode whitespace after a right token.
         given = credentials.strip(" \t").encode("utf-8", "surrogateescape")
@@ -547,6 +589,55 @@ def cancel_job(job_id: str) -> Response:
     """POST /job/{jobId}/cancel."""
     answer = _state().client.cancel(_checked_job_id(job_id))
     return json_response(CANCEL_RESPONSE.dump(answer), 202)
+
+
+def list_jobs() -> Response:
+    """GET /jobs?state=S&limit=N: the newest jobs (contract §11)."""
+    state = request.args.get("state")
+    limit_text = request.args.get("limit", str(JOBS_DEFAULT_LIMIT))
+    issues = []
+    if state is not None and state not in STATES:
+        issues.append({"path": "query/state", "message": f"must be one of {', '.join(STATES)}"})
+    limit = _bounded_int(limit_text) if limit_text.isascii() and limit_text.isdigit() else 0
+    if not 1 <= limit <= JOBS_MAX_LIMIT:
+        issues.append(
+            {"path": "query/limit", "message": f"must be an integer from 1 to {JOBS_MAX_LIMIT}"}
+        )
+    if issues:
+        raise ApiError(422, "validation_error", "the query parameters are invalid", details=issues)
+    jobs = _state().client.recent_jobs(state=state, limit=limit)
+    return json_response(JOB_LIST.dump({"jobs": [_public_status(j["jobId"], j) for j in jobs]}))
+
+
+def _dead_letters() -> DeadLetters:
+    client = _state().client
+    return dead_letters(client.broker, client.store)
+
+
+def list_dead_letters() -> Response:
+    """GET /dlq: every dead message of our lanes, oldest failure first (contract §11)."""
+    letters = [letter.to_dict() for letter in _dead_letters().list()]
+    return json_response(DEAD_LETTERS.dump({"deadLetters": letters}))
+
+
+def requeue_dead_letter(job_id: str) -> Response:
+    """POST /dlq/{jobId}/requeue: the job's dead messages back on their lanes; 404 when it
+    has none."""
+    try:
+        replayed = _dead_letters().requeue(_checked_job_id(job_id))
+    except JobNotFound:
+        raise ApiError(404, "not_found", f"job {_short(job_id)} has no dead letter") from None
+    except InvalidPayload as exc:
+        # Its record expired and the payload is not valid any more: it stays dead.
+        raise ApiError(409, "conflict", f"the dead letter cannot be requeued: {exc}") from None
+    status = _state().client.store.get(job_id)
+    body = {"jobId": job_id, "state": status["state"] if status else None}
+    return json_response(REQUEUE_RESPONSE.dump({**body, "requeued": len(replayed)}), 202)
+
+
+def purge_dead_letters() -> Response:
+    """POST /dlq/purge: delete every dead message of our lanes."""
+    return json_response(PURGE_RESPONSE.dump({"purged": _dead_letters().purge()}))
 
 
 def _checked_index(job_id: str, text: str) -> int:

@@ -1,9 +1,9 @@
 -- create: record a new job as 'queued' unless its id exists (dramatiq_preview.state).
--- KEYS: job, waiting_prefix[, broker_queue, broker_queue_msgs]
--- ARGV: fp, priority, queue, metadata, now_ms, ttl, job_id, prune, webhook_url, incarnation
---   [, message_id, message_data]
+-- KEYS: job, waiting_prefix, recent[, broker_queue, broker_queue_msgs]
+-- ARGV: fp, priority, queue, metadata, now_ms, ttl, job_id, prune, webhook_url, incarnation,
+--   recent_max, now_us[, message_id, message_data]
 -- Returns {outcome, state}: outcome 'created', 'duplicate' (same fingerprint) or 'conflict'.
-local job, waiting_prefix = KEYS[1], KEYS[2]
+local job, waiting_prefix, recent = KEYS[1], KEYS[2], KEYS[3]
 local fp, priority, queue, meta = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, ttl, job_id, prune = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8]
 local webhook_url, incarnation = ARGV[9], ARGV[10]
@@ -28,10 +28,21 @@ if prune == '1' then
   redis.call('zremrangebyscore', waiting, '-inf', now - ttl * 1000)
 end
 redis.call('expire', waiting, ttl)
-if KEYS[3] then
+-- The recent-jobs index of the dashboard (newest first by creation time, in microseconds so
+-- that jobs created in one millisecond keep their order): bounded by recent_max (trimmed with
+-- the waiting sets, so it may run a little over between trims) and by age; an entry whose
+-- record expired is dropped when a reader meets it.
+local now_us = tonumber(ARGV[12])
+redis.call('zadd', recent, now_us, job_id)
+if prune == '1' then
+  redis.call('zremrangebyscore', recent, '-inf', now_us - ttl * 1000000)
+  redis.call('zremrangebyrank', recent, 0, -tonumber(ARGV[11]) - 1)
+end
+redis.call('expire', recent, ttl)
+if KEYS[4] then
   -- A Redis broker on this server: enqueue in the same step, in Dramatiq's layout (a list
   -- of message ids and a hash of id -> message), so the job and its message exist together.
-  redis.call('hset', KEYS[4], ARGV[11], ARGV[12])
-  redis.call('rpush', KEYS[3], ARGV[11])
+  redis.call('hset', KEYS[5], ARGV[13], ARGV[14])
+  redis.call('rpush', KEYS[4], ARGV[13])
 end
 return {'created', 'queued'}

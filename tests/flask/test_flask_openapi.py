@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,10 @@ ROUTES = {
     "/job/{jobId}/cancel": {"post"},
     "/job/{jobId}/events": {"get"},
     "/job/{jobId}/outputs/{index}": {"get"},
+    "/jobs": {"get"},
+    "/dlq": {"get"},
+    "/dlq/{jobId}/requeue": {"post"},
+    "/dlq/purge": {"post"},
     "/worker/health": {"get"},
     "/metrics": {"get"},
     "/openapi.json": {"get"},
@@ -340,10 +345,11 @@ def test_schemathesis_finds_no_server_error_and_no_answer_against_the_document(
     tmp_path: Path,
 ) -> None:
     # Given the live API with a token (so that the run also checks that auth is enforced;
-    # jobs go to a namespace no worker consumes)
+    # jobs go to a namespace of its own that no worker consumes: GET /jobs lists only what
+    # this run made, not the hand-made records of other tests)
     # Streams opened on queued jobs end after 2 s (schemathesis reads each to its end).
     app = make_app(
-        PREVIEW_NAMESPACE=IDLE_NAMESPACE,
+        PREVIEW_NAMESPACE=f"{IDLE_NAMESPACE}-{uuid.uuid4().hex[:8]}",
         PREVIEW_API_TOKEN=TOKEN,
         PREVIEW_EVENTS_MAX_SECONDS=2,
         PREVIEW_EVENTS_KEEPALIVE_SECONDS=1,
