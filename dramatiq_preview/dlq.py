@@ -84,6 +84,14 @@ class DeadLetter:
         )
 
 
+@dataclass(frozen=True)
+class Listing:
+    """A listing of the dead letters: ``letters`` (oldest failure first) of ``total``."""
+
+    letters: builtins.list[DeadLetter]
+    total: int
+
+
 class DeadLetters(abc.ABC):
     """The dead-letter queues of our priority lanes on one broker."""
 
@@ -95,8 +103,19 @@ class DeadLetters(abc.ABC):
         self.queues = broker_queues(broker, store.namespace).all
 
     @abc.abstractmethod
-    def _entries(self) -> Iterator[tuple[str, Message[Any], float | None]]:
-        """Yield ``(queue, message, failed_at_ms)`` for every dead message."""
+    def _entries(
+        self, newest: int | None = None
+    ) -> Iterator[tuple[str, Message[Any], float | None]]:
+        """Yield ``(queue, message, failed_at_ms)`` for every dead message.
+
+        ``newest``: a backend that knows failure times without reading the messages may
+        yield only the ``newest`` last failures of each lane (the others are never listed).
+        """
+
+    def _total(self) -> int | None:
+        """How many dead messages there are, when the backend can tell without reading
+        them all (None: count what :meth:`_entries` yields)."""
+        return None
 
     @abc.abstractmethod
     def _remove(self, queue: str, message: Message[Any]) -> None:
@@ -142,11 +161,41 @@ class DeadLetters(abc.ABC):
         Raises:
           BrokerUnavailable, StateStoreUnavailable: the broker or Redis did not answer.
         """
-        letters = []
+        return self.listing().letters
+
+    def listing(self, limit: int | None = None) -> Listing:
+        """The dead letters (only the ``limit`` newest failures, when given), oldest failure
+        first, and how many there are in all.
+
+        The job records of the listed letters are read in one round trip to Redis
+        (:meth:`JobStore.get_many`), whatever their number.  On Redis only the newest
+        ``limit`` messages of each lane are read; RabbitMQ has no index by failure time, so
+        every message is read there, and the cut is made after.
+
+        Raises:
+          BrokerUnavailable, StateStoreUnavailable: the broker or Redis did not answer.
+        """
+        if limit is not None and limit < 1:
+            raise ValueError("limit must be at least 1")
         with self._answering():
-            for queue, message, failed_ms in self._entries():
-                letters.append(self._describe(queue, message, failed_ms))
-        return sorted(letters, key=lambda d: d.failed_at or "")
+            entries = builtins.list(self._entries(limit))
+            total = self._total()
+        if total is None:
+            total = len(entries)
+        if limit is not None and all(ms is not None for _, _, ms in entries):
+            # Known failure times: only the newest are described (and their records read).
+            entries = sorted(entries, key=lambda e: e[2] or 0.0)[-limit:]
+        statuses = self.store.get_many([_job_id(message) for _, message, _ in entries])
+        letters = sorted(
+            (
+                self._describe(queue, message, failed_ms, status)
+                for (queue, message, failed_ms), status in zip(entries, statuses, strict=True)
+            ),
+            key=lambda d: d.failed_at or "",
+        )
+        if limit is not None:
+            letters = letters[-limit:]
+        return Listing(letters, max(total, len(letters)))
 
     def requeue(
         self,
@@ -214,9 +263,15 @@ class DeadLetters(abc.ABC):
         self.broker.enqueue(fresh)
         self._remove(queue, message)
 
-    def _describe(self, queue: str, message: Message[Any], failed_ms: float | None) -> DeadLetter:
+    def _describe(
+        self,
+        queue: str,
+        message: Message[Any],
+        failed_ms: float | None,
+        status: dict[str, Any] | None,
+    ) -> DeadLetter:
+        """The dead letter of ``message``, with its job's ``status`` (None: no record)."""
         job_id = _job_id(message)
-        status = self.store.get(job_id)
         if is_webhook_message(message):
             return self._describe_webhook(queue, message, failed_ms, job_id, status)
         error = status["error"] if status else None
@@ -265,11 +320,15 @@ class RedisDeadLetters(DeadLetters):
         base = f"{self.broker.namespace}:{queue}.XQ"
         return base, base + ".msgs"
 
-    def _entries(self) -> Iterator[tuple[str, Message[Any], float | None]]:
+    def _entries(
+        self, newest: int | None = None
+    ) -> Iterator[tuple[str, Message[Any], float | None]]:
         client = self.broker.client
         for queue in self.queues:
             zkey, hkey = self._keys(queue)
-            ids = client.zrange(zkey, 0, -1, withscores=True)
+            # Scored by failure time: the newest are the last members.
+            start = 0 if newest is None else -newest
+            ids = client.zrange(zkey, start, -1, withscores=True)
             if not ids:
                 continue
             blobs = client.hmget(hkey, [i for i, _ in ids])
@@ -299,6 +358,12 @@ class RedisDeadLetters(DeadLetters):
     def count(self, queue: str) -> int:
         return int(self.broker.client.zcard(self._keys(queue)[0]))
 
+    def _total(self) -> int | None:
+        pipe = self.broker.client.pipeline(transaction=False)
+        for queue in self.queues:
+            pipe.zcard(self._keys(queue)[0])
+        return sum(int(n) for n in pipe.execute())
+
 
 class RabbitmqDeadLetters(DeadLetters):
     """Dead letters of a ``RabbitmqBroker``: the durable ``{queue}.XQ`` queues.
@@ -313,7 +378,10 @@ class RabbitmqDeadLetters(DeadLetters):
         connection = pika.BlockingConnection(self.broker.parameters)
         return connection, connection.channel()
 
-    def _entries(self) -> Iterator[tuple[str, Message[Any], float | None]]:
+    def _entries(
+        self, newest: int | None = None
+    ) -> Iterator[tuple[str, Message[Any], float | None]]:
+        # No index by failure time: every message is read, whatever ``newest`` says.
         connection, channel = self._channel()
         try:
             for queue in self.queues:
@@ -396,4 +464,4 @@ def dead_letters(broker: dramatiq.Broker, store: JobStore) -> DeadLetters:
     raise TypeError(f"no dead-letter support for {type(broker).__name__}")
 
 
-__all__ = ["DeadLetter", "DeadLetters", "dead_letters"]
+__all__ = ["DeadLetter", "DeadLetters", "Listing", "dead_letters"]

@@ -535,6 +535,23 @@ class JobStore:
             return None
         return status_from_record(job_id, raw)
 
+    def get_many(self, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        """:meth:`get` for each of ``job_ids`` (None for an unknown one), in one round trip."""
+        ids = list(job_ids)
+
+        def run() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hgetall(self.job_key(job_id))
+            return pipe.execute()
+
+        found = self._guard(run) if ids else []
+        statuses: list[dict[str, Any] | None] = []
+        for job_id, record in zip(ids, found, strict=True):
+            raw = {str(k): str(v) for k, v in record.items()}
+            statuses.append(status_from_record(job_id, raw) if "state" in raw else None)
+        return statuses
+
     def get_with_seq(self, job_id: str) -> tuple[int, dict[str, Any]] | None:
         """The status (as :meth:`get`) and its event id ``seq``, or None when unknown."""
         found = self.get_versioned(job_id)

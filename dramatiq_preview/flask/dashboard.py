@@ -40,7 +40,7 @@ from flask.blueprints import BlueprintSetupState
 
 from .._version import __version__
 from ..dlq import dead_letters
-from ..errors import JobNotFound
+from ..errors import BrokerUnavailable, JobNotFound, PreviewError, StateStoreUnavailable
 from ..health import check_health
 from ..state import FINAL_STATES, STATES
 from ..validation import ecma_regex
@@ -64,6 +64,12 @@ logger = logging.getLogger("dramatiq_preview.flask")
 RECENT_LIMIT = 50
 #: How often the overview asks the JSON routes for news, in milliseconds.
 POLL_INTERVAL_MS = 4000
+#: How many dead letters the overview shows (the newest failures).
+DLQ_LIMIT = 100
+#: The overview reads the dead letters again when the health's dead counts change, after a
+#: requeue or purge, and at least this often (milliseconds): listing a RabbitMQ dead-letter
+#: queue takes its messages and puts them back, so it is asked as seldom as possible.
+DLQ_REFRESH_MS = 60000
 #: The health check's deadline when a page is rendered, in seconds.
 HEALTH_TIMEOUT = 1.0
 #: How long browsers may keep the static files (their URLs carry the version).
@@ -284,6 +290,21 @@ def _unavailable(what: str, exc: Exception) -> str:
     return f"{what} could not be read: {message or type(exc).__name__}"
 
 
+def _unavailable_page(exc: PreviewError) -> Response:
+    """The 503 page for Redis or the broker not answering (anything else is re-raised)."""
+    if not isinstance(exc, (StateStoreUnavailable, BrokerUnavailable)):
+        raise exc
+    logger.warning("the dashboard answers 503: %s", exc.message)
+    response = _page(
+        "error.html",
+        503,
+        title="Unavailable",
+        message=f"{exc.message}. Try again in a few seconds.",
+    )
+    response.headers["Retry-After"] = str(views.RETRY_AFTER)
+    return response
+
+
 # --- views --------------------------------------------------------------------------------
 
 
@@ -305,7 +326,11 @@ def overview() -> Response:
     notice = None
     wanted = request.args.get("job", "").strip()
     if wanted:
-        if _valid_job_id(wanted) and state.client.store.get(wanted) is not None:
+        try:
+            known = _valid_job_id(wanted) and state.client.store.get(wanted) is not None
+        except PreviewError as exc:
+            return _unavailable_page(exc)
+        if known:
             return _see_other(views.local_url(".dashboard_job", job_id=wanted))
         notice = f"No job with id {wanted[:130]}"
     filter_state = request.args.get("state", "")
@@ -325,9 +350,11 @@ def overview() -> Response:
     except Exception as exc:
         jobs_error = _unavailable("the recent jobs", exc)
     letters: list[dict[str, Any]] = []
+    letters_total = 0
     letters_error = None
     try:
-        found = dead_letters(state.client.broker, state.client.store).list()
+        listing = dead_letters(state.client.broker, state.client.store).listing(DLQ_LIMIT)
+        found, letters_total = listing.letters, listing.total
         letters = [
             {
                 **letter.to_dict(),
@@ -353,7 +380,10 @@ def overview() -> Response:
         jobs=jobs,
         jobs_error=jobs_error,
         letters=letters,
+        letters_total=letters_total,
         letters_error=letters_error,
+        dlq_limit=DLQ_LIMIT,
+        dlq_every_ms=DLQ_REFRESH_MS,
         states=STATES,
         filter_state=filter_state,
         wanted=wanted,
@@ -377,6 +407,8 @@ def job_page(job_id: str) -> Response:
         status = state.client.status(job_id)
     except JobNotFound:
         return _page("error.html", 404, **missing)
+    except PreviewError as exc:
+        return _unavailable_page(exc)
     metadata = status.get("metadata") or {}
     return _page(
         "job.html",

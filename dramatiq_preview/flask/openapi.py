@@ -377,15 +377,29 @@ OPERATIONS: dict[str, tuple[str, list[dict[str, Any]], dict[str, Any]]] = {
     ),
     "dead_letters": (
         "get",
-        [],
+        [
+            {
+                "in": "query",
+                "name": "limit",
+                "description": "At most this many dead letters: the newest failures.",
+                "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 200},
+            },
+        ],
         {
             "operationId": "listDeadLetters",
             "summary": "The dead-letter queues: failed jobs and failed webhook deliveries",
+            "description": (
+                "The newest `limit` dead messages of our lanes, listed oldest failure first, "
+                "and `total`, how many there are in all."
+            ),
             "responses": {
                 "200": {
-                    "description": "Every dead message of our lanes, oldest failure first.",
+                    "description": "The newest dead messages, oldest failure first.",
                     "content": {_JSON: {"schema": DeadLetterListSchema}},
                 },
+                "422": _error(
+                    "A `limit` out of range (`validation_error`).", ValidationErrorSchema
+                ),
                 "503": _UNAVAILABLE,
             },
         },

@@ -229,9 +229,19 @@ class DeadLetterSchema(Schema):
 
 
 class DeadLetterListSchema(Schema):
-    """The answer to ``GET /dlq``: every dead message of our lanes, oldest failure first."""
+    """The answer to ``GET /dlq``: the newest dead messages of our lanes (at most
+    ``limit``), oldest failure first, and how many there are in all."""
 
     deadLetters = fields.List(fields.Nested(DeadLetterSchema), required=True)
+    total = fields.Integer(
+        required=True,
+        metadata={
+            "description": (
+                "How many dead messages our lanes hold; more than the list's length when "
+                "`limit` cut it."
+            )
+        },
+    )
 
 
 class RequeueResponseSchema(Schema):

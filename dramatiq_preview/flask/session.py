@@ -17,14 +17,16 @@ API accepts that cookie as it accepts the bearer token.  What the cookie is:
 * **Kept to our pages.**  ``HttpOnly`` (scripts cannot read it), ``SameSite=Strict`` (no
   other site's page or link sends it), ``Secure`` when the request came over HTTPS (behind
   a TLS-terminating proxy: werkzeug's ProxyFix makes ``request.is_secure`` say so), and
-  ``Path`` = the blueprint's prefix, so the host's own routes never receive it.
+  ``Path`` = the blueprint's prefix, so the host's own routes never receive it (with
+  ``PREVIEW_URL_PREFIX=""`` the path is ``/`` and they do: docs/dashboard.md says so).
 
 The CSRF token of a page is an HMAC-SHA256 of the session id under another key derived from
 ``SECRET_KEY``: it cannot be computed without the key, and it is only good with its own
 session.  A state-changing request authenticated by the cookie must carry it in the
 ``X-CSRF-Token`` header (compared in constant time); ``SameSite=Strict`` already stops
 cross-site requests in current browsers, the token covers the rest (older browsers,
-sibling subdomains, a same-site page that is not ours).
+sibling subdomains, a same-site page that is not ours), and ``views._refuse_cross_origin``
+refuses what the browser says came from another origin (``Sec-Fetch-Site``, ``Origin``).
 
 Without ``SECRET_KEY`` there is nothing to sign with: the dashboard refuses to start
 (:func:`check_secret_key`, a :class:`~dramatiq_preview.errors.ConfigError` at ``init_app``)

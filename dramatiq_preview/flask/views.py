@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from flask import (
     Blueprint,
@@ -84,6 +84,10 @@ OUTPUT_MAX_AGE = 3600
 #: ``GET /jobs``: how many jobs without ``limit``, and the most one request may ask for.
 JOBS_DEFAULT_LIMIT = 50
 JOBS_MAX_LIMIT = 200
+#: ``GET /dlq``: how many dead letters (the newest failures) without ``limit``, and the most
+#: one request may ask for.
+DLQ_DEFAULT_LIMIT = 200
+DLQ_MAX_LIMIT = 1000
 #: Seconds a client should wait after a 503 before trying again.
 RETRY_AFTER = 5
 #: The ``retry:`` of the event stream: milliseconds a browser waits before reconnecting.
@@ -258,6 +262,12 @@ def _after_app_request(response: Response) -> Response:
         allow = [m.strip() for m in response.headers.get("Allow", "").split(",") if m.strip()]
         response.set_data(json.dumps({"allow": allow}))
         response.mimetype = "application/json"
+    if g.pop("_preview_cookie_auth", False):
+        # Read with the session cookie: no cache may keep the answer, nor give it to a
+        # request without that cookie.
+        response.vary.add("Cookie")
+        if response.mimetype == "application/json":
+            response.headers["Cache-Control"] = "no-store"
     method = request.method if request.method in _METHODS else "OTHER"
     try:
         _state().metrics.observe(
@@ -275,37 +285,47 @@ def _after_app_request(response: Response) -> Response:
 def _authenticate() -> None:
     """Who may use the API: the bearer token, or the dashboard's session cookie (§11).
 
-    With ``PREVIEW_API_TOKEN`` set, a request with an ``Authorization`` header is judged by
-    that header alone; one without it may present the dashboard's session cookie (when the
-    dashboard is on), and a state-changing one must then also carry its page's CSRF token
-    in ``X-CSRF-Token`` (session.py).  The host's ``authorize`` hook decides after that.
-    The health check is open, and the dashboard's pages answer for themselves (they show
-    the sign-in form and no job data until the operator signs in: dashboard.py).
+    With ``PREVIEW_API_TOKEN`` set, a request whose ``Authorization`` header has the
+    ``Bearer`` scheme is judged by that header alone.  Any other request (no header, or
+    another scheme, such as the ``Basic`` credentials a browser resends to a proxy that asked
+    for them) may present the dashboard's session cookie (when the dashboard is on), and a
+    state-changing one must then also carry its page's CSRF token in ``X-CSRF-Token``
+    (session.py).  A state-changing request that no valid bearer token authenticates must
+    also come from this origin, as browsers tell (:func:`_refuse_cross_origin`).  The host's
+    ``authorize`` hook decides after that.  The health check is open, and the dashboard's
+    pages answer for themselves (they show the sign-in form and no job data until the
+    operator signs in: dashboard.py).
     """
     endpoint = _endpoint_name()
     if request.method == "OPTIONS" or endpoint == "worker_health":
         return
-    if endpoint in DASHBOARD_ENDPOINTS:
-        return
     state = _state()
     token = state.settings.api_token
     header = request.headers.get("Authorization")
-    if token is not None and header is None and state.settings.dashboard and signed_in(request):
-        if request.method not in SAFE_METHODS and not csrf_ok(request):
-            raise ApiError(
-                403,
-                "forbidden",
-                "a request signed in with the dashboard's session cookie that changes "
-                f"something needs the page's CSRF token in the {CSRF_HEADER} header",
-            )
+    scheme, _, credentials = (header or "").partition(" ")
+    bearer = header is not None and scheme.lower() == "bearer"
+    if endpoint in DASHBOARD_ENDPOINTS:
+        if request.method not in SAFE_METHODS:
+            _refuse_cross_origin()
+        return
+    if token is not None and not bearer and state.settings.dashboard and signed_in(request):
+        if request.method not in SAFE_METHODS:
+            _refuse_cross_origin()
+            if not csrf_ok(request):
+                raise ApiError(
+                    403,
+                    "forbidden",
+                    "a request signed in with the dashboard's session cookie that changes "
+                    f"something needs the page's CSRF token in the {CSRF_HEADER} header",
+                )
+        g._preview_cookie_auth = True
     elif token is not None:
-        scheme, _, credentials = (header or "").partition(" ")
         # Only the spaces and tabs of RFC 9110's OWS go: str.strip() would also drop a
         # non-breaking space or other Unicode whitespace after a right token.
         given = credentials.strip(" \t").encode("utf-8", "surrogateescape")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given, token.encode("utf-8")):
+        if not bearer or not hmac.compare_digest(given, token.encode("utf-8")):
             challenge = 'Bearer realm="dramatiq-preview"'
-            if credentials:
+            if bearer and credentials:
                 challenge += ', error="invalid_token"'
             raise ApiError(
                 401,
@@ -313,8 +333,53 @@ def _authenticate() -> None:
                 "this API needs an 'Authorization: Bearer <token>' header with a valid token",
                 headers={"WWW-Authenticate": challenge},
             )
+    elif request.method not in SAFE_METHODS:
+        # No token configured: nothing authenticates the request, so a browser must at
+        # least not be sending it on behalf of another site's page.
+        _refuse_cross_origin()
     if state.authorize is not None and not state.authorize(request):
         raise ApiError(403, "forbidden", "you are not allowed to use this API")
+
+
+#: The ``Sec-Fetch-Site`` values of a request this origin's own pages (or the user, typing
+#: a URL or using a bookmark) made.
+_SAME_ORIGIN_SITES = frozenset({"same-origin", "none"})
+
+
+def _refuse_cross_origin() -> None:
+    """Refuse a state-changing request another site's page made a browser send (CSRF).
+
+    The approach of Go 1.25's ``http.CrossOriginProtection``: a browser says where a
+    request comes from in ``Sec-Fetch-Site`` (every current browser), else in ``Origin``.
+    ``Sec-Fetch-Site`` present and not ``same-origin`` or ``none``: refused.  Without it,
+    an ``Origin`` whose host is not the request's ``Host`` (``null`` included): refused.
+    A request with neither header (curl, scripts, server-side clients) is not a browser's
+    and goes through.  Only the host is compared, not the scheme, as Go does: behind a
+    TLS-terminating proxy the app may see ``http`` while the browser's origin is ``https``.
+
+    Raises:
+      ApiError: 403 ``forbidden``.
+    """
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        if site.strip(" \t").lower() in _SAME_ORIGIN_SITES:
+            return
+        raise ApiError(
+            403,
+            "forbidden",
+            f"a cross-origin request (Sec-Fetch-Site: {site[:40]}) may not change anything",
+        )
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    parsed = urlsplit(origin.strip(" \t"))
+    if parsed.scheme in ("http", "https") and parsed.netloc.lower() == request.host.lower():
+        return
+    raise ApiError(
+        403,
+        "forbidden",
+        f"a cross-origin request (Origin: {origin[:100]}) may not change anything",
+    )
 
 
 # --- error handlers -----------------------------------------------------------------------
@@ -615,9 +680,21 @@ def _dead_letters() -> DeadLetters:
 
 
 def list_dead_letters() -> Response:
-    """GET /dlq: every dead message of our lanes, oldest failure first (contract §11)."""
-    letters = [letter.to_dict() for letter in _dead_letters().list()]
-    return json_response(DEAD_LETTERS.dump({"deadLetters": letters}))
+    """GET /dlq?limit=N: the newest ``N`` dead messages of our lanes, oldest failure first,
+    and how many there are in all (contract §11)."""
+    limit_text = request.args.get("limit", str(DLQ_DEFAULT_LIMIT))
+    limit = _bounded_int(limit_text) if limit_text.isascii() and limit_text.isdigit() else 0
+    if not 1 <= limit <= DLQ_MAX_LIMIT:
+        message = f"must be an integer from 1 to {DLQ_MAX_LIMIT}"
+        raise ApiError(
+            422,
+            "validation_error",
+            "the query parameters are invalid",
+            details=[{"path": "query/limit", "message": message}],
+        )
+    listing = _dead_letters().listing(limit)
+    letters = [letter.to_dict() for letter in listing.letters]
+    return json_response(DEAD_LETTERS.dump({"deadLetters": letters, "total": listing.total}))
 
 
 def requeue_dead_letter(job_id: str) -> Response:

@@ -66,10 +66,54 @@ def chrome_ready() -> None:
         pytest.skip(why)
 
 
+class Gate:
+    """WSGI middleware in front of the app, as a proxy would be: it notes the path and query
+    of every request the browser makes (``seen``), answers 401 for the paths in ``deny``,
+    and holds a request whose path and query contain a key of ``hold`` until that event is
+    set."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+        self.seen: list[str] = []
+        self.deny: set[str] = set()
+        self.hold: dict[str, threading.Event] = {}
+
+    def reset(self) -> None:
+        with self.lock:
+            self.seen.clear()
+            self.deny.clear()
+            for event in self.hold.values():
+                event.set()
+            self.hold.clear()
+
+    def requests(self, needle: str) -> list[str]:
+        """The requests seen so far whose path and query contain ``needle``."""
+        with self.lock:
+            return [target for target in self.seen if needle in target]
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ.get("PATH_INFO", "")
+        query = environ.get("QUERY_STRING", "")
+        target = path + ("?" + query if query else "")
+        browser = not environ.get("HTTP_USER_AGENT", "").startswith("python-httpx")
+        with self.lock:
+            if browser:  # the test's own calls (Stack.http) are not the page's
+                self.seen.append(target)
+            held = [event for needle, event in self.hold.items() if needle in target]
+            denied = path in self.deny
+        for event in held:
+            event.wait(PATIENCE)
+        if denied:
+            start_response("401 UNAUTHORIZED", [("Content-Type", "application/json")])
+            return [b'{"error": "unauthorized", "message": "refused by the test proxy"}']
+        return self.app(environ, start_response)
+
+
 class LiveServer:
     """A Flask app behind werkzeug's threaded WSGI server on a free port, in a thread."""
 
-    def __init__(self, app: Flask) -> None:
+    def __init__(self, app: Any) -> None:
         self.server: BaseWSGIServer = make_server("127.0.0.1", 0, app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -91,6 +135,7 @@ class Stack:
     http: httpx.Client
     redis: RedisServer
     worker: WorkerProcess
+    gate: Gate
 
     @property
     def dashboard(self) -> str:
@@ -151,12 +196,13 @@ def stack(chrome_ready: None) -> Iterator[Stack]:
         PreviewExtension(app)
         state = get_state(app)
         assert state is not None
-        server = LiveServer(app)
+        gate = Gate(app)
+        server = LiveServer(gate)
         http = httpx.Client(
             base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
         )
         try:
-            yield Stack(server.url, app, state, http, redis, worker)
+            yield Stack(server.url, app, state, http, redis, worker, gate)
         finally:
             http.close()
             server.stop()
@@ -205,7 +251,11 @@ def browser(driver: Any, stack: Stack) -> Iterator[Any]:
     driver.set_window_size(1280, 1000)
     driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
     driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
-    yield driver
+    stack.gate.reset()
+    try:
+        yield driver
+    finally:
+        stack.gate.reset()
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ an update and still there after it proves the page changed by itself.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +19,8 @@ import imagegen
 import pytest
 from support import REPO, SOURCE_ROOT
 
-from dramatiq_preview.names import ACTOR_NAME, RECORDED, queue_for
+from dramatiq_preview.flask import dashboard
+from dramatiq_preview.names import ACTOR_NAME, QUEUES, RECORDED, queue_for
 from dramatiq_preview.validation import normalize
 
 from .conftest import PATIENCE, PREFIX, TOKEN, Stack
@@ -121,9 +124,18 @@ def in_row(driver: Any, job_id: str, selector: str, script: str) -> Any:
     )
 
 
+def visible(driver: Any, job_id: str) -> bool:
+    """Whether the job's row of the recent jobs is shown (False when hidden or absent)."""
+    return in_row(driver, job_id, "td", "return node.offsetParent !== null;") is True
+
+
 def state_in_row(driver: Any, job_id: str) -> str | None:
     state: str | None = in_row(driver, job_id, ".badge", "return node.dataset.state;")
     return state
+
+
+def toast_text(driver: Any) -> str:
+    return str(driver.execute_script("return document.getElementById('toast').textContent;"))
 
 
 def mark(driver: Any) -> None:
@@ -195,7 +207,23 @@ def test_a_failed_job_appears_under_the_failed_filter(browser: Any, stack: Stack
     stack.wait_state(fine, "succeeded")
     signed_in(browser, stack)
     wait(browser, lambda d: row(d, "jobs-body", fine), "the succeeded job listed")
+    wait(browser, lambda d: row(d, "jobs-body", failing), "the failed job listed")
     mark(browser)
+    # The find box narrows the list as one types: the other job's row hides
+    find = browser.find_element(se().By.ID, "find-job")
+    find.send_keys(failing[:14])
+    wait(browser, lambda d: not visible(d, fine), "the other job hidden by the find box")
+    assert visible(browser, failing)
+    # and when it hides every row, the page says there is none
+    find.send_keys("-matches-nothing")
+    empty = browser.find_element(se().By.ID, "jobs-empty")
+    wait(browser, lambda d: empty.is_displayed(), "'No jobs' when the find box hides every row")
+    assert empty.text.startswith("No jobs")
+    assert not visible(browser, failing)
+    find.clear()
+    find.send_keys(se().Keys.SPACE, se().Keys.BACK_SPACE)  # an input event for the cleared box
+    wait(browser, lambda d: visible(d, fine), "every row back")
+    assert not empty.is_displayed()
     # When the operator picks "failed"
     se().Select(browser.find_element(se().By.ID, "state-filter")).select_by_value("failed")
     # Then the failed job is listed with its error, and the succeeded one is not
@@ -205,10 +233,6 @@ def test_a_failed_job_appears_under_the_failed_filter(browser: Any, stack: Stack
     assert error.startswith("source_not_found")
     assert not_reloaded(browser)
     assert browser.current_url.endswith("?state=failed")
-    # and the find box narrows the list to one jobId
-    find = browser.find_element(se().By.ID, "find-job")
-    find.send_keys(failing[:12])
-    assert in_row(browser, failing, "td", "return node.offsetParent !== null;") is True
 
 
 def test_requeue_from_the_page_puts_a_dead_job_back(browser: Any, stack: Stack) -> None:
@@ -228,9 +252,10 @@ def test_requeue_from_the_page_puts_a_dead_job_back(browser: Any, stack: Stack) 
         lambda d: d.find_element(se().By.CSS_SELECTOR, selector).click() or True,
         "a click on Requeue",
     )
-    # Then it leaves the dead letters, the page says so, and the worker renders it
+    # Then the page says so (the message shows for 8 s: waited for, not read once after),
+    # the job leaves the dead letters, and the worker renders it
+    wait(browser, lambda d: "requeued" in toast_text(d), "the requeue's message")
     wait(browser, lambda d: not row(d, "dlq-body", job_id), "the dead letter gone")
-    assert "requeued" in browser.find_element(se().By.ID, "toast").text
     assert job_id not in stack.dead_ids()
     done = stack.wait_state(job_id, "succeeded")
     assert done["result"]["outputs"]
@@ -261,10 +286,10 @@ def test_purge_asks_for_confirmation_then_empties_the_list(browser: Any, stack: 
     wait(browser, lambda d: dialog.is_displayed(), "the confirmation dialog")
     browser.find_element(se().By.ID, "purge-confirm").click()
     # Then the list empties and the page says how many were purged
+    wait(browser, lambda d: "Purged" in toast_text(d), "the purge's message")
     empty = browser.find_element(se().By.ID, "dlq-empty")
     wait(browser, lambda d: empty.is_displayed(), "'No dead letters.'")
     assert browser.find_elements(se().By.CSS_SELECTOR, "#dlq-body tr") == []
-    assert "Purged" in browser.find_element(se().By.ID, "toast").text
     assert stack.dead_ids() == []
     assert purge.get_property("disabled") is True
 
@@ -416,3 +441,209 @@ def test_screenshots_at_1280_on_a_phone_and_in_dark_mode(
     assert background in ("rgba(13, 17, 23, 1)", "rgb(13, 17, 23)"), background
     screenshot(browser, "overview-dark")
     assert path.is_relative_to(REPO / "build" / "screenshots")
+
+
+def bury(stack: Stack, job_id: str) -> None:
+    """Put a message of ``job_id`` into the normal lane's dead letters, as a worker's last
+    failed retry would (Dramatiq's Redis layout)."""
+    broker: Any = stack.state.client.broker
+    redis_id = str(uuid.uuid4())
+    message = dramatiq.Message(
+        queue_name=QUEUES["normal"],
+        actor_name=ACTOR_NAME,
+        args=({"jobId": job_id, "source": {"path": "x.png"}, "outputs": []},),
+        kwargs={},
+        options={"redis_message_id": redis_id, "retries": 2},
+    )
+    base = f"{broker.namespace}:{QUEUES['normal']}.XQ"
+    broker.client.zadd(base, {redis_id: int(time.time() * 1000)})
+    broker.client.hset(base + ".msgs", redis_id, message.encode())
+
+
+def updates(driver: Any) -> str:
+    """The time of the overview's last completed poll ('' before the first)."""
+    return str(driver.execute_script("return document.body.getAttribute('data-updated') || '';"))
+
+
+def no_markup_ran(driver: Any, scope: str) -> None:
+    assert no_alert(driver)
+    assert driver.execute_script("return window.__xss === undefined;") is True
+    found = driver.find_elements(se().By.CSS_SELECTOR, f"{scope} script, {scope} img[src=x]")
+    assert found == []
+
+
+def test_markup_in_errors_stays_text_in_script_built_rows_and_over_the_event_stream(
+    browser: Any, stack: Stack
+) -> None:
+    # Given a failed, dead job whose error message and metadata hold markup, recorded
+    # through the real state-store transitions (nothing enqueued: no worker touches it)
+    store = stack.state.client.store
+    message = f"bad {XSS_SCRIPT} {XSS_IMG}"
+    dead = "b-xss-" + uuid.uuid4().hex[:12]
+    store.create(
+        dead,
+        fp="fp",
+        priority="normal",
+        queue=QUEUES["normal"],
+        metadata={"note": XSS_SCRIPT, XSS_IMG: "key with markup"},
+    )
+    assert store.claim(dead, token="t", lease_ms=60_000, max_deliveries=3).verdict == "run"
+    error = {"type": "corrupt_source", "message": message, "retryable": False}
+    assert store.finish(dead, token="t", outcome="failed", data=error).state == "failed"
+    bury(stack, dead)
+    signed_in(browser, stack)
+    # When the overview's script has redrawn the rows (its first poll always does)
+    wait(browser, lambda d: updates(d) != "", "the first poll")
+    wait(browser, lambda d: row(d, "jobs-body", dead), "the job listed")
+    wait(browser, lambda d: row(d, "dlq-body", dead), "the dead letter listed")
+    # Then the error shows as text, in both tables, and nothing ran or was created
+    expected = f"corrupt_source: {message}"
+    assert in_row(browser, dead, ".error-text", "return node.textContent;") == expected
+    letter_error = browser.execute_script(
+        "return document.querySelector('#dlq-body tr[data-job-id=\"' + CSS.escape("
+        "arguments[0]) + '\"] .error-text').textContent;",
+        dead,
+    )
+    assert letter_error == expected
+    no_markup_ran(browser, "#jobs-body")
+    no_markup_ran(browser, "#dlq-body")
+    # and again after a redraw for a filter change
+    before = updates(browser)
+    se().Select(browser.find_element(se().By.ID, "state-filter")).select_by_value("failed")
+    wait(browser, lambda d: updates(d) != before, "a poll for the filter")
+    wait(browser, lambda d: state_in_row(d, dead) == "failed", "the job under its filter")
+    assert in_row(browser, dead, ".error-text", "return node.textContent;") == expected
+    no_markup_ran(browser, "#jobs-body")
+
+    # Given a running job whose page is open (not final: the page follows its events)
+    running = "b-xss-run-" + uuid.uuid4().hex[:10]
+    store.create(running, fp="fp", priority="normal", queue=QUEUES["normal"], metadata={})
+    assert store.claim(running, token="r", lease_ms=600_000, max_deliveries=3).verdict == "run"
+    browser.get(f"{stack.dashboard}job/{running}")
+    state = wait(browser, lambda d: d.find_element(se().By.ID, "job-state"), "the job page")
+    assert state.get_attribute("data-state") == "running"
+    assert not browser.find_element(se().By.ID, "error-section").is_displayed()
+    mark(browser)
+    # When the job fails an attempt with markup in its error, while the page watches
+    later = int(time.time() * 1000) + 3_600_000
+    data = {"type": f"odd{XSS_IMG}", "message": message, "retryable": True}
+    outcome = store.finish(running, token="r", outcome="retrying", data=data, next_attempt_at=later)
+    assert outcome.state == "retrying"
+    # Then the event's error is shown as text, without a reload, and nothing ran
+    wait(
+        browser,
+        lambda d: d.find_element(se().By.ID, "job-state").get_attribute("data-state") == "retrying",
+        "the event's state",
+    )
+    assert browser.find_element(se().By.ID, "error-section").is_displayed()
+    shown = browser.execute_script(
+        "return [document.getElementById('job-error-message').textContent,"
+        " document.getElementById('job-error-type').textContent];"
+    )
+    assert shown == [message, f"odd{XSS_IMG}"]
+    assert not_reloaded(browser)
+    no_markup_ran(browser, "#error-section")
+    no_markup_ran(browser, "main")
+
+
+def test_a_401_from_the_api_reloads_the_page_once_not_in_a_loop(browser: Any, stack: Stack) -> None:
+    # Given a signed-in operator, and a proxy in front that answers 401 to the JSON routes
+    # while the pages themselves load (as with Basic credentials before the fix)
+    signed_in(browser, stack)
+    wait(browser, lambda d: updates(d) != "", "the first poll")
+    stack.gate.deny.update({f"{PREFIX}/jobs", f"{PREFIX}/dlq"})
+    with stack.gate.lock:
+        stack.gate.seen.clear()
+    # When the page polls
+    browser.get(stack.dashboard)
+    # Then it reloads once, then says what is wrong instead of reloading again
+    wait(browser, lambda d: "401" in toast_text(d), "the message about the 401")
+    time.sleep(3)
+    pages = [t for t in stack.gate.requests(f"{PREFIX}/dashboard/") if "/static/" not in t]
+    assert len(pages) == 2, pages  # the page asked for, and the one reload
+    # and once the API answers again, a later 401 may reload again (the flag is cleared)
+    stack.gate.deny.clear()
+    browser.get(stack.dashboard)
+    wait(browser, lambda d: updates(d) != "", "a poll the API answered")
+    assert (
+        browser.execute_script(
+            "return window.sessionStorage.getItem('dramatiq-preview.reloaded-on-401');"
+        )
+        is None
+    )
+
+
+def test_a_filter_change_during_a_poll_is_not_dropped(
+    browser: Any, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a cancelled job, and an overview that polls by itself only every ten minutes
+    store = stack.state.client.store
+    cancelled = "b-cancel-" + uuid.uuid4().hex[:10]
+    store.create(cancelled, fp="fp", priority="normal", queue=QUEUES["normal"], metadata={})
+    assert stack.http.post(f"{PREFIX}/job/{cancelled}/cancel").status_code == 202
+    monkeypatch.setattr(dashboard, "POLL_INTERVAL_MS", 600_000)
+    signed_in(browser, stack)
+    wait(browser, lambda d: updates(d) != "", "the first poll")
+    mark(browser)
+    # When the operator picks "failed" and, while that answer is held up, "cancelled"
+    release = threading.Event()
+    stack.gate.hold["state=failed"] = release
+    select = se().Select(browser.find_element(se().By.ID, "state-filter"))
+    select.select_by_value("failed")
+    wait(browser, lambda d: stack.gate.requests("state=failed"), "the poll for 'failed'")
+    select.select_by_value("cancelled")
+    release.set()
+    # Then the page asks for the cancelled jobs too, and shows them
+    wait(browser, lambda d: stack.gate.requests("state=cancelled"), "a poll for 'cancelled'")
+    wait(browser, lambda d: state_in_row(d, cancelled) == "cancelled", "the cancelled job")
+    states = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#jobs-body .badge'))"
+        ".map(function (b) { return b.dataset.state; });"
+    )
+    assert set(states) == {"cancelled"}, states
+    assert not_reloaded(browser)
+
+
+def test_the_focus_stays_on_its_row_when_the_table_is_redrawn(browser: Any, stack: Stack) -> None:
+    # Given a listed job whose link has the keyboard focus
+    first = stack.submit(source={"path": picture("focus-a")})
+    signed_in(browser, stack)
+    wait(browser, lambda d: row(d, "jobs-body", first), "the job listed")
+    browser.execute_script(
+        "document.querySelector('#jobs-body tr[data-job-id=\"' + CSS.escape(arguments[0])"
+        " + '\"] a.job-link').focus();",
+        first,
+    )
+    # When news redraws the table (another job arrives)
+    second = stack.submit(source={"path": picture("focus-b")})
+    wait(browser, lambda d: row(d, "jobs-body", second), "the new job listed")
+    # Then the focus is still on the first job's link
+    focused = browser.execute_script(
+        "var a = document.activeElement;"
+        "return a && a.closest('tr') ? [a.className, a.closest('tr').dataset.jobId] : null;"
+    )
+    assert focused == ["job-link mono", first]
+
+
+def test_the_overview_reads_the_dead_letters_only_when_their_counts_change(
+    browser: Any, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an overview that polls every half second
+    monkeypatch.setattr(dashboard, "POLL_INTERVAL_MS", 500)
+    signed_in(browser, stack)
+    wait(browser, lambda d: updates(d) != "", "the first poll")
+    with stack.gate.lock:
+        stack.gate.seen.clear()
+    # When it has polled for a while with nothing new
+    time.sleep(4)
+    # Then it asked for the health often, for the dead letters not at all
+    assert len(stack.gate.requests(f"{PREFIX}/worker/health")) >= 4
+    assert stack.gate.requests(f"{PREFIX}/dlq") == []
+    # When a job dies, the health's dead count changes, and the list is read (bounded)
+    dead = stack.submit(source={"path": f"browser/gone-{uuid.uuid4().hex}.png"})
+    stack.wait_dead(dead)
+    wait(browser, lambda d: row(d, "dlq-body", dead), "the new dead letter")
+    asked = stack.gate.requests(f"{PREFIX}/dlq")
+    assert asked and all("limit=" in target for target in asked), asked
+    total = int(browser.find_element(se().By.ID, "dlq-count").text)
+    assert total == len(stack.dead_ids())

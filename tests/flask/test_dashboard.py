@@ -24,6 +24,7 @@ from dramatiq_preview.flask import session
 from dramatiq_preview.flask.appstate import get_state
 from dramatiq_preview.names import ACTOR_NAME, QUEUES
 from dramatiq_preview.state import JobStore
+from dramatiq_preview.testing import RedisServer
 
 SECRET = "a-secret-key-for-the-dashboard-tests-0123456789"
 DASH = f"{PREFIX}/dashboard/"
@@ -484,3 +485,156 @@ def test_job_data_is_escaped_on_every_page() -> None:
     # and the JSON the page's script reads carries it as a plain string
     jobs = client.get(f"{PREFIX}/jobs").json
     assert jobs is not None and jobs["jobs"][0]["metadata"]["note"] == XSS_SCRIPT
+
+
+# --- behind a proxy with its own credentials ----------------------------------------------
+
+BASIC = {"Authorization": "Basic b3BzOnByb3h5LXBhc3N3b3Jk"}  # ops:proxy-password
+
+
+def test_a_browser_resending_a_proxys_basic_credentials_is_read_by_its_cookie() -> None:
+    # Given an operator signed in behind a proxy that asked for Basic credentials, which
+    # the browser now sends with every request to the site
+    app = dashboard_app()
+    client = signed_in(app)
+    job_id = submitted(client)
+    # Then the JSON routes the page polls answer by the cookie, not 401 (which made the
+    # page reload in a loop)
+    assert client.get(f"{PREFIX}/jobs", headers=BASIC).status_code == 200
+    assert client.get(f"{PREFIX}/dlq", headers=BASIC).status_code == 200
+    # and a change still needs the page's CSRF token
+    url = f"{PREFIX}/job/{job_id}/cancel"
+    assert client.post(url, headers=BASIC).status_code == 403
+    done = client.post(url, headers={**BASIC, "X-CSRF-Token": csrf_of(client)})
+    assert done.status_code == 202
+    # Without the cookie, Basic credentials are no credential of ours
+    stranger = app.test_client()
+    refused = stranger.get(f"{PREFIX}/jobs", headers=BASIC)
+    assert refused.status_code == 401
+    assert refused.headers["WWW-Authenticate"] == 'Bearer realm="dramatiq-preview"'
+
+
+def test_the_script_reloads_on_a_401_at_most_once() -> None:
+    with dashboard_app().test_client().get(f"{PREFIX}/dashboard/static/dashboard.js") as answer:
+        script = answer.data.decode()
+    # Every 401 goes through signedOut(), which reloads only when it has not just done so
+    assert script.count("window.location.reload()") == 1
+    assert "sessionStorage" in script and "store.getItem(RELOADED)" in script
+
+
+# --- cross-origin requests (CSRF without a token) -----------------------------------------
+
+CROSS_SITE = [
+    pytest.param({"Sec-Fetch-Site": "cross-site"}, id="Sec-Fetch-Site cross-site"),
+    pytest.param({"Sec-Fetch-Site": "same-site"}, id="Sec-Fetch-Site same-site"),
+    pytest.param(
+        {"Sec-Fetch-Site": "cross-site", "Origin": "http://localhost"},
+        id="Sec-Fetch-Site wins over Origin",
+    ),
+    pytest.param({"Origin": "https://evil.example"}, id="another Origin"),
+    pytest.param({"Origin": "http://localhost.evil.example"}, id="an Origin that starts alike"),
+    pytest.param({"Origin": "null"}, id="Origin null"),
+]
+SAME_ORIGIN = [
+    pytest.param({}, id="no browser headers (curl, scripts)"),
+    pytest.param({"Sec-Fetch-Site": "same-origin"}, id="Sec-Fetch-Site same-origin"),
+    pytest.param({"Sec-Fetch-Site": "none"}, id="Sec-Fetch-Site none"),
+    pytest.param({"Origin": "http://localhost"}, id="our own Origin"),
+    pytest.param({"Origin": "http://LOCALHOST"}, id="our own Origin, other case"),
+]
+
+
+@pytest.mark.parametrize("headers", CROSS_SITE)
+def test_without_a_token_a_cross_origin_browser_request_changes_nothing(
+    headers: dict[str, str],
+) -> None:
+    # Given an API without a token, a queued job and a dead one
+    app = dashboard_app(token=None)
+    client = app.test_client()
+    queued = submitted(client)
+    dead = failed(app, {"type": "source_not_found", "message": "gone", "retryable": False})
+    bury(app, dead)
+    # When another site's page makes the operator's browser post (a plain HTML form)
+    for path in (
+        f"/job/{queued}/cancel",
+        f"/dlq/{dead}/requeue",
+        "/dlq/purge",
+        "/dashboard/logout",
+    ):
+        refused = client.post(PREFIX + path, headers=headers)
+        # Then it is refused
+        assert refused.status_code == 403, path
+        assert refused.json is not None and refused.json["error"] == "forbidden"
+        assert "cross-origin" in refused.json["message"]
+    refused = client.post(f"{PREFIX}/job", json=job(), headers=headers)
+    assert refused.status_code == 403
+    # and nothing changed; reading is still allowed
+    assert client.get(f"{PREFIX}/job/{queued}/status", headers=headers).json["state"] == "queued"  # type: ignore[index]
+    assert [d["jobId"] for d in client.get(f"{PREFIX}/dlq").json["deadLetters"]] == [dead]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("headers", SAME_ORIGIN)
+def test_without_a_token_same_origin_and_non_browser_requests_go_through(
+    headers: dict[str, str],
+) -> None:
+    app = dashboard_app(token=None)
+    client = app.test_client()
+    queued = submitted(client)
+    assert client.post(f"{PREFIX}/job/{queued}/cancel", headers=headers).status_code == 202
+    assert client.post(f"{PREFIX}/dlq/purge", headers=headers).json == {"purged": 0}
+    assert client.post(f"{PREFIX}/job", json=job(), headers=headers).status_code == 202
+
+
+def test_with_a_token_a_cross_origin_cookie_request_is_refused_even_with_the_csrf_token() -> None:
+    app = dashboard_app()
+    client = signed_in(app)
+    job_id = submitted(client)
+    csrf = {"X-CSRF-Token": csrf_of(client)}
+    url = f"{PREFIX}/job/{job_id}/cancel"
+    refused = client.post(url, headers={**csrf, "Sec-Fetch-Site": "cross-site"})
+    assert refused.status_code == 403 and "cross-origin" in refused.json["message"]  # type: ignore[index]
+    refused = client.post(url, headers={**csrf, "Origin": "https://evil.example"})
+    assert refused.status_code == 403
+    # A bearer token is no browser's: the origin does not matter
+    assert client.post(url, headers={**bearer(), "Sec-Fetch-Site": "cross-site"}).status_code == 202
+
+
+# --- Redis down -------------------------------------------------------------------------
+
+
+def test_redis_down_on_a_page_that_needs_it_is_an_html_503() -> None:
+    server = RedisServer()  # never started: nothing listens on its port
+    try:
+        client = dashboard_app(token=None, PREVIEW_REDIS_URL=server.url).test_client()
+        for path in (f"{DASH}?job=abc", f"{DASH}job/abc"):
+            response = client.get(path)
+            assert response.status_code == 503, path
+            assert response.mimetype == "text/html", path
+            page = response.get_data(as_text=True)
+            assert "Unavailable" in page and "Redis" in page, path
+            assert response.headers["Retry-After"]
+            assert response.headers["Content-Security-Policy"]
+        # the overview itself shows what it could not read, in the page
+        overview = client.get(DASH)
+        assert overview.status_code == 200 and "could not be read" in overview.get_data(
+            as_text=True
+        )
+    finally:
+        server.close()
+
+
+# --- caching ----------------------------------------------------------------------------
+
+
+def test_json_read_with_the_cookie_is_never_cached() -> None:
+    app = dashboard_app()
+    client = signed_in(app)
+    submitted(client)
+    for path in ("/jobs", "/dlq", "/openapi.json"):
+        response = client.get(PREFIX + path)
+        assert response.status_code == 200, path
+        assert response.headers["Cache-Control"] == "no-store", path
+        assert "Cookie" in response.headers["Vary"], path
+    # A bearer request is no concern of the cookie's
+    plain = app.test_client().get(f"{PREFIX}/jobs", headers=bearer())
+    assert "Cookie" not in plain.headers.get("Vary", "")

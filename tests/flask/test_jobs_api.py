@@ -12,10 +12,12 @@ from typing import Any
 
 import dramatiq
 import pytest
+import redis
 from flask import Flask
 from flask.testing import FlaskClient
 from preview_http import PREFIX, TOKEN, bearer, job, make_app
 
+from dramatiq_preview.dlq import dead_letters
 from dramatiq_preview.flask.appstate import get_state
 from dramatiq_preview.names import ACTOR_NAME, QUEUES
 from dramatiq_preview.state import JobStore
@@ -143,7 +145,7 @@ def test_dlq_lists_requeues_and_purges_dead_jobs(app: Flask, client: FlaskClient
     # Purge: the rest goes, the job's record stays
     response = client.post(f"{PREFIX}/dlq/purge")
     assert (response.status_code, response.json) == (200, {"purged": 1})
-    assert client.get(f"{PREFIX}/dlq").json == {"deadLetters": []}
+    assert client.get(f"{PREFIX}/dlq").json == {"deadLetters": [], "total": 0}
     assert client.get(f"{PREFIX}/job/{second}/status").json["state"] == "failed"
     assert client.post(f"{PREFIX}/dlq/purge").json == {"purged": 0}
 
@@ -201,3 +203,74 @@ def test_openapi_lists_the_routes(client: FlaskClient) -> None:
     assert paths["/dlq/purge"]["post"]["operationId"] == "purgeDeadLetters"
     limit = next(p for p in paths["/jobs"]["parameters"] if p["name"] == "limit")
     assert (limit["schema"]["minimum"], limit["schema"]["maximum"]) == (1, 200)
+    limit = next(p for p in paths["/dlq"]["parameters"] if p["name"] == "limit")
+    assert (limit["schema"]["minimum"], limit["schema"]["maximum"]) == (1, 1000)
+    assert limit["schema"]["default"] == 200
+
+
+def test_dlq_limit_keeps_the_newest_failures_and_says_the_total(
+    app: Flask, client: FlaskClient
+) -> None:
+    # Given five dead jobs, failed one second apart
+    ids = [submit(client) for _ in range(5)]
+    for n, job_id in enumerate(ids):
+        bury(app, job_id, seconds_ago=10 - n)
+    # When two are asked for
+    answer = client.get(f"{PREFIX}/dlq?limit=2").json
+    # Then the two newest failures come, oldest first, with the number of all of them
+    assert [d["jobId"] for d in answer["deadLetters"]] == ids[3:]
+    assert answer["total"] == 5
+    assert answer["deadLetters"][0]["error"]["type"] == "corrupt_source"
+    # Without a limit: the default (200) keeps them all
+    answer = client.get(f"{PREFIX}/dlq").json
+    assert [d["jobId"] for d in answer["deadLetters"]] == ids and answer["total"] == 5
+    assert client.get(f"{PREFIX}/dlq?limit=1000").json["total"] == 5
+
+
+@pytest.mark.parametrize("limit", ["0", "1001", "ten", "", "-1", "%EF%BC%91"])
+def test_dlq_refuses_a_limit_out_of_range_with_422(client: FlaskClient, limit: str) -> None:
+    response = client.get(f"{PREFIX}/dlq?limit={limit}")
+    assert response.status_code == 422
+    assert [d["path"] for d in response.json["details"]] == ["query/limit"]
+
+
+class CountingConnection(redis.Connection):
+    """A real connection that counts its round trips (one packed send each)."""
+
+    sends = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        type(self).sends += 1
+        super().send_packed_command(command, check_health)
+
+
+def test_the_dlq_listing_reads_the_job_records_in_one_round_trip(
+    app: Flask, client: FlaskClient
+) -> None:
+    # Given thirty dead jobs
+    ids = [submit(client) for _ in range(30)]
+    for n, job_id in enumerate(ids):
+        bury(app, job_id, seconds_ago=100 - n)
+    state = state_of(app)
+    url = state.settings.redis_url
+    pool = redis.ConnectionPool.from_url(
+        url, decode_responses=True, connection_class=CountingConnection
+    )
+    counting = redis.Redis(connection_pool=pool)
+    store = JobStore(counting, namespace=state.client.store.namespace, ttl_seconds=3600)
+    letters = dead_letters(state.client.broker, store)
+    try:
+        counting.ping()  # the connection's own handshake is not the listing's
+        # When they are listed, whole or cut
+        CountingConnection.sends = 0
+        listed = letters.list()
+        # Then every record came in one round trip to the state store
+        assert CountingConnection.sends == 1
+        assert [d.job_id for d in listed] == ids
+        assert listed[0].error is not None and listed[0].attempts == 1
+        CountingConnection.sends = 0
+        cut = letters.listing(5)
+        assert CountingConnection.sends == 1
+        assert [d.job_id for d in cut.letters] == ids[-5:] and cut.total == 30
+    finally:
+        counting.close()

@@ -5,9 +5,11 @@
  * an error message or metadata holding markup stays text.  The page's Content-Security-Policy
  * (script-src 'self') lets no other script run.
  *
- * The overview polls the JSON routes (/worker/health, /jobs, /dlq) every few seconds while the
- * tab is visible; a job's page follows /job/{id}/events (Server-Sent Events).  Requests that
- * change something (requeue, purge) carry the page's CSRF token in its header.
+ * The overview polls /worker/health and /jobs every few seconds while the tab is visible, and
+ * /dlq only when the health's dead-letter counts change, after a requeue or purge, and now and
+ * then (listing a RabbitMQ dead-letter queue takes its messages and puts them back); a job's
+ * page follows /job/{id}/events (Server-Sent Events).  Requests that change something
+ * (requeue, purge) carry the page's CSRF token in its header.
  */
 (function () {
   "use strict";
@@ -95,8 +97,33 @@
     toastTimer = setTimeout(function () { node.textContent = ""; }, 8000);
   }
 
-  /* A call of the JSON API: resolves to {status, body}; a session that ended reloads the page
-     (which then shows the sign-in form). */
+  /* A 401 means the session ended: reload once, and the page shows the sign-in form.  Once
+     only: when the page itself loads but the API still says 401 (a proxy's own credentials in
+     the way, say), reloading again would loop; the flag lives in sessionStorage, and is
+     cleared by the sign-in form and by an answer the API gave to this session. */
+  var RELOADED = "dramatiq-preview.reloaded-on-401";
+
+  function storage() {
+    try { return window.sessionStorage; } catch (e) { return null; }
+  }
+
+  function signedOut() {
+    var store = storage();
+    if (store && store.getItem(RELOADED)) {
+      toast("The API refuses this session (HTTP 401): sign out and in again, or check the " +
+        "proxy in front of it.", true);
+      return;
+    }
+    if (store) store.setItem(RELOADED, "1");
+    window.location.reload();
+  }
+
+  function authenticated() {
+    var store = storage();
+    if (store) store.removeItem(RELOADED);
+  }
+
+  /* A call of the JSON API: resolves to {status, body}; a 401 is signedOut(). */
   function call(method, path) {
     var headers = { Accept: "application/json" };
     if (method !== "GET") headers[CSRF_HEADER] = CSRF;
@@ -107,9 +134,10 @@
       cache: "no-store"
     }).then(function (response) {
       if (response.status === 401) {
-        window.location.reload();
+        signedOut();
         throw new Error("signed out");
       }
+      if (response.ok && path.indexOf("/worker/health") !== 0) authenticated();
       return response.json().catch(function () { return null; }).then(function (body) {
         return { status: response.status, body: body };
       });
@@ -154,8 +182,15 @@
     var period = parseInt(health.getAttribute("data-poll-ms"), 10) || 4000;
     var jobPage = jobsTable.getAttribute("data-job-page");
     var signatures = {};
-    var deadCount = byId("dlq-body").children.length;
+    var dlqSection = byId("dlq-section");
+    var dlqLimit = parseInt(dlqSection.getAttribute("data-dlq-limit"), 10) || 100;
+    var dlqEvery = parseInt(dlqSection.getAttribute("data-dlq-every-ms"), 10) || 60000;
+    var deadCount = parseInt(byId("dlq-count").textContent, 10) || 0;
     var busy = false;
+    var again = false;         /* something asked for a poll while one was in flight */
+    var dlqWanted = true;      /* read /dlq at the next poll */
+    var dlqAt = 0;             /* when /dlq was last read */
+    var deadSeen = null;       /* the health's dead counts when /dlq was last read */
 
     function changed(key, value) {
       var text = JSON.stringify(value);
@@ -214,6 +249,24 @@
       ]);
     }
 
+    /* Redraw a table body, keeping the keyboard focus on the same job's link or button. */
+    function redraw(tbody, rows) {
+      var focused = document.activeElement;
+      var kept = null;
+      if (focused && focused !== document.body && tbody.contains(focused)) {
+        var row = focused.closest("tr");
+        kept = {
+          id: row ? row.getAttribute("data-job-id") : null,
+          cls: focused.classList.contains("requeue") ? "button.requeue" : "a.job-link"
+        };
+      }
+      tbody.replaceChildren.apply(tbody, rows);
+      if (kept && kept.id !== null) {
+        var again_ = tbody.querySelector('tr[data-job-id="' + CSS.escape(kept.id) + '"] ' + kept.cls);
+        if (again_) again_.focus();
+      }
+    }
+
     function showError(id, text) {
       var node = byId(id);
       node.textContent = text || "";
@@ -250,15 +303,25 @@
       body_.replaceChildren.apply(body_, rows);
     }
 
+    var emptyText = byId("jobs-empty").textContent;
+
     function applyFind() {
       var wanted = find.value.trim();
+      var shown = 0;
       Array.prototype.forEach.call(byId("jobs-body").children, function (row) {
         var id = row.getAttribute("data-job-id") || "";
         row.hidden = wanted !== "" && id.indexOf(wanted) === -1;
+        if (!row.hidden) shown += 1;
       });
+      var empty = byId("jobs-empty");
+      empty.textContent = shown === 0 && wanted !== "" && byId("jobs-body").children.length ?
+        "No jobs with an id containing \u201c" + wanted + "\u201d among these." : emptyText;
+      empty.hidden = shown > 0;
     }
 
-    function renderJobs(answer) {
+    function renderJobs(answer, path) {
+      /* An answer for another filter than the one now chosen: the follow-up poll has it. */
+      if (path !== jobsPath()) return;
       if (answer.status !== 200 || !answer.body || !answer.body.jobs) {
         showError("jobs-error", message(answer, "The recent jobs could not be read."));
         return;
@@ -267,8 +330,8 @@
       var jobs = answer.body.jobs;
       if (!changed("jobs", jobs)) return;
       var tbody = byId("jobs-body");
-      tbody.replaceChildren.apply(tbody, jobs.map(jobRow));
-      byId("jobs-empty").hidden = jobs.length > 0;
+      redraw(tbody, jobs.map(jobRow));
+      emptyText = "No jobs" + (filter.value ? " in state " + filter.value : "") + ".";
       applyFind();
     }
 
@@ -279,13 +342,26 @@
       }
       showError("dlq-error", "");
       var letters = answer.body.deadLetters.slice().reverse();  /* newest failure first */
-      deadCount = letters.length;
-      if (!changed("dlq", letters)) return;
+      var total = typeof answer.body.total === "number" ? answer.body.total : letters.length;
+      deadCount = total;
+      if (!changed("dlq", [total, letters])) return;
       var tbody = byId("dlq-body");
-      tbody.replaceChildren.apply(tbody, letters.map(letterRow));
-      setText("dlq-count", String(letters.length));
-      byId("dlq-empty").hidden = letters.length > 0;
-      purge.disabled = letters.length === 0;
+      redraw(tbody, letters.map(letterRow));
+      setText("dlq-count", String(total));
+      var shown = byId("dlq-shown");
+      shown.textContent = "newest " + letters.length + " shown";
+      shown.hidden = total <= letters.length;
+      byId("dlq-empty").hidden = total > 0;
+      purge.disabled = total === 0;
+    }
+
+    /* The health's dead-letter counts (lanes and webhook deliveries), as one string. */
+    function deadCounts(answer) {
+      var body = answer.body;
+      if (!body || !body.queues) return null;
+      return JSON.stringify([Object.keys(body.queues).map(function (queue) {
+        return [queue, body.queues[queue].dead];
+      }), body.webhooks ? body.webhooks.dead : null]);
     }
 
     function announce() {
@@ -299,21 +375,41 @@
       return "/jobs?limit=50" + (state ? "&state=" + encodeURIComponent(state) : "");
     }
 
-    function poll() {
-      if (busy || document.hidden) return Promise.resolve();
+    /* One round of news.  A poll asked for while one is in flight (a filter change, a
+       requeue) is not dropped: it runs when the one in flight ends. */
+    function poll(withDeadLetters) {
+      if (withDeadLetters) dlqWanted = true;
+      if (busy) {
+        again = true;
+        return Promise.resolve();
+      }
+      if (document.hidden) return Promise.resolve();
       busy = true;
+      again = false;
       var failed = function (error) { return { status: 0, body: { message: String(error.message) } }; };
+      var path = jobsPath();
       return Promise.all([
         call("GET", "/worker/health").catch(failed),
-        call("GET", jobsPath()).catch(failed),
-        call("GET", "/dlq").catch(failed)
+        call("GET", path).catch(failed)
       ]).then(function (answers) {
+        var counts = deadCounts(answers[0]);
+        var due = dlqWanted || Date.now() - dlqAt >= dlqEvery || (counts !== null && counts !== deadSeen);
         renderHealth(answers[0]);
-        renderJobs(answers[1]);
-        renderDeadLetters(answers[2]);
+        renderJobs(answers[1], path);
+        if (!due) return null;
+        dlqWanted = false;
+        return call("GET", "/dlq?limit=" + dlqLimit).catch(failed).then(function (answer) {
+          dlqAt = Date.now();
+          if (answer.status === 200) deadSeen = counts;
+          renderDeadLetters(answer);
+        });
+      }).then(function () {
         announce();
         document.body.setAttribute("data-updated", String(Date.now()));
-      }).then(function () { busy = false; }, function () { busy = false; });
+      }).then(function () { busy = false; }, function () { busy = false; }).then(function () {
+        if (again) return poll();
+        return null;
+      });
     }
 
     filter.addEventListener("change", function () {
@@ -331,7 +427,7 @@
     byId("dlq-body").addEventListener("click", function (event) {
       var button = event.target.closest("button.requeue");
       if (!button) return;
-      requeue(button.getAttribute("data-job-id"), button).then(poll);
+      requeue(button.getAttribute("data-job-id"), button).then(function () { return poll(true); });
     });
 
     purge.addEventListener("click", function () {
@@ -358,13 +454,13 @@
         }
       }, function (error) {
         toast("Purge failed: " + error.message, true);
-      }).then(poll);
+      }).then(function () { return poll(true); });
     }
 
     document.addEventListener("visibilitychange", function () {
       if (!document.hidden) poll();
     });
-    setInterval(poll, period);
+    setInterval(function () { poll(); }, period);
     poll();
   }
 
@@ -433,7 +529,8 @@
       if (document.hidden || !statusUrl) return;
       fetch(statusUrl, { headers: { Accept: "application/json" }, credentials: "same-origin", cache: "no-store" })
         .then(function (response) {
-          if (response.status === 401) window.location.reload();
+          if (response.status === 401) signedOut();
+          if (response.ok) authenticated();
           return response.status === 200 ? response.json() : null;
         })
         .then(function (job) {
@@ -490,6 +587,7 @@
 
   function start() {
     var page = document.body.getAttribute("data-page");
+    if (page === "login") authenticated();  /* the reload reached the sign-in form */
     if (page === "overview") overview();
     else if (page === "job") jobPage();
   }
