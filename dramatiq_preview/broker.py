@@ -33,6 +33,7 @@ from .middleware import (
     JobStatus,
     LogFormat,
     Metrics,
+    Orphans,
     PayloadValidation,
     Presence,
     Recovery,
@@ -97,6 +98,9 @@ def attach_middleware(broker: dramatiq.Broker, settings: Settings | None = None)
     if Retention not in present:
         # Its hooks run only in worker processes: a web process never sweeps.
         broker.add_middleware(Retention(settings=settings))
+    if Orphans not in present:
+        # Its hooks run only in worker processes: a web process never sweeps.
+        broker.add_middleware(Orphans(settings=settings))
     if isinstance(broker, RedisBroker) and Recovery not in present:
         # Only Redis needs it: RabbitMQ gives a dead connection's messages back by itself.
         broker.add_middleware(Recovery(queues=ours.all))

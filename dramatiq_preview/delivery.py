@@ -11,12 +11,15 @@ hands it to ``after_process_message``.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
 
-from .errors import JobCancelled
+from .errors import JobCancelled, StateStoreUnavailable
 from .state import JobStore, ProgressVerdict
+
+logger = logging.getLogger("dramatiq_preview.delivery")
 
 
 class LeaseLost(JobCancelled):
@@ -35,6 +38,9 @@ class JobContext:
     attempt: int
     deadline: float
     progress_interval: float
+    #: How many earlier deliveries of the job ran past the time limit (a second overrun
+    #: fails it as ``too_complex``: :mod:`dramatiq_preview.jobs`).
+    overruns: int = 0
     #: Set when the store answered that cancellation was requested.
     cancelled: bool = False
     #: Set when the store answered that another delivery holds the job now.
@@ -46,6 +52,11 @@ class JobContext:
 
     def checkpoint(self, percent: int | None = None) -> None:
         """Report progress and check for cancellation, at most once per interval.
+
+        A store that does not answer is no reason to stop a render: the checkpoint is
+        skipped (progress and cancellation are seen at the next one that gets through),
+        and the render's end is recorded once the store answers again
+        (:class:`~dramatiq_preview.middleware.JobStatus`).
 
         Raises:
           JobCancelled: cancellation was requested for this job.
@@ -59,7 +70,11 @@ class JobContext:
         self._last_write = now
         if percent is not None:
             self._last_percent = percent
-        verdict = self.store.progress(self.job_id, token=self.token, percent=percent)
+        try:
+            verdict = self.store.progress(self.job_id, token=self.token, percent=percent)
+        except StateStoreUnavailable:
+            logger.debug("progress of job %s not recorded: Redis unavailable", self.job_id)
+            return
         if verdict is ProgressVerdict.CANCEL_REQUESTED:
             self.cancelled = True
             raise JobCancelled("cancelled while rendering")

@@ -166,6 +166,13 @@ class WorkerLost(PermanentError):
     type = "worker_lost"
 
 
+class TooComplex(PermanentError):
+    """The render of this source ran past the time limit a second time: it is deterministic
+    (a drawing too costly to render), so it is not retried again (:class:`RenderOverrun`)."""
+
+    type = "too_complex"
+
+
 # --- transient failures of a job -------------------------------------------------------
 
 
@@ -184,6 +191,12 @@ class StorageError(TransientError):
 
 class RenderTimeout(TransientError):
     type = "time_limit"
+
+
+class RenderOverrun(RenderTimeout):
+    """The render itself (not a wait for a renderer, nor a slow source) ran past the time
+    limit.  Retried once like any time limit; a second one of the same job is
+    :class:`TooComplex`."""
 
 
 class StateStoreUnavailable(TransientError, MiddlewareError):
@@ -298,6 +311,7 @@ __all__ = [
     "PreviewError",
     "RenderCrashed",
     "RenderMemoryExceeded",
+    "RenderOverrun",
     "RenderTimeout",
     "SourceForbidden",
     "SourceNotFound",
@@ -305,6 +319,7 @@ __all__ = [
     "SourceUnavailable",
     "StateStoreUnavailable",
     "StorageError",
+    "TooComplex",
     "TooManyPixels",
     "TransientError",
     "UnsupportedFormat",

@@ -14,7 +14,7 @@ from typing import Any
 
 from .config import get_settings
 from .delivery import JobContext, LeaseLost, current_job
-from .errors import JobCancelled, OutputTooLarge
+from .errors import JobCancelled, OutputTooLarge, RenderOverrun, RenderTimeout, TooComplex
 from .models import JobResult, JobSpec
 from .rendering import get_renderer
 from .sources import open_source
@@ -24,6 +24,10 @@ from .validation import new_job_id, validate
 PROGRESS_FETCHED = 10
 #: What the renderer reports once the source is decoded.
 PROGRESS_DECODED = 30
+#: A time limit is the source's own doing (an overrun: :class:`RenderOverrun`) when the
+#: render itself had at least this share of the limit; less, and the time went elsewhere
+#: (a slow fetch, a wait for a renderer), which says nothing about the source.
+OVERRUN_SHARE = 0.5
 
 
 def run_job(payload: dict[str, Any]) -> JobResult | None:
@@ -34,8 +38,10 @@ def run_job(payload: dict[str, Any]) -> JobResult | None:
     was validated on receipt (``PayloadValidation``); called directly, it is validated here.
 
     Raises:
-      PermanentError: the job cannot succeed (bad payload, forbidden or broken source...).
-      TransientError: the job may succeed on a later attempt.
+      PermanentError: the job cannot succeed (bad payload, forbidden or broken source...);
+        :class:`TooComplex` when its render runs past the time limit a second time.
+      TransientError: the job may succeed on a later attempt; :class:`RenderOverrun` when
+        the render itself ran past the time limit (the first time).
     """
     settings = get_settings()
     ctx = current_job()
@@ -49,13 +55,26 @@ def run_job(payload: dict[str, Any]) -> JobResult | None:
         with open_source(spec, settings, deadline=deadline) as source:
             clock.fetched(PROGRESS_FETCHED)
             renderer = get_renderer(settings)
-            outputs = renderer.render(
-                spec,
-                source,
-                destinations(settings.output_dir, spec),
-                deadline=deadline,
-                checkpoint=clock,
-            )
+            rendering = time.monotonic()
+            try:
+                outputs = renderer.render(
+                    spec,
+                    source,
+                    destinations(settings.output_dir, spec),
+                    deadline=deadline,
+                    checkpoint=clock,
+                )
+            except RenderTimeout as exc:
+                spent = time.monotonic() - rendering
+                if spent < OVERRUN_SHARE * settings.time_limit_ms / 1000:
+                    raise
+                if ctx is not None and ctx.overruns > 0:
+                    raise TooComplex(
+                        "the render ran past the time limit of "
+                        f"{settings.time_limit_ms} ms again: the source is too complex to "
+                        "render within it"
+                    ) from None
+                raise RenderOverrun(exc.message) from None
             stats = {
                 "input_format": source.format,
                 "source_bytes": source.size,

@@ -8,6 +8,9 @@ renewed on every write):
 * ``{ns}:waiting:{queue}`` — a sorted set of jobs waiting to start, scored by enqueue time;
   it gives the oldest waiting job's age without scanning the keyspace.  Entries older than
   the TTL are trimmed on one insert in 32, and the key itself expires with the TTL.
+* ``{ns}:inflight`` — a sorted set of jobs running or retrying, scored by when their lease
+  ends or their retry is due; a claim keeps the delivery's broker message in the record
+  meanwhile, so that a job whose delivery was lost can be put back (:meth:`JobStore.sweep`).
 
 Every transition is one script (``dramatiq_preview/lua/*.lua``, shipped in the package), so
 a late ``running`` can never overwrite ``succeeded`` or ``cancelled``, and a job submitted
@@ -63,7 +66,17 @@ FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 _T = TypeVar("_T")
 
 #: The scripts of the transitions, in ``dramatiq_preview/lua/NAME.lua``.
-SCRIPTS = ("create", "claim", "progress", "finish", "cancel", "requeue", "webhook", "recent")
+SCRIPTS = (
+    "create",
+    "claim",
+    "progress",
+    "finish",
+    "cancel",
+    "requeue",
+    "webhook",
+    "recent",
+    "sweep",
+)
 #: The functions every script starts with (``lua/_shared.lua``).
 SHARED = "_shared"
 
@@ -111,6 +124,9 @@ class ClaimVerdict(_Answer):
     CANCELLED_NOW = "cancelled_now"
     #: Another delivery holds a live lease (until ``Claim.lease_until``).
     BUSY = "busy"
+    #: A delivery of this job died: it must run alone in its worker process (claim again
+    #: with ``isolated=True``).  Nothing was taken.
+    ISOLATE = "isolate"
     #: Failed now as ``worker_lost``: too many deliveries died.
     LOST = "lost"
     #: No record.
@@ -233,6 +249,31 @@ class Claim:
     #: The final event whose webhook delivery is not on the broker yet (0: none); the
     #: caller enqueues it (:mod:`dramatiq_preview.notify`).
     webhook_due: int = 0
+    #: ``run``: how many earlier deliveries of the job ran past the time limit.
+    overruns: int = 0
+
+
+class SweepVerdict(_Answer):
+    """What :meth:`JobStore.sweep` decided for an overdue job."""
+
+    #: No longer running or retrying; dropped from the in-flight index.
+    GONE = "gone"
+    #: Not overdue after all (a delivery claimed it meanwhile).
+    LIVE = "live"
+    #: Put ``Swept.message`` on the broker again.
+    REDELIVER = "redeliver"
+    #: Failed now as ``worker_lost``: nothing to put back, or put back too often.
+    LOST = "lost"
+
+
+@dataclass(frozen=True)
+class Swept:
+    """What :meth:`JobStore.sweep` decided, the message to put back (``redeliver``) and the
+    final event whose webhook is due (``lost``)."""
+
+    verdict: SweepVerdict
+    message: str = ""
+    webhook_due: int = 0
 
 
 @dataclass(frozen=True)
@@ -302,6 +343,7 @@ class JobStore:
         self._requeue = client.register_script(load_script("requeue"))
         self._webhook = client.register_script(load_script("webhook"))
         self._recent = client.register_script(load_script("recent"))
+        self._sweep = client.register_script(load_script("sweep"))
 
     # -- keys ---------------------------------------------------------------------------
 
@@ -314,6 +356,12 @@ class JobStore:
 
     def waiting_key(self, queue: str) -> str:
         return self.waiting_prefix + queue
+
+    @property
+    def inflight_key(self) -> str:
+        """Jobs running or retrying, scored by when their lease ends or their retry is due
+        (ms): the index :meth:`overdue` reads."""
+        return f"{self.namespace}:inflight"
 
     @property
     def recent_key(self) -> str:
@@ -418,15 +466,45 @@ class JobStore:
 
         self._guard(run)
 
-    def claim(self, job_id: str, *, token: str, lease_ms: int, max_deliveries: int) -> Claim:
-        """Start a delivery: take the render lease, count the delivery, mark ``running``."""
+    def claim(
+        self,
+        job_id: str,
+        *,
+        token: str,
+        lease_ms: int,
+        max_deliveries: int,
+        isolated: bool = True,
+        company: Sequence[tuple[str, str]] = (),
+        message: str = "",
+    ) -> Claim:
+        """Start a delivery: take the render lease, count the delivery, mark ``running``.
+
+        A delivery left unfinished (its worker process died) counts against the job; the
+        job is failed as ``worker_lost`` once ``max_deliveries`` died and one of them had
+        its process to itself.  Until it ends cleanly, a job with a death runs alone in its
+        process: a claim that is not ``isolated`` gets :attr:`ClaimVerdict.ISOLATE`.
+
+        Parameters:
+          isolated: no other render runs, nor will start, in the caller's process while
+            this delivery runs (true of a caller that renders one job at a time).
+          company: ``(job_id, token)`` of the other render deliveries of the caller's
+            process: a death of the process is shared by all of them.
+          message: the broker message of this delivery (encoded), kept while the job runs
+            or waits for its retry so that :meth:`sweep` can put it back.
+        """
         lost = WorkerLost(
-            f"the worker process rendering this job died {max_deliveries} time(s); "
+            f"the worker process rendering this job died {max_deliveries} time(s) or more; "
             "not redelivered again"
         )
+        others = [(other, tok) for other, tok in company if other != job_id]
         res = self._call(
             self._claim,
-            [self.job_key(job_id), self.waiting_prefix],
+            [
+                self.job_key(job_id),
+                self.waiting_prefix,
+                self.inflight_key,
+                *(self.job_key(other) for other, _tok in others),
+            ],
             [
                 token,
                 now_ms(),
@@ -435,14 +513,20 @@ class JobStore:
                 self.ttl_seconds,
                 job_id,
                 json.dumps(lost.to_dict()),
+                "1" if isolated else "0",
+                message,
+                *(tok for _other, tok in others),
             ],
         )
         verdict, value = ClaimVerdict(res[0]), str(res[1])
         due = _due(res)
         if verdict is ClaimVerdict.RUN:
-            return Claim(verdict, attempts=int(value), state="running")
+            overruns = int(res[3]) if len(res) > 3 and res[3] else 0
+            return Claim(verdict, attempts=int(value), state="running", overruns=overruns)
         if verdict is ClaimVerdict.BUSY:
             return Claim(verdict, lease_until=int(float(value)))
+        if verdict is ClaimVerdict.ISOLATE:
+            return Claim(verdict, state="running")
         if verdict is ClaimVerdict.LOST:
             return Claim(verdict, attempts=int(value), state="failed", webhook_due=due)
         return Claim(verdict, state=value or None, webhook_due=due)
@@ -465,6 +549,7 @@ class JobStore:
         outcome: str,
         data: dict[str, Any] | None = None,
         next_attempt_at: int | None = None,
+        overrun: bool = False,
     ) -> Finished:
         """End a delivery with ``succeeded``, ``failed``, ``retrying``, ``cancelled`` or
         ``release`` (drop the lease only).
@@ -473,10 +558,12 @@ class JobStore:
         alone.  A ``succeeded`` or ``retrying`` outcome on a job whose cancellation was
         requested ends ``cancelled``.  Returns ``(verdict, state)``: the job's state
         afterwards (``""`` when ``missing``) and :class:`FinishVerdict` (:class:`Finished`).
+        ``overrun`` (with ``retrying``) counts a render that ran past the time limit: the
+        job's next claim reports it (:attr:`Claim.overruns`).
         """
         res = self._call(
             self._finish,
-            [self.job_key(job_id), self.waiting_prefix],
+            [self.job_key(job_id), self.waiting_prefix, self.inflight_key],
             [
                 token,
                 outcome,
@@ -485,9 +572,35 @@ class JobStore:
                 json.dumps(data) if data is not None else "",
                 "" if next_attempt_at is None else next_attempt_at,
                 job_id,
+                "1" if overrun else "0",
             ],
         )
         return Finished(FinishVerdict(res[0]), str(res[1]), _due(res))
+
+    def overdue(self, margin_ms: int, *, limit: int = 100) -> list[str]:
+        """Jobs of the in-flight index whose lease ended, or whose retry was due, more than
+        ``margin_ms`` ago (at most ``limit``, most overdue first): :meth:`sweep` each."""
+        found = self._guard(
+            lambda: self.client.zrangebyscore(
+                self.inflight_key, "-inf", now_ms() - margin_ms, start=0, num=limit
+            )
+        )
+        return [str(job_id) for job_id in found]
+
+    def sweep(self, job_id: str, *, margin_ms: int, max_sweeps: int) -> Swept:
+        """Look again at an overdue job (:meth:`overdue`), atomically: put its message back
+        (:attr:`SweepVerdict.REDELIVER`) when nothing claimed it within ``margin_ms`` of
+        its due time, or fail it as ``worker_lost`` when there is no message or it was
+        put back ``max_sweeps`` times to no avail (:class:`SweepVerdict`)."""
+        lost = WorkerLost(
+            "the worker rendering this job was lost and its delivery could not be put back"
+        )
+        res = self._call(
+            self._sweep,
+            [self.job_key(job_id), self.inflight_key, self.waiting_prefix],
+            [now_ms(), margin_ms, self.ttl_seconds, job_id, json.dumps(lost.to_dict()), max_sweeps],
+        )
+        return Swept(SweepVerdict(res[0]), str(res[1] or ""), _due(res))
 
     def cancel(self, job_id: str) -> Cancellation:
         """Request cancellation: a waiting job is cancelled now, a running one stops at its
@@ -734,6 +847,8 @@ __all__ = [
     "JobStore",
     "ProgressVerdict",
     "RequeueOutcome",
+    "SweepVerdict",
+    "Swept",
     "Version",
     "WebhookOp",
     "get_store",

@@ -285,8 +285,9 @@ def test_a_state_store_outage_in_the_worker_is_retried_until_redis_is_back(
             options={},
         )
     )
-    # When the worker has failed to reach it at least once, and Redis comes back
-    wait_for_log(worker, "Retrying message")
+    # When the worker has failed to reach it at least once (its claim waits for Redis,
+    # holding the message), and Redis comes back
+    wait_for_log(worker, f"claim job {job_id}: Redis unavailable; trying again")
     state.start()
     try:
         client = PreviewClient(Settings.from_mapping(env))

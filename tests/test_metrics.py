@@ -446,7 +446,11 @@ def test_a_two_process_worker_exports_counters_histograms_and_gauges_that_add_up
         queue="preview-normal",
         metadata={},
     )
-    store.client.hset(store.job_key(lost["jobId"]), "deliveries", client.settings.max_deliveries)
+    # Its deliveries died as many times as allowed, one of them alone in its process
+    store.client.hset(
+        store.job_key(lost["jobId"]),
+        mapping={"deliveries": client.settings.max_deliveries, "lone_deaths": 1},
+    )
     client.broker.enqueue(render_preview.message(lost))
     assert wait_state(client, lost["jobId"], ("failed",))["error"]["type"] == "worker_lost"
     waiting = normalize(small_job(jobId="waiting-" + ns, source={"path": images["png"]}))

@@ -8,8 +8,8 @@ local state = redis.call('hget', job, 'state')
 if not state then return 'missing' end
 if state ~= 'failed' then return 'not_failed' end
 redis.call('hset', job, 'state', 'queued', 'error', '', 'finished_at', '', 'progress', 0,
-  'deliveries', 0, 'cancel', 0, 'lease', '', 'lease_until', 0, 'next_attempt_at', '',
-  'queue', queue)
+  'deliveries', 0, 'lone_deaths', 0, 'overruns', 0, 'cancel', 0, 'lease', '', 'lease_until', 0,
+  'next_attempt_at', '', 'queue', queue)
 -- The job runs again: its webhook waits for the next final state, and an attempt at the
 -- previous event still in flight finds it no longer the one to deliver (webhook.lua).
 if (redis.call('hget', job, 'webhook_url') or '') ~= '' then

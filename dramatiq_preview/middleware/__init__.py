@@ -9,6 +9,8 @@
 * :class:`LogFormat` — ``PREVIEW_LOG_FORMAT`` in every worker process.
 * :class:`Retention` — the periodic sweep of expired jobs' outputs, one worker at a time.
 * :class:`Recovery` — a dead worker's messages back in our Redis queues on time.
+* :class:`Orphans` — the message of a job left ``running``/``retrying`` with no delivery, put
+  back (a render whose end could not be recorded while Redis was down, a refused retry).
 
 They import only the layers below them (state, storage, rendering, observability, names);
 :mod:`dramatiq_preview.broker` assembles them, never the reverse.
@@ -16,6 +18,7 @@ They import only the layers below them (state, storage, rendering, observability
 
 from .idempotency import Idempotency
 from .log_format import LogFormat
+from .orphans import Orphans
 from .presence import Presence
 from .prometheus import Metrics
 from .recovery import Recovery
@@ -29,6 +32,7 @@ __all__ = [
     "JobStatus",
     "LogFormat",
     "Metrics",
+    "Orphans",
     "PayloadValidation",
     "Presence",
     "Recovery",

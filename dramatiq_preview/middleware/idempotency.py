@@ -18,8 +18,10 @@ from ..events import emit
 from ..messages import is_preview_message, job_id_of, payload_of
 from ..names import BUSY_TRIES, RECORDED, canonical_queue
 from ..notify import owe
-from ..state import ClaimVerdict, CreateOutcome, JobStore, get_store, now_ms
+from ..state import Claim, ClaimVerdict, CreateOutcome, JobStore, get_store, now_ms
 from ..validation import normalize
+from .isolation import RenderGate
+from .patience import TimeLimitPause, until_answered
 
 logger = logging.getLogger("dramatiq_preview.idempotency")
 
@@ -27,6 +29,9 @@ logger = logging.getLogger("dramatiq_preview.idempotency")
 #: killed at the time limit, so a live holder never needs longer; a dead one blocks the job
 #: for at most this much beyond it.
 LEASE_GRACE_MS = 5000
+#: A suspect that cannot have its process to itself within a lease is put back this much
+#: later (ms), to try again here or elsewhere.
+ISOLATION_RETRY_MS = 1000
 
 
 class Idempotency(dramatiq.Middleware):
@@ -38,10 +43,13 @@ class Idempotency(dramatiq.Middleware):
     * ``before_process_message``: claims the job.  A job already succeeded, failed or
       cancelled is skipped; a job another worker is rendering (live lease) is put back with a
       delay instead of rendered concurrently; a job whose worker died
-      ``PREVIEW_MAX_DELIVERIES`` times is failed as ``worker_lost`` and dead-lettered.
-      A job found final with its webhook delivery still due (the worker that ended it died
-      before queueing it) has the delivery queued before this copy is acknowledged
-      (:mod:`dramatiq_preview.notify`).
+      ``PREVIEW_MAX_DELIVERIES`` times (once at least with its process to itself) is failed
+      as ``worker_lost`` and dead-lettered; until then, a job whose delivery died runs
+      alone in its worker process (:mod:`.isolation`), so that a poison pill takes no
+      other job down with it.  While Redis does not answer, the claim is tried again for
+      up to ``PREVIEW_STORE_RETRY_SECONDS`` (:mod:`.patience`).  A job found final with its
+      webhook delivery still due (the worker that ended it died before queueing it) has the
+      delivery queued before this copy is acknowledged (:mod:`dramatiq_preview.notify`).
 
     Parameters:
       settings: the settings to use; by default the process-wide ones, read at use time.
@@ -49,6 +57,7 @@ class Idempotency(dramatiq.Middleware):
 
     def __init__(self, *, settings: Settings | None = None) -> None:
         self._settings = settings
+        self._gate = RenderGate()
 
     @property
     def settings(self) -> Settings:
@@ -77,18 +86,24 @@ class Idempotency(dramatiq.Middleware):
         job_id = job_id_of(message)
         token = uuid.uuid4().hex
         lease_ms = settings.time_limit_ms + LEASE_GRACE_MS
-        claim = store.claim(
-            job_id, token=token, lease_ms=lease_ms, max_deliveries=settings.max_deliveries
-        )
-        if claim.verdict is ClaimVerdict.MISSING:
-            # The record expired, or the message was enqueued by a broker without our
-            # middleware: re-create it from the message, then claim as usual.
-            self._record(store, message, job_id)
-            claim = store.claim(
-                job_id, token=token, lease_ms=lease_ms, max_deliveries=settings.max_deliveries
-            )
+        # The time limit is the render's: waits for the gate or for Redis do not eat it
+        # (nor are they interrupted by it); it starts again, whole, once the claim is made.
+        limit = TimeLimitPause(broker)
+        limit.pause()
+        # A render holds the gate for at most its lease (time limit + grace); the write of
+        # its end may take longer only while Redis is down, when claims wait anyway.
+        wait = lease_ms / 1000
+        company = self._gate.enter(job_id, token, timeout=wait)
+        claim = self._claim(broker, message, store, job_id, token, company=company)
+        if claim.verdict is ClaimVerdict.ISOLATE:
+            if not self._gate.isolate(job_id, token, timeout=wait):
+                self._put_back(broker, message, ISOLATION_RETRY_MS, 0)
+                logger.info("job %s waits for a worker process to itself", job_id)
+                raise SkipMessage(f"job {job_id} must render alone; put back")
+            claim = self._claim(broker, message, store, job_id, token, isolated=True)
 
         if claim.verdict is ClaimVerdict.RUN:
+            limit.restart(broker, message)
             set_current_job(
                 JobContext(
                     job_id=job_id,
@@ -99,6 +114,7 @@ class Idempotency(dramatiq.Middleware):
                     # so the limit ends in a clean RenderTimeout with the child killed.
                     deadline=time.monotonic() + settings.time_limit_ms / 1000 * 0.97,
                     progress_interval=settings.progress_interval_ms / 1000,
+                    overruns=claim.overruns,
                 )
             )
             emit("running", job_id=job_id, attempt=claim.attempts, queue=message.queue_name)
@@ -133,6 +149,68 @@ class Idempotency(dramatiq.Middleware):
             emit("duplicate_skipped", job_id=job_id, state=claim.state)
         raise SkipMessage(f"job {job_id} is already {claim.state}")
 
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: Any,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        # After JobStatus recorded the end (after_* hooks run in reverse order).
+        if is_preview_message(message):
+            self._gate.leave()
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        if is_preview_message(message):
+            self._gate.leave()
+
+    def _claim(
+        self,
+        broker: dramatiq.Broker,
+        message: Any,
+        store: JobStore,
+        job_id: str,
+        token: str,
+        *,
+        company: list[tuple[str, str]] | None = None,
+        isolated: bool = False,
+    ) -> Claim:
+        """Claim the delivery (:meth:`JobStore.claim`), creating a missing record first,
+        and waiting for Redis meanwhile (:func:`.patience.until_answered`)."""
+        settings = self.settings
+        lease_ms = settings.time_limit_ms + LEASE_GRACE_MS
+        kept = self._copy(message, 0).encode().decode()
+
+        def attempt() -> Claim:
+            claim = store.claim(
+                job_id,
+                token=token,
+                lease_ms=lease_ms,
+                max_deliveries=settings.max_deliveries,
+                isolated=isolated,
+                company=company or (),
+                message=kept,
+            )
+            if claim.verdict is ClaimVerdict.MISSING:
+                # The record expired, or the message was enqueued by a broker without our
+                # middleware: re-create it from the message, then claim as usual.
+                self._record(store, message, job_id)
+                claim = store.claim(
+                    job_id,
+                    token=token,
+                    lease_ms=lease_ms,
+                    max_deliveries=settings.max_deliveries,
+                    isolated=isolated,
+                    company=company or (),
+                    message=kept,
+                )
+            return claim
+
+        return until_answered(
+            attempt, seconds=settings.store_retry_seconds, what=f"claim job {job_id}"
+        )
+
     @staticmethod
     def _record(store: JobStore, message: Any, job_id: str) -> CreateOutcome:
         """Record the job of a (validated) message as ``queued``; returns the outcome."""
@@ -141,11 +219,16 @@ class Idempotency(dramatiq.Middleware):
         return outcome
 
     @staticmethod
-    def _put_back(broker: dramatiq.Broker, message: Any, delay: int, tries: int) -> None:
+    def _copy(message: Any, tries: int) -> dramatiq.Message[Any]:
+        """The message to enqueue again: on its lane (not a delay queue), recorded, without
+        the options of its broker delivery."""
         options = {k: v for k, v in message.options.items() if k not in {"eta", "redis_message_id"}}
         options[RECORDED] = True
         options[BUSY_TRIES] = tries
-        copy = dataclasses.replace(
+        return dataclasses.replace(
             message._message, queue_name=canonical_queue(message.queue_name), options=options
         )
-        broker.enqueue(copy, delay=delay)
+
+    @classmethod
+    def _put_back(cls, broker: dramatiq.Broker, message: Any, delay: int, tries: int) -> None:
+        broker.enqueue(cls._copy(message, tries), delay=delay)

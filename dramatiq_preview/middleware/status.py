@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from functools import partial
 from typing import Any
 
 import dramatiq
@@ -13,7 +14,7 @@ from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from ..config import Settings, get_settings
 from ..delivery import current_job, set_current_job
-from ..errors import PreviewError, StateStoreUnavailable, WebhookRefused
+from ..errors import PreviewError, RenderOverrun, StateStoreUnavailable, WebhookRefused
 from ..events import emit
 from ..messages import is_preview_message, job_id_of, payload_of
 from ..models import JobResult
@@ -21,6 +22,7 @@ from ..names import ACTOR_NAME, WEBHOOK_ACTOR_NAME, canonical_queue
 from ..notify import Attempt, is_webhook_message, owe, settle, webhook_of
 from ..state import Finished, FinishVerdict, WebhookOp, get_store, now_ms
 from ..storage import remove_outputs
+from .patience import TimeLimitPause, until_answered
 
 logger = logging.getLogger("dramatiq_preview.status")
 
@@ -40,10 +42,6 @@ class _ResultIsRecorded(logging.Filter):
 
 
 _RESULT_FILTER = _ResultIsRecorded()
-
-#: A finished render must not be left "running" because Redis blinked: the final write is
-#: retried this many times, backing off from 0.2 s.
-FINAL_WRITE_TRIES = 4
 
 
 def error_dict(exception: BaseException, settings: Settings) -> dict[str, Any]:
@@ -91,7 +89,14 @@ class JobStatus(dramatiq.Middleware):
 
     Webhooks: a final state that arms a webhook delivery (or a claim that finds one still
     due) is owed by the render message, and queued from its ``before_ack``/``before_nack``
-    hook: a broker that refuses keeps the message unacknowledged (:mod:`..notify`).  For a
+    hook: a broker that refuses keeps the message unacknowledged (:mod:`..notify`).
+
+    Redis down: a render that ends while the store does not answer must not be left
+    ``running`` with its message acknowledged.  The write of how it ended is tried again,
+    backing off, for up to ``PREVIEW_STORE_RETRY_SECONDS`` (:mod:`.patience`), holding the
+    message unacknowledged meanwhile (Dramatiq acknowledges after this hook, and retries an
+    acknowledgement that fails every 5 s).  Past that bound the delivery is given up, and
+    the sweep of overdue jobs (:class:`~.orphans.Orphans`) puts the job's message back.  For a
     ``deliver_preview_webhook`` message it records how the attempt ended (delivered, to be
     retried, failed for good), also after ``Retries`` has decided.
 
@@ -139,6 +144,9 @@ class JobStatus(dramatiq.Middleware):
             return
         if not is_preview_message(message):
             return
+        # The render is over: what is left is bookkeeping, which may wait for Redis and must
+        # not be interrupted by the render's time limit.
+        TimeLimitPause(broker).pause()
         ctx = current_job()
         set_current_job(None)
         settings = self.settings
@@ -198,7 +206,14 @@ class JobStatus(dramatiq.Middleware):
             delay = stashed[1]
         self._retry_delays.value = None
         finished = self._finish(
-            job_id, token, "retrying", data=error, next_attempt_at=now_ms() + delay
+            job_id,
+            token,
+            "retrying",
+            data=error,
+            next_attempt_at=now_ms() + delay,
+            # A render that ran past the time limit by itself: a second time fails the job
+            # as too_complex (dramatiq_preview.jobs).
+            overrun=isinstance(exception, RenderOverrun),
         )
         # A job whose cancellation was asked for while it ran ends cancelled here, not
         # retrying (the retry's message then finds it cancelled): its webhook is due now.
@@ -262,15 +277,15 @@ class JobStatus(dramatiq.Middleware):
         )
 
     def _finish(self, job_id: str, token: str, outcome: str, **kwargs: Any) -> Finished:
+        """:meth:`JobStore.finish`, waiting for Redis (:func:`.patience.until_answered`).
+
+        Raises:
+          StateStoreUnavailable: Redis did not answer for ``PREVIEW_STORE_RETRY_SECONDS``
+            (logged: ``could not record {outcome} for job {job_id}``).
+        """
         store = get_store(self.settings)
-        for attempt in range(FINAL_WRITE_TRIES):
-            try:
-                return store.finish(job_id, token=token, outcome=outcome, **kwargs)
-            except StateStoreUnavailable:
-                if attempt == FINAL_WRITE_TRIES - 1:
-                    logger.error(
-                        "could not record %s for job %s: Redis unavailable", outcome, job_id
-                    )
-                    raise
-                time.sleep(0.2 * 2**attempt)
-        raise AssertionError("unreachable")
+        return until_answered(
+            partial(store.finish, job_id, token=token, outcome=outcome, **kwargs),
+            seconds=self.settings.store_retry_seconds,
+            what=f"record {outcome} for job {job_id}",
+        )

@@ -37,8 +37,13 @@ BASELINE_SECONDS = 8.0
 #: A short time limit: the dead holder's lease (time limit + 5 s) paces each redelivery.
 TIME_LIMIT_MS = 3000
 MAX_DELIVERIES = 3
-#: The job beside the pill waits this long for its source (under the time limit).
-BYSTANDER_STALL = 2.7
+#: The job beside the pill waits this long for its source (under the time limit), so that
+#: it is in flight when the pill's delivery starts.  Not closer to the limit: each of its
+#: deliveries starts in a worker process the pill's last kill just restarted (booting, its
+#: render child not yet spawned), and 2.7 s left 0.2 s for that, the fetch and the render,
+#: which a loaded 2-core machine misses (once the bystander no longer dies with the pill,
+#: it must be able to finish).
+BYSTANDER_STALL = 2.0
 
 
 def seconds(iso: str) -> float:
@@ -173,13 +178,6 @@ def test_poison_pill(broker: str) -> None:
         d.check_keys(dead_letters=1 + len(bystanders))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=DefectObserved,
-    reason="issue #16: a job in flight beside a poison pill each time the pill kills its worker "
-    "process is failed as worker_lost too: lua/claim.lua counts every delivery that did not "
-    "end against its job ('deliveries'), whichever job killed the process",
-)
 def test_poison_pill_bystander(broker: str) -> None:
     run = uuid.uuid4().hex[:6]
     with Deployment(
@@ -224,4 +222,6 @@ def test_poison_pill_bystander(broker: str) -> None:
         )
         assert pill["state"] == "failed" and pill["error"]["type"] == "worker_lost", pill
         if other["state"] != "succeeded":
+            print(f"--- what the workers logged about {bystander}:")
+            print("\n".join(d.lines_about(bystander)))
             raise DefectObserved(f"the job beside the poison pill ended {other}")

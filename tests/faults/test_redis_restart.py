@@ -39,7 +39,8 @@ PREFIX = "/api/preview"
 RATE = 5.0
 #: The sources answer after half a second: renders are in flight when Redis stops.
 FETCH_STALL = 0.5
-#: How long Redis stays down: longer than the worker's retries of a final write (1.4 s).
+#: How long Redis stays down: longer than the broker heartbeat timeout (4 s), so workers
+#: take each other for dead meanwhile, and well within PREVIEW_STORE_RETRY_SECONDS (120 s).
 OUTAGE = 8.0
 #: How often the probe submits a job and asks for health.
 PROBE_INTERVAL = 0.25
@@ -78,17 +79,6 @@ def in_flight_at(deployment: Deployment, moment: float) -> dict[str, int]:
     return counts
 
 
-# Not strict: whether a render's final write falls inside the outage is timing (the
-# Redis-broker run lost 2, 0 and 2 jobs in three CI-sized runs); the loss is printed either
-# way, and any other failure still fails (raises=DefectObserved).
-@pytest.mark.xfail(
-    strict=False,
-    raises=DefectObserved,
-    reason="issue #16: a Redis outage longer than the final-write retries of "
-    "middleware/status.py (FINAL_WRITE_TRIES = 4, about 1.4 s) leaves jobs `running` (or "
-    "`queued`, or `failed` as state_store_unavailable) for ever: the delivery is acked or "
-    "dead-lettered anyway, and nothing finishes or redelivers a job whose lease holder gave up",
-)
 def test_redis_restart(broker: str) -> None:
     jobs = scaled(60)
     run = uuid.uuid4().hex[:6]
