@@ -47,7 +47,7 @@ import support
 from sourceserver import SourceServer
 
 from dramatiq_preview import PreviewClient, Settings
-from dramatiq_preview.names import QUEUES
+from dramatiq_preview.names import ALL_QUEUES
 from dramatiq_preview.state import FINAL_STATES, status_from_record
 from dramatiq_preview.testing import RedisServer, WorkerProcess, free_port
 
@@ -754,7 +754,8 @@ class Deployment:
         in the vhost's queues."""
         ns = self.namespace + ":"
         ttl_max = int(self.env["PREVIEW_JOB_TTL_SECONDS"])
-        lanes = set(QUEUES.values())
+        # Every queue of ours on a Redis broker: the lanes and the webhook deliveries.
+        lanes = set(ALL_QUEUES)
         keys = list(self.raw.scan_iter(count=1000))
         outside = [k for k in keys if not k.startswith(ns)]
         ours: list[str] = []
