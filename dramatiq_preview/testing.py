@@ -171,6 +171,8 @@ class S3Server:
         self.port = self._ports["s3"]
         self.process: subprocess.Popen[bytes] | None = None
         self._probe_bucket: str | None = None
+        #: Whether S3 ever answered (a restart then keeps its ports, as a real outage does).
+        self._served = False
         config = {
             "identities": [
                 {
@@ -226,9 +228,35 @@ class S3Server:
         self.client().create_bucket(Bucket=bucket)
         return bucket
 
-    def start(self, *, timeout: float = 30) -> S3Server:
+    def start(self, *, timeout: float = 60) -> S3Server:
+        """Start the server and wait until S3 answers (a write and a read).
+
+        A first start whose server exits at once (one of its free ports was taken meanwhile
+        by another process) is tried again on other ports, twice at most; a restart keeps
+        its ports.
+
+        Raises:
+          RuntimeError: S3 did not answer within ``timeout`` seconds, or the server exited.
+        """
+        for _ in range(3):
+            if self._start_once(timeout) or self._served:
+                break
+            # Never served: other free ports, since an exit at start is a port taken.
+            names = list(self._ports)
+            self._ports = {name: free_port() for name in names}
+            self.port = self._ports["s3"]
+        if self.process is None:
+            raise RuntimeError(f"weed mini did not serve S3 on port {self.port}")
+        return self
+
+    def _start_once(self, timeout: float) -> bool:
+        """One start; True when S3 answers, False when the server exited early.
+
+        Raises:
+          RuntimeError: still running but S3 did not answer within ``timeout`` seconds.
+        """
         if self.process and self.process.poll() is None:
-            return self
+            return True
         ports = self._ports
         self.process = subprocess.Popen(
             [
@@ -263,16 +291,18 @@ class S3Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                break
+                self.process = None
+                return False
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     pass
                 self._probe()
-                return self
+                self._served = True
+                return True
             except Exception:
                 time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"weed mini did not serve S3 on port {self.port}")
+        raise RuntimeError(f"weed mini did not serve S3 on port {self.port} in {timeout:g} s")
 
     def stop(self) -> None:
         """Stop the server (its data stays until :meth:`close`)."""
