@@ -36,11 +36,13 @@ from dramatiq_preview.errors import (
     StorageError,
     StorageForbidden,
 )
+from dramatiq_preview.models import JobSpec
 from dramatiq_preview.storage import (
     OUTPUT_CACHE_CONTROL,
     LocalStorage,
     Storage,
     classify,
+    destinations,
     remove_outputs,
 )
 from dramatiq_preview.testing import S3Server
@@ -543,3 +545,25 @@ def test_ping_fails_transiently_when_the_server_is_stopped(
     with aws_environment(server), pytest.raises(StorageError) as caught:
         s3_storage(bucket, "out").ping()
     assert caught.value.retryable is True and repr(bucket) in caught.value.message
+
+
+def test_the_time_spent_writing_outputs_is_counted_apart_from_the_render(
+    stopped_s3: tuple[S3Server, str],
+) -> None:
+    # Given a job's outputs in an S3 that does not answer
+    server, bucket = stopped_s3
+    spec = JobSpec.from_payload(
+        {"source": {"path": "a.png"}, "outputs": [{"width": 8, "height": 8, "format": "png"}]},
+        job_id="slow-s3",
+    )
+    with aws_environment(server):
+        targets = destinations(S3Location(bucket, "out"), spec)
+        started = time.monotonic()
+        # When a write fails after its retries
+        with pytest.raises(StorageError):
+            targets.write(0, PNG_A)
+        elapsed = time.monotonic() - started
+    # Then the time it took is in write_seconds (jobs.run_job leaves it out when it judges
+    # whether the render itself overran the time limit: a slow S3 is not a time bomb)
+    assert 0 < targets.write_seconds <= elapsed
+    assert targets.write_seconds > 0.9 * elapsed

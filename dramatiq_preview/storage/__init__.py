@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 from ..config import S3Location, Settings, StorageRoot, get_settings
@@ -115,7 +116,9 @@ class JobOutputs:
     """Where a renderer writes one job's outputs: one key per output, in request order.
 
     :meth:`write` stores output ``index``; :meth:`discard` deletes what this object wrote
-    (a render that failed half-way keeps nothing).
+    (a render that failed half-way keeps nothing).  ``write_seconds`` is the time spent in
+    :meth:`write` (a slow or unreachable S3 is not the render's doing: ``jobs.run_job``
+    leaves it out when it judges whether a render overran the time limit).
     """
 
     def __init__(self, storage: Storage, spec: JobSpec) -> None:
@@ -125,6 +128,7 @@ class JobOutputs:
         ]
         self._types = [CONTENT_TYPES[o.format] for o in spec.outputs]
         self._written: list[str] = []
+        self.write_seconds = 0.0
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -137,7 +141,12 @@ class JobOutputs:
           StorageForbidden: storage refused it (permanent).
         """
         key = self.keys[index]
-        self.storage.put(key, data, self._types[index])
+        started = time.monotonic()
+        try:
+            self.storage.put(key, data, self._types[index])
+        finally:
+            # Counted when the write fails or is interrupted (the time limit) as well.
+            self.write_seconds += time.monotonic() - started
         self._written.append(key)
 
     def discard(self) -> None:
