@@ -62,7 +62,10 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
                 'install it with: pip install "dramatiq-preview[rabbitmq]"',
             ) from None
 
-        broker = RabbitmqBroker(url=settings.broker_url)
+        # Publisher confirms: a publish returns once RabbitMQ holds the message, so a submit
+        # answered 202 (or a retry, a put-back, a webhook delivery) is never lost to a
+        # broker that was shutting down (fault scenario "RabbitMQ restart").
+        broker = RabbitmqBroker(url=settings.broker_url, confirm_delivery=True)
     else:
         broker = RedisBroker(  # type: ignore[no-untyped-call]
             url=settings.broker_url,
