@@ -17,8 +17,10 @@ This module sits above the middleware it assembles and below the actor, as Drama
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import dramatiq
 import dramatiq.broker
@@ -107,9 +109,69 @@ def attach_middleware(broker: dramatiq.Broker, settings: Settings | None = None)
     if isinstance(broker, RedisBroker) and Recovery not in present:
         # Only Redis needs it: RabbitMQ gives a dead connection's messages back by itself.
         broker.add_middleware(Recovery(queues=ours.all))
+    if HighLane not in present:
+        broker.add_middleware(HighLane(settings=settings))
     _attach_observability(broker, settings)
     for queue_name in ours.all:
         broker.declare_queue(queue_name)
+
+
+class HighLane(dramatiq.Middleware):
+    """Lets a ``high`` job overtake what a worker process already holds (docs/broker.md,
+    "Priority lanes").
+
+    Dramatiq gives each queue its own consumer thread, and every consumer puts what it
+    prefetched (up to twice the thread count) into the worker's one work queue, first in,
+    first out for messages of one actor.  Two things held a ``high`` job back: on a Redis
+    broker its consumer, idle, polled with a backoff growing to the worker timeout (1 s by
+    default), and once fetched it queued behind the ``normal`` messages prefetched before it.
+    When the high lane's consumer thread boots, this caps its poll interval at
+    ``PREVIEW_HIGH_LANE_POLL_MS`` on a Redis broker (the consumer's ``timeout`` bounds only
+    that backoff; 0 leaves it alone), and, on any broker, makes that thread put its messages
+    ahead of the other lanes' in the work queue (:class:`_Ahead`).  RabbitMQ pushes
+    messages: its consumers do not poll.
+
+    Parameters:
+      settings: the namespace and ``high_lane_poll_ms`` (the process settings when None).
+    """
+
+    def __init__(self, *, settings: Settings | None = None) -> None:
+        self.settings = settings
+
+    def after_consumer_thread_boot(self, broker: dramatiq.Broker, thread: Any) -> None:
+        settings = self.settings or get_settings()
+        high = broker_queues(broker, settings.namespace).lanes["high"]
+        if getattr(thread, "queue_name", None) != high:
+            return
+        poll_ms = settings.high_lane_poll_ms
+        timeout = getattr(thread, "worker_timeout", None)
+        if isinstance(broker, RedisBroker) and poll_ms and isinstance(timeout, int):
+            thread.worker_timeout = min(timeout, poll_ms)
+        queue = getattr(thread, "work_queue", None)
+        if queue is not None and not isinstance(queue, _Ahead):
+            thread.work_queue = _Ahead(queue)
+
+
+class _Ahead:
+    """The worker's work queue as the high lane's consumer thread sees it: what it puts
+    there goes ahead of every message of the same actor priority.
+
+    The queue orders Dramatiq's work items by ``priority`` (the actor's, lower first), then
+    by arrival; an item of that shape is put with ``priority - 1``, anything else as it
+    is.  The worker threads take from the queue itself, unchanged.
+    """
+
+    def __init__(self, queue: Any) -> None:
+        self._queue = queue
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        priority = getattr(item, "priority", None)
+        if isinstance(priority, int) and dataclasses.is_dataclass(item):
+            item = dataclasses.replace(item, priority=priority - 1)  # type: ignore[type-var]
+        self._queue.put(item, block, timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._queue, name)
 
 
 def default_broker() -> dramatiq.Broker:

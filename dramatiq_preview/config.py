@@ -291,8 +291,10 @@ class Settings:
     """What one render may allocate on top of the render child's baseline (about 85 MiB);
     exceeding it fails the job (`memory_limit`). Keep it at least `PREVIEW_MAX_PIXELS` x 18 B
     + 256 MiB (the default covers 100 Mpx), and lower the two together."""
-    render_recycle_after: int = 200
-    """A render child is replaced after this many renders."""
+    render_recycle_after: int = 2000
+    """A render child is replaced after this many renders (a start costs about 0.35 s of
+    CPU). Children do not grow with the renders they have done (docs/performance.md): this
+    bounds what a slow leak in a decoder could take."""
     fetch_connect_timeout_ms: int = 5000
     """Connect timeout of URL sources and S3 requests; a time-out is transient (retried)."""
     fetch_read_timeout_ms: int = 15000
@@ -305,6 +307,13 @@ class Settings:
     (redelivering a dead worker's messages, trimming dead letters). Recovery does not depend
     on it: every worker process also runs it for our queues about every half
     `PREVIEW_BROKER_HEARTBEAT_TIMEOUT_MS`."""
+    high_lane_poll_ms: int = 50
+    """Redis broker: the longest a worker's consumer of the `high` lane waits between two
+    polls of its empty queue, so a `high` job sent to an idle lane starts within about this
+    long (docs/broker.md, "Priority lanes"). Each worker process then polls the empty lane
+    some 30 to 60 times a second (one script call each); `0` leaves the consumer to
+    Dramatiq's backoff, which grows to the worker timeout (1 s by default). RabbitMQ pushes
+    messages and needs no polling."""
     progress_interval_ms: int = 500
     """Progress writes and cancellation checks happen at most this often per job."""
     store_retry_seconds: int = 120
@@ -553,6 +562,7 @@ _SPECS = [
     _Spec("PREVIEW_FETCH_READ_TIMEOUT_MS", "fetch_read_timeout_ms", _int(10)),
     _Spec("PREVIEW_BROKER_HEARTBEAT_TIMEOUT_MS", "broker_heartbeat_timeout_ms", _int(1000)),
     _Spec("PREVIEW_BROKER_MAINTENANCE_CHANCE", "broker_maintenance_chance", _int(0, 1_000_000)),
+    _Spec("PREVIEW_HIGH_LANE_POLL_MS", "high_lane_poll_ms", _int(0, 60000)),
     _Spec("PREVIEW_PROGRESS_INTERVAL_MS", "progress_interval_ms", _int(0)),
     _Spec("PREVIEW_STORE_RETRY_SECONDS", "store_retry_seconds", _int(0, 86400)),
     # SigV4 presigned URLs live at most 7 days; 0 streams outputs through the web process.
