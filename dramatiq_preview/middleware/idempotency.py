@@ -182,8 +182,8 @@ class Idempotency(dramatiq.Middleware):
         lease_ms = settings.time_limit_ms + LEASE_GRACE_MS
         kept = self._copy(message, 0).encode().decode()
 
-        def attempt() -> Claim:
-            claim = store.claim(
+        def claim_once() -> Claim:
+            return store.claim(
                 job_id,
                 token=token,
                 lease_ms=lease_ms,
@@ -192,19 +192,14 @@ class Idempotency(dramatiq.Middleware):
                 company=company or (),
                 message=kept,
             )
+
+        def attempt() -> Claim:
+            claim = claim_once()
             if claim.verdict is ClaimVerdict.MISSING:
                 # The record expired, or the message was enqueued by a broker without our
                 # middleware: re-create it from the message, then claim as usual.
                 self._record(store, message, job_id)
-                claim = store.claim(
-                    job_id,
-                    token=token,
-                    lease_ms=lease_ms,
-                    max_deliveries=settings.max_deliveries,
-                    isolated=isolated,
-                    company=company or (),
-                    message=kept,
-                )
+                claim = claim_once()
             return claim
 
         return until_answered(
