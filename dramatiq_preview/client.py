@@ -173,8 +173,16 @@ class PreviewClient:
         try:
             self.broker.enqueue(message)
         except Exception as exc:
-            self.store.delete(job_id, queue)
-            raise _unavailable(job_id, exc) from exc
+            if self.store.delete(job_id, queue):
+                raise _unavailable(job_id, exc) from exc
+            # The message reached the broker after all (its confirm was lost) and a worker
+            # has claimed the job: it is queued, and answering so keeps a resubmit from
+            # creating it afresh (docs/reliability.md, defect 5).
+            logger.warning(
+                "enqueue of job %s reported %s, but a worker has the job already",
+                job_id,
+                type(exc).__name__,
+            )
         return Submission(job_id, "queued", duplicate=False)
 
     def _fused_namespace(self) -> str | None:

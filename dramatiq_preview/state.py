@@ -343,6 +343,7 @@ class JobStore:
         self._requeue = client.register_script(load_script("requeue"))
         self._webhook = client.register_script(load_script("webhook"))
         self._recent = client.register_script(load_script("recent"))
+        self._delete_unclaimed = client.register_script(_DELETE_UNCLAIMED)
         self._sweep = client.register_script(load_script("sweep"))
 
     # -- keys ---------------------------------------------------------------------------
@@ -454,17 +455,22 @@ class JobStore:
         )
         return outcome
 
-    def delete(self, job_id: str, queue: str) -> None:
-        """Remove a record created by a submit whose enqueue then failed."""
+    def delete(self, job_id: str, queue: str) -> bool:
+        """Remove a record created by a submit whose enqueue then failed, unless a delivery
+        has claimed it meanwhile.
 
-        def run() -> None:
-            pipe = self.client.pipeline(transaction=True)
-            pipe.delete(self.job_key(job_id))
-            pipe.zrem(self.waiting_key(queue), job_id)
-            pipe.zrem(self.recent_key, job_id)
-            pipe.execute()
-
-        self._guard(run)
+        An enqueue that failed may have reached the broker all the same (RabbitMQ took the
+        message but its confirm was lost with the connection): when a worker already
+        claimed the job, the record is its own and stays, so a resubmit cannot create the
+        job afresh and render it a second time.  Returns whether the record was removed.
+        """
+        found = self._guard(
+            lambda: self._delete_unclaimed(
+                keys=[self.job_key(job_id), self.waiting_key(queue), self.recent_key],
+                args=[job_id],
+            )
+        )
+        return bool(found)
 
     def claim(
         self,
@@ -737,6 +743,20 @@ class JobStore:
             raise StateStoreUnavailable(
                 f"the state store (Redis) is unavailable: {type(exc).__name__}"
             ) from exc
+
+
+#: ``delete``: the record goes only while no delivery has claimed it (still ``queued``, no
+#: attempt started).  KEYS: job, waiting set, recent index; ARGV: job_id.
+_DELETE_UNCLAIMED = """
+local h = redis.call('hmget', KEYS[1], 'state', 'attempts', 'deliveries')
+if h[1] ~= 'queued' or (tonumber(h[2]) or 0) > 0 or (tonumber(h[3]) or 0) > 0 then
+  return 0
+end
+redis.call('del', KEYS[1])
+redis.call('zrem', KEYS[2], ARGV[1])
+redis.call('zrem', KEYS[3], ARGV[1])
+return 1
+"""
 
 
 def _due(res: Any) -> int:

@@ -153,13 +153,16 @@ def test_an_overdue_job_is_put_back_then_failed_when_nothing_claims_it(
     time.sleep(0.05)
     assert store.overdue(60_000) == []
     assert store.sweep(job_id, margin_ms=60_000, max_sweeps=2).verdict is SweepVerdict.LIVE
-    # When it is overdue past the margin: its message is put back, twice at most
+    # When it is overdue past the margin: its message is put back, twice at most, each
+    # put-back waiting twice as long as the one before
     assert store.overdue(10) == [job_id]
-    for _ in range(2):
+    for wait in (0.04, 0.08):
         swept = store.sweep(job_id, margin_ms=10, max_sweeps=2)
         assert (swept.verdict, swept.message) == (SweepVerdict.REDELIVER, "the message")
         assert store.overdue(10) == [], "looked at again one margin later"
-        time.sleep(0.03)
+        # A second sweeper of the same round leaves it alone (it was just put back)
+        assert store.sweep(job_id, margin_ms=10, max_sweeps=2).verdict is SweepVerdict.LIVE
+        time.sleep(wait)
     # Then, still unclaimed, it is failed as worker_lost and leaves the index
     assert store.sweep(job_id, margin_ms=10, max_sweeps=2).verdict is SweepVerdict.LOST
     status = store.get(job_id)
@@ -183,6 +186,23 @@ def test_a_claim_of_the_copy_put_back_counts_the_dead_delivery(
     assert store.sweep(job_id, margin_ms=1, max_sweeps=3).verdict is SweepVerdict.LIVE
 
 
+def test_sweepers_of_one_round_put_a_job_back_once_and_then_wait_longer(
+    store: JobStore, job_id: str
+) -> None:
+    # Given an orphan that four worker processes find overdue in the same round
+    create(store, job_id)
+    claim(store, job_id, "t1", lease_ms=0, message="m")
+    time.sleep(0.35)
+    verdicts = [store.sweep(job_id, margin_ms=300, max_sweeps=3).verdict for _ in range(4)]
+    # Then one puts it back and the others leave it: it is not failed after one round
+    assert verdicts == [SweepVerdict.REDELIVER] + [SweepVerdict.LIVE] * 3
+    # And the next put-back waits two margins, not one
+    time.sleep(0.3)
+    assert store.sweep(job_id, margin_ms=300, max_sweeps=3).verdict is SweepVerdict.LIVE
+    time.sleep(0.4)
+    assert store.sweep(job_id, margin_ms=300, max_sweeps=3).verdict is SweepVerdict.REDELIVER
+
+
 def test_an_overdue_job_without_a_kept_message_is_failed_and_one_that_ended_is_dropped(
     store: JobStore, job_id: str
 ) -> None:
@@ -200,3 +220,21 @@ def test_an_overdue_job_without_a_kept_message_is_failed_and_one_that_ended_is_d
     assert gone.verdict is SweepVerdict.GONE
     assert store.client.zcard(store.inflight_key) == 0
     assert not store.client.exists(store.job_key("expired-" + job_id))
+
+
+def test_a_failed_enqueue_removes_the_record_only_while_no_delivery_claimed_it(
+    store: JobStore, job_id: str
+) -> None:
+    # Given a record a submit just created: its enqueue failed, nothing claimed it
+    create(store, job_id)
+    assert store.delete(job_id, "preview-normal") is True
+    assert store.get(job_id) is None
+    # Given one whose message reached a worker although the enqueue reported a failure (a
+    # publisher confirm lost with the connection): the worker claimed it and rendered it
+    create(store, job_id)
+    claim(store, job_id, "t1", lease_ms=60_000, message="m")
+    store.finish(job_id, token="t1", outcome="succeeded", data={"outputs": []})
+    # Then the record stays: a resubmit is a duplicate, not a second render
+    assert store.delete(job_id, "preview-normal") is False
+    status = store.get(job_id)
+    assert status is not None and status["state"] == "succeeded"

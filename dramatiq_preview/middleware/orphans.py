@@ -18,7 +18,9 @@ of that copy counts the dead delivery as usual.  The margin leaves the broker's 
 redelivery time to come first, so a copy put back here is rare; a copy too many is harmless
 (its claim finds the job busy or done).  A job with no message kept (a record older than
 this feature), or put back :data:`MAX_SWEEPS` times with no delivery claiming it, is failed
-as ``worker_lost`` instead.
+as ``worker_lost`` instead.  Each put-back waits twice as long as the one before (2, 4, 8
+margins: a retry still queued behind a long backlog gets about 15 margins in all), and a
+job another sweeper has just put back is left alone (its index score says when).
 
 The sweep needs Redis to have answered for a while: right after an outage, a worker still
 retrying the write of a render's end gets that write in first (its pauses are at most
@@ -136,6 +138,11 @@ class OrphanSweep(PeriodicThread):
             except (StateStoreUnavailable, redis.RedisError, WebhookNotQueued) as exc:
                 logger.warning("sweep of job %s failed: %s", job_id, type(exc).__name__)
                 self._reached = False
+                break
+            except Exception as exc:
+                # The broker refused the put-back (RabbitMQ down: ConnectionClosed, a pika
+                # error).  The thread must outlive it, or this process never sweeps again.
+                logger.warning("sweep of job %s failed: %s", job_id, type(exc).__name__)
                 break
             counts[verdict.value] = counts.get(verdict.value, 0) + 1
         return counts
