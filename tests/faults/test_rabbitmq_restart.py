@@ -40,12 +40,13 @@ pytestmark = [
     pytest.mark.faults,
     pytest.mark.slow,
     pytest.mark.rabbitmq,
-    # Timing: seen in 1 run of 6 since publisher confirms (docs/reliability.md, defect 5).
+    # Timing: seen in 1 run of 6 before its fix, 0 in 5 since (docs/reliability.md, defect
+    # 5); drop the mark once more runs have shown it gone.
     pytest.mark.xfail(
         strict=False,
         raises=DefectObserved,
-        reason="docs/reliability.md, defect 5 (open): after a RabbitMQ restart a job was "
-        "logged succeeded by two deliveries in 1 run of 6",
+        reason="docs/reliability.md, defect 5 (fixed, being confirmed): a job rendered to "
+        "success by two deliveries after a RabbitMQ restart",
     ),
 ]
 
