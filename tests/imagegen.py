@@ -555,3 +555,21 @@ def random_bytes(size: int, seed: int = 1234) -> bytes:
 
 def truncated(data: bytes, fraction: float = 0.5) -> bytes:
     return data[: max(1, int(len(data) * fraction))]
+
+
+def time_bomb_svg(shapes: int = 16, side: int = 2048) -> bytes:
+    """An SVG of ``shapes`` large circles, each through a wide Gaussian blur: drawn at
+    ``side`` px, each costs librsvg about a second of CPU, whatever the machine does."""
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{side}" height="{side}" '
+        f'viewBox="0 0 {side} {side}">',
+        '<defs><filter id="b" x="-50%" y="-50%" width="200%" height="200%">'
+        '<feGaussianBlur stdDeviation="60"/></filter></defs>',
+    ]
+    for i in range(shapes):
+        parts.append(
+            f'<circle cx="{i * 97 % side}" cy="{i * 211 % side}" r="{side // 3}" '
+            f'fill="#{i * 40 % 256:02x}80c0" filter="url(#b)"/>'
+        )
+    parts.append("</svg>")
+    return "".join(parts).encode()

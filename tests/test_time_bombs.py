@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import imagegen
 import pytest
 from support import wait_for_log
 
@@ -16,24 +17,6 @@ from dramatiq_preview import PreviewClient, Settings
 from dramatiq_preview.testing import wait_for_state
 
 TIME_LIMIT_MS = 2000
-
-
-def time_bomb_svg(shapes: int = 16, side: int = 2048) -> bytes:
-    """An SVG of ``shapes`` large circles, each through a wide Gaussian blur: drawn at
-    ``side`` px, each costs librsvg about a second of CPU, whatever the machine does."""
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{side}" height="{side}" '
-        f'viewBox="0 0 {side} {side}">',
-        '<defs><filter id="b" x="-50%" y="-50%" width="200%" height="200%">'
-        '<feGaussianBlur stdDeviation="60"/></filter></defs>',
-    ]
-    for i in range(shapes):
-        parts.append(
-            f'<circle cx="{i * 97 % side}" cy="{i * 211 % side}" r="{side // 3}" '
-            f'fill="#{i * 40 % 256:02x}80c0" filter="url(#b)"/>'
-        )
-    parts.append("</svg>")
-    return "".join(parts).encode()
 
 
 @pytest.mark.slow
@@ -52,7 +35,7 @@ def test_a_source_that_overruns_the_time_limit_twice_fails_as_too_complex(
     }
     name = f"bombs/{uuid.uuid4().hex}.svg"
     (source_root / name).parent.mkdir(parents=True, exist_ok=True)
-    (source_root / name).write_bytes(time_bomb_svg())
+    (source_root / name).write_bytes(imagegen.time_bomb_svg())
     worker = start_worker(env=env, threads=1)
     job_id = "bomb-" + uuid.uuid4().hex
     with PreviewClient(Settings.from_mapping(env)) as client:

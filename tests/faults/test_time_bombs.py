@@ -14,6 +14,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+import imagegen
 import pytest
 
 from .harness import Deployment, percentile, report, run_stream, scaled, wait_until
@@ -27,24 +28,6 @@ TIME_LIMIT_MS = 3000
 BOMBS = 3
 #: Ends of a delivery in the job lines of a worker log.
 ENDS = frozenset({"retrying", "failed", "succeeded", "cancelled"})
-
-
-def bomb_svg(shapes: int = 16, side: int = 2048) -> bytes:
-    """Large circles through a wide Gaussian blur, drawn at ``side`` px: about a second of
-    librsvg CPU each, many time limits in all."""
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{side}" height="{side}" '
-        f'viewBox="0 0 {side} {side}">',
-        '<defs><filter id="b" x="-50%" y="-50%" width="200%" height="200%">'
-        '<feGaussianBlur stdDeviation="60"/></filter></defs>',
-    ]
-    for i in range(shapes):
-        parts.append(
-            f'<circle cx="{i * 97 % side}" cy="{i * 211 % side}" r="{side // 3}" '
-            f'fill="#{i * 40 % 256:02x}80c0" filter="url(#b)"/>'
-        )
-    parts.append("</svg>")
-    return "".join(parts).encode()
 
 
 def seconds(iso: str) -> float:
@@ -76,7 +59,7 @@ def test_time_bombs(broker: str) -> None:
         calm = d.wait_final(baseline, timeout=30)
 
         # When time bombs arrive amid the stream
-        (d.root / "sources" / "bomb.svg").write_bytes(bomb_svg())
+        (d.root / "sources" / "bomb.svg").write_bytes(imagegen.time_bomb_svg())
         bombs = [f"bomb-{run}-{i}" for i in range(BOMBS)]
         during = [f"amid-{run}-{i:04d}" for i in range(scaled(int(RATE * 20)))]
 
